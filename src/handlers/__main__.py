@@ -1,0 +1,10 @@
+"""``python -m handlers --fd N``: the worker process started by the supervisor."""
+
+from __future__ import annotations
+
+import sys
+
+from handlers.runtime import main
+
+if __name__ == "__main__":
+    sys.exit(main())

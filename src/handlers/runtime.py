@@ -1,0 +1,184 @@
+"""The worker process: load a handler, then answer batches until told to stop.
+
+The supervisor passes one end of a socketpair (``--fd``); stdout and stderr are
+left free and become the worker's log. A reader thread owns the socket's
+receiving side: it answers heartbeats at once (even while a batch is running),
+hands everything else to the main thread, and ends the whole process group as
+soon as the socket reaches EOF, which is how a worker notices that its
+supervisor died.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import signal
+import socket
+import sys
+import threading
+import traceback
+from typing import Any
+
+from handlers.base import Context, HandlerFunction, PredictionException, decode_param, load_handler
+from handlers.protocol import (
+    Decoder,
+    InferItem,
+    Kind,
+    Message,
+    ProtocolError,
+    ReplyItem,
+    decode_infer,
+    encode,
+    encode_reply,
+)
+
+__all__ = ["main"]
+
+
+class Channel:
+    """The worker's side of the socket: thread-safe sends, a reader thread."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._send_lock = threading.Lock()
+        self.inbox: queue.Queue[Message | None] = queue.Queue()
+        self.stopping = False
+
+    def send(self, frame: bytes) -> None:
+        """Send one frame; frames from different threads never interleave."""
+        with self._send_lock:
+            self._sock.sendall(frame)
+
+    def read_forever(self) -> None:
+        """Receive frames until EOF; answer pings; queue the rest."""
+        decoder = Decoder()
+        try:
+            while data := self._sock.recv(1 << 20):
+                for message in decoder.feed(data):
+                    self._dispatch(message)
+        except (OSError, ProtocolError) as exc:
+            print(f"worker: protocol socket failed: {exc!r}", file=sys.stderr, flush=True)
+        if not self.stopping:
+            _die_with_group()
+
+    def _dispatch(self, message: Message) -> None:
+        if message.kind is Kind.PING:
+            self.send(encode(Message(Kind.PONG, message.header)))
+        elif message.kind is Kind.SHUTDOWN:
+            self.stopping = True
+            self.inbox.put(None)
+        else:
+            self.inbox.put(message)
+
+
+def _die_with_group() -> None:
+    """The supervisor is gone: take our process group (grandchildren too) with us."""
+    sys.stderr.flush()
+    if os.getpgrp() == os.getpid():
+        os.killpg(0, signal.SIGKILL)
+    os._exit(1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the worker; returns the process exit status."""
+    parser = argparse.ArgumentParser(prog="python -m handlers")
+    parser.add_argument("--fd", type=int, required=True, help="protocol socket descriptor")
+    args = parser.parse_args(argv)
+    channel = Channel(socket.socket(fileno=args.fd))
+    threading.Thread(target=channel.read_forever, name="protocol-reader", daemon=True).start()
+    first = channel.inbox.get()
+    if first is None:
+        return 0
+    if first.kind is not Kind.LOAD:
+        print(f"worker: expected LOAD, got {first.kind.name}", file=sys.stderr, flush=True)
+        return 2
+    loaded = _load(first.header, channel)
+    if loaded is None:
+        return 1
+    handle, context = loaded
+    while (message := channel.inbox.get()) is not None:
+        if message.kind is Kind.INFER:
+            batch_id, items = decode_infer(message)
+            channel.send(encode_reply(batch_id, run_batch(handle, context, items)))
+    return 0
+
+
+def _load(header: dict[str, Any], channel: Channel) -> tuple[HandlerFunction, Context] | None:
+    model_dir = str(header.get("model_dir") or "")
+    if model_dir:
+        sys.path.insert(0, model_dir)
+        os.chdir(model_dir)
+    context = Context(
+        model_name=str(header["model_name"]),
+        model_version=str(header["model_version"]),
+        model_dir=model_dir,
+        batch_size=int(header["batch_size"]),
+        gpu_id=header.get("gpu_id"),
+        model_yaml_config=dict(header.get("config") or {}),
+    )
+    try:
+        handle = load_handler(str(header["handler"]), context)
+    except Exception as exc:
+        traceback.print_exc()
+        sys.stderr.flush()
+        failure = {"message": f"{type(exc).__name__}: {exc}"}
+        channel.send(encode(Message(Kind.LOAD_FAILED, failure)))
+        return None
+    print(f"worker: loaded {context.model_name} with {header['handler']}", flush=True)
+    channel.send(encode(Message(Kind.READY, {"pid": os.getpid()})))
+    return handle, context
+
+
+def run_batch(handle: HandlerFunction, context: Context, items: list[InferItem]) -> list[ReplyItem]:
+    """Run one batch through the handler; one reply per item, never an exception."""
+    batch = [{name: decode_param(ct, data) for name, (ct, data) in it.params.items()} for it in items]
+    headers: list[dict[str, Any]] = [dict(it.headers) for it in items]
+    context.start_batch([it.request_id for it in items], headers)
+    try:
+        results = handle(batch, context)
+    except PredictionException as exc:
+        return _fail_all(items, exc.error_code, exc.message)
+    except MemoryError:
+        traceback.print_exc()
+        return _fail_all(items, 507, "Out of resources")
+    except Exception as exc:
+        traceback.print_exc()
+        sys.stderr.flush()
+        return _fail_all(items, 503, f"Prediction failed: {type(exc).__name__}: {exc}")
+    if not isinstance(results, list) or len(results) != len(items):
+        return _fail_all(items, 503, "Invalid model predict output: expected one result per request")
+    return [_reply(item, result, context, idx) for idx, (item, result) in enumerate(zip(items, results, strict=True))]
+
+
+def _fail_all(items: list[InferItem], status: int, message: str) -> list[ReplyItem]:
+    return [ReplyItem(it.request_id, ok=False, status=status, message=message) for it in items]
+
+
+def _reply(item: InferItem, result: Any, context: Context, idx: int) -> ReplyItem:
+    headers = dict(context.get_response_headers(idx))
+    content_type = headers.pop("Content-Type", "")
+    try:
+        body, default_type = serialise(result)
+    except (TypeError, ValueError) as exc:
+        return ReplyItem(item.request_id, ok=False, status=503, message=f"Unsupported model output data type: {exc}")
+    return ReplyItem(
+        item.request_id,
+        ok=True,
+        status=context.response_status(idx),
+        body=body,
+        content_type=content_type or default_type,
+        headers=headers,
+    )
+
+
+def serialise(result: Any) -> tuple[bytes, str]:
+    """Turn a handler result into bytes and a default content type."""
+    if isinstance(result, bytes | bytearray | memoryview):
+        return bytes(result), "application/octet-stream"
+    if isinstance(result, str):
+        return result.encode(), "text/plain; charset=utf-8"
+    if hasattr(result, "tolist"):
+        result = result.tolist()
+    return json.dumps(result).encode(), "application/json"

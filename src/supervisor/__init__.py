@@ -1,0 +1,47 @@
+"""trio-supervisor: a PyTorch model server built on a Trio supervisor.
+
+The public surface is the embedding API (``open_supervisor``, ``Supervisor``),
+the configuration values, the errors, the CLI (``python -m supervisor``) and the
+HTTP API. The supervisor process never imports torch; workers do.
+"""
+
+from __future__ import annotations
+
+from supervisor.config import ModelConfig, ServerConfig, load_config
+from supervisor.core import Supervisor, open_supervisor
+from supervisor.errors import (
+    InvalidRequest,
+    ModelConflict,
+    ModelNotFound,
+    ModelUnavailable,
+    ModelVersionNotFound,
+    SupervisorError,
+    WorkerDied,
+    WorkerFailure,
+    WorkerStartFailed,
+    WorkerTimeout,
+)
+from supervisor.policy import RestartPolicy
+
+__all__ = [
+    "DISTRIBUTION",
+    "InvalidRequest",
+    "ModelConfig",
+    "ModelConflict",
+    "ModelNotFound",
+    "ModelUnavailable",
+    "ModelVersionNotFound",
+    "RestartPolicy",
+    "ServerConfig",
+    "Supervisor",
+    "SupervisorError",
+    "WorkerDied",
+    "WorkerFailure",
+    "WorkerStartFailed",
+    "WorkerTimeout",
+    "load_config",
+    "open_supervisor",
+]
+
+DISTRIBUTION = "trio-supervisor"
+"""Marks this package as trio-supervisor's (supervisord uses the same import name)."""

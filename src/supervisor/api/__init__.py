@@ -1,0 +1,1 @@
+"""The HTTP API: one Quart-Trio app per port (inference, management, metrics)."""

@@ -1,0 +1,101 @@
+"""Jobs (one per request) and how a worker slot gathers them into batches.
+
+A request that reaches an idle worker goes at once: the worker was already
+waiting, so it takes the job and whatever else is queued right now, and never
+waits out ``max_batch_delay``. A worker that comes back from a batch and finds
+jobs waiting is under load: it takes what is queued and then waits up to
+``max_batch_delay`` for the batch to fill to ``batch_size``.
+"""
+
+from __future__ import annotations
+
+import attrs
+import trio
+
+from handlers.protocol import InferItem, ReplyItem
+from supervisor.errors import SupervisorError
+
+__all__ = ["Job", "fill_batch", "take_first"]
+
+
+@attrs.define(eq=False)
+class Job:
+    """One request waiting for its answer; it is answered exactly once.
+
+    Attributes:
+        item: what the worker gets.
+        enqueued_at: ``trio.current_time()`` when it was queued.
+        reply: the worker's answer, once there is one.
+        error: the failure, if it failed instead.
+    """
+
+    item: InferItem
+    enqueued_at: float = attrs.field(factory=trio.current_time)
+    reply: ReplyItem | None = None
+    error: SupervisorError | None = None
+    dispatched_at: float | None = None
+    _done: trio.Event = attrs.field(factory=trio.Event)
+
+    @property
+    def answered(self) -> bool:
+        """Whether the job has its answer (a reply or an error)."""
+        return self._done.is_set()
+
+    def resolve(self, reply: ReplyItem) -> None:
+        """Answer with the worker's reply (ignored if already answered)."""
+        if not self._done.is_set():
+            self.reply = reply
+            self._done.set()
+
+    def fail(self, error: SupervisorError) -> None:
+        """Answer with an error (ignored if already answered)."""
+        if not self._done.is_set():
+            self.error = error
+            self._done.set()
+
+    async def wait(self) -> ReplyItem:
+        """Wait for the answer; return the reply or raise the error."""
+        await self._done.wait()
+        if self.error is not None:
+            raise self.error
+        assert self.reply is not None
+        return self.reply
+
+
+async def take_first(receive: trio.MemoryReceiveChannel[Job]) -> tuple[Job, bool]:
+    """Take the next job; also say whether it was already waiting (load).
+
+    Cancel-safe: when cancelled, no job has been taken.
+    """
+    try:
+        return receive.receive_nowait(), True
+    except trio.WouldBlock:
+        return await receive.receive(), False
+
+
+async def fill_batch(
+    receive: trio.MemoryReceiveChannel[Job],
+    batch: list[Job],
+    *,
+    batch_size: int,
+    max_delay: float,
+    under_load: bool,
+) -> None:
+    """Add jobs to ``batch`` (in place, so none is lost on cancellation).
+
+    Takes whatever is queued now; under load, also waits up to ``max_delay``
+    for the batch to reach ``batch_size``.
+    """
+    try:
+        while len(batch) < batch_size:
+            batch.append(receive.receive_nowait())
+    except (trio.WouldBlock, trio.EndOfChannel):
+        pass
+    if not under_load or max_delay <= 0:
+        return
+    with trio.move_on_after(max_delay):
+        try:
+            while len(batch) < batch_size:
+                batch.append(await receive.receive())
+        except trio.EndOfChannel:
+            pass

@@ -1,0 +1,208 @@
+"""Configuration: frozen values plus one loader (TOML file, then CLI overrides).
+
+Durations are in seconds everywhere (``SECONDS``/``MILLISECONDS`` make call sites
+explicit); sizes in bytes (``KIB``/``MIB``). A TOML file looks like::
+
+    [server]
+    inference_address = "127.0.0.1:8080"
+    model_store = "models"
+
+    [defaults]            # applied to every model, under its own keys
+    workers = 1
+    [defaults.restart]
+    max_restarts = 5
+
+    [[models]]
+    name = "iris"
+    handler = "handlers.builtin.iris"
+
+Every value is validated when loaded; a mistake raises ``ConfigError`` naming it.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+from attrs import validators as v
+
+from supervisor.policy import RestartPolicy
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "KIB",
+    "MIB",
+    "MILLISECONDS",
+    "SECONDS",
+    "ConfigError",
+    "ModelConfig",
+    "ServerConfig",
+    "load_config",
+    "model_config",
+]
+
+SECONDS = 1.0
+MILLISECONDS = 0.001
+KIB = 1024
+MIB = 1024 * KIB
+
+_positive = v.gt(0)
+_name = v.matches_re(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or invalid."""
+
+
+@attrs.frozen
+class ModelConfig:
+    """One model version and how its workers run.
+
+    Attributes:
+        name: the model's name in URLs.
+        handler: ``module``, ``module:Class`` or ``module:function`` run by workers.
+        version: the model's version.
+        model_dir: directory with the model's files (put on the worker's sys.path).
+        workers: workers started at load (the minimum kept running).
+        max_workers: the most workers scaling may reach.
+        batch_size: the most requests handed to a worker at once.
+        max_batch_delay: under load, how long a batch may wait to fill, in seconds.
+        job_queue_size: requests that may wait for a worker; more get 503 at once.
+        response_timeout: the longest a worker may take on one batch, in seconds.
+        startup_timeout: the longest a worker may take to load the model, in seconds.
+        heartbeat_interval: seconds between heartbeats to an idle or busy worker.
+        heartbeat_timeout: a worker silent this long is hung and gets replaced.
+        stop_grace: seconds between SIGTERM and SIGKILL when stopping a worker.
+        log_lines: the most log lines kept per worker.
+        log_bytes: the most log bytes kept per worker.
+        restart: the restart policy.
+        handler_config: free-form settings handed to the handler.
+    """
+
+    name: str = attrs.field(validator=_name)
+    handler: str = attrs.field(validator=v.min_len(1))
+    version: str = attrs.field(default="1.0", validator=_name)
+    model_dir: str = ""
+    workers: int = attrs.field(default=1, validator=v.ge(0))
+    max_workers: int = attrs.field(default=0, validator=v.ge(0))
+    batch_size: int = attrs.field(default=1, validator=v.ge(1))
+    max_batch_delay: float = attrs.field(default=10 * MILLISECONDS, validator=v.ge(0))
+    job_queue_size: int = attrs.field(default=100, validator=v.ge(1))
+    response_timeout: float = attrs.field(default=120 * SECONDS, validator=_positive)
+    startup_timeout: float = attrs.field(default=120 * SECONDS, validator=_positive)
+    heartbeat_interval: float = attrs.field(default=1 * SECONDS, validator=_positive)
+    heartbeat_timeout: float = attrs.field(default=10 * SECONDS, validator=_positive)
+    stop_grace: float = attrs.field(default=2 * SECONDS, validator=v.ge(0))
+    log_lines: int = attrs.field(default=200, validator=v.ge(1))
+    log_bytes: int = attrs.field(default=64 * KIB, validator=v.ge(1))
+    restart: RestartPolicy = attrs.field(factory=RestartPolicy)
+    handler_config: Mapping[str, Any] = attrs.field(factory=dict)
+
+    @property
+    def worker_limit(self) -> int:
+        """The most workers this model may run (at least ``workers``)."""
+        return max(self.workers, self.max_workers)
+
+
+DEFAULT_MODEL = ModelConfig(name="iris", handler="handlers.builtin.iris")
+"""The built-in model served when no model is configured."""
+
+
+@attrs.frozen
+class ServerConfig:
+    """The server: its listeners, its model store and its models.
+
+    Attributes:
+        inference_address: ``host:port`` of the inference API.
+        management_address: ``host:port`` of the management API.
+        metrics_address: ``host:port`` of the metrics API.
+        model_store: directory that relative ``model_dir`` values are resolved in.
+        models: the models loaded at start-up.
+        shutdown_grace: seconds in-flight requests get to finish on SIGTERM.
+    """
+
+    inference_address: str = "127.0.0.1:8080"
+    management_address: str = "127.0.0.1:8081"
+    metrics_address: str = "127.0.0.1:8082"
+    model_store: str = ""
+    models: tuple[ModelConfig, ...] = ()
+    shutdown_grace: float = attrs.field(default=10 * SECONDS, validator=v.ge(0))
+
+
+def _build(cls: type[Any], table: Mapping[str, Any], where: str) -> Any:
+    known = {f.name for f in attrs.fields(cls)}
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    try:
+        return cls(**table)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def model_config(table: Mapping[str, Any], defaults: Mapping[str, Any] | None = None) -> ModelConfig:
+    """Build one model's config from its table layered over ``defaults``.
+
+    Args:
+        table: the model's own keys (``restart`` may be a nested table).
+        defaults: keys applied first, under the model's own.
+    """
+    merged = {**(defaults or {}), **table}
+    restart = {**dict((defaults or {}).get("restart", {})), **dict(table.get("restart", {}))}
+    merged["restart"] = _build(RestartPolicy, restart, f"model {table.get('name', '?')} restart")
+    where = f"model {table.get('name', '?')!s}"
+    if "name" not in merged or "handler" not in merged:
+        raise ConfigError(f"{where}: 'name' and 'handler' are required")
+    return _build(ModelConfig, merged, where)  # type: ignore[no-any-return]
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    server: Mapping[str, Any] | None = None,
+    defaults: Mapping[str, Any] | None = None,
+    models: list[Mapping[str, Any]] | None = None,
+) -> ServerConfig:
+    """Load the TOML file at ``path`` (if any), then apply overrides.
+
+    Args:
+        path: a TOML file with ``[server]``, ``[defaults]`` and ``[[models]]``.
+        server: server keys that win over the file's.
+        defaults: model keys that win over the file's ``[defaults]``.
+        models: model tables that replace the file's models when given.
+
+    Returns:
+        The validated configuration; the built-in model when none is configured.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from None
+    unknown = sorted(set(data) - {"server", "defaults", "models"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown section(s) {', '.join(unknown)}")
+    model_defaults = {**data.get("defaults", {}), **(defaults or {})}
+    if "restart" in data.get("defaults", {}) and defaults and "restart" in defaults:
+        model_defaults["restart"] = {**data["defaults"]["restart"], **defaults["restart"]}
+    tables = models if models is not None else data.get("models", [])
+    built = tuple(model_config(t, model_defaults) for t in tables)
+    if not built:
+        builtin = {"name": DEFAULT_MODEL.name, "handler": DEFAULT_MODEL.handler}
+        built = (model_config(builtin, model_defaults),)
+    _check_unique(built)
+    server_table = {**data.get("server", {}), **(server or {})}
+    config: ServerConfig = _build(ServerConfig, {**server_table, "models": built}, "server")
+    return config
+
+
+def _check_unique(models: tuple[ModelConfig, ...]) -> None:
+    seen = set()
+    for m in models:
+        if (m.name, m.version) in seen:
+            raise ConfigError(f"model {m.name} version {m.version} is configured twice")
+        seen.add((m.name, m.version))

@@ -1,0 +1,178 @@
+"""The supervisor: a nursery that owns every model's pool, and its embedding API.
+
+::
+
+    async with open_supervisor(config) as sup:
+        await sup.load_model(ModelConfig(name="m", handler="my_handler"))
+        reply = await sup.predict("m", b"[1, 2]")
+
+Leaving the block stops the workers politely (bounded by ``grace``); cancelling
+it tears them down at once. Either way no worker process survives.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+
+import trio
+
+from handlers.protocol import InferItem, ReplyItem
+from supervisor.config import ModelConfig, ServerConfig
+from supervisor.batching import Job
+from supervisor.pool import ModelState, Pool
+from supervisor.process import Launcher, ProcessLauncher
+from supervisor.registry import Registry
+from supervisor.stats import ModelStats
+
+__all__ = ["Supervisor", "open_supervisor"]
+
+log = logging.getLogger("supervisor")
+
+
+class Supervisor:
+    """Owns the pools of all loaded models.
+
+    Args:
+        launcher: starts worker processes (a fake one in deterministic tests).
+        rng: randomness for restart jitter.
+    """
+
+    def __init__(self, launcher: Launcher | None = None, rng: random.Random | None = None) -> None:
+        self.registry = Registry()
+        self._launcher = launcher or ProcessLauncher()
+        self._rng = rng or random.Random()
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until cancelled; every pool lives in this task's nursery."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started(self)
+            await trio.sleep_forever()
+
+    async def load_model(self, config: ModelConfig, *, wait: bool = True) -> ModelStats:
+        """Start a model's workers.
+
+        Args:
+            config: the model version to load.
+            wait: return only when its workers are ready.
+
+        Raises:
+            ModelConflict: that name and version are already loaded.
+            WorkerStartFailed: with ``wait``, the workers could not load the model
+                (the model stays registered, FAILED, so that describe explains it).
+        """
+        assert self._nursery is not None, "the supervisor is not running"
+        pool = Pool(config, self._launcher, random.Random(self._rng.random()))
+        self.registry.add(pool)
+        await self._nursery.start(self._run_pool, pool)
+        log.info("loading model %s with %d worker(s)", pool.label, config.workers)
+        if wait:
+            await pool.wait_ready()
+        return pool.statistics(is_default=self.registry.is_default(pool))
+
+    async def _run_pool(self, pool: Pool, *, task_status: trio.TaskStatus[Pool]) -> None:
+        try:
+            await pool.run(task_status=task_status)
+        finally:
+            if pool.state is not ModelState.FAILED:
+                self.registry.remove(pool)
+
+    def pool(self, name: str, version: str | None = None) -> Pool:
+        """The pool serving ``name`` (raises ModelNotFound/ModelVersionNotFound)."""
+        return self.registry.get(name, version)
+
+    async def predict(
+        self,
+        name: str,
+        body: bytes,
+        *,
+        version: str | None = None,
+        content_type: str = "application/json",
+        headers: Mapping[str, str] | None = None,
+    ) -> ReplyItem:
+        """Run one request with a raw body through the model and return its reply.
+
+        Raises:
+            SupervisorError: the model is unknown or unavailable, or its worker failed.
+        """
+        item = InferItem(uuid.uuid4().hex, dict(headers or {}), {"body": (content_type, body)})
+        return await self.submit(item, name, version).wait()
+
+    def submit(self, item: InferItem, name: str, version: str | None = None) -> Job:
+        """Queue a request for ``name``; await ``.wait()`` on the returned job."""
+        return self.registry.get(name, version).submit(item)
+
+    async def scale(self, name: str, workers: int, *, version: str | None = None, wait: bool = True) -> None:
+        """Run ``workers`` workers for the model; with ``wait``, until they are ready."""
+        pool = self.registry.get(name, version)
+        pool.scale(workers)
+        if wait:
+            await pool.wait_ready(workers)
+
+    async def unload(self, name: str, *, version: str | None = None) -> None:
+        """Stop a model version: queued requests get 503, in-flight ones finish."""
+        pool = self.registry.get(name, version)
+        pool.stop()
+        await pool.wait_stopped()
+        self.registry.remove(pool)
+
+    def statistics(self) -> tuple[ModelStats, ...]:
+        """Snapshots of every model version."""
+        return tuple(p.statistics(is_default=self.registry.is_default(p)) for p in self.registry)
+
+    def describe(self, name: str, version: str | None = None) -> list[ModelStats]:
+        """Snapshots of ``name``: one version, or all of them if ``version == "all"``."""
+        pools = self.registry.versions(name) if version == "all" else [self.registry.get(name, version)]
+        return [p.statistics(is_default=self.registry.is_default(p)) for p in pools]
+
+    def unhealthy_models(self) -> list[str]:
+        """The models whose default version is FAILED."""
+        return [p.label for p in self.registry if p.state is ModelState.FAILED and self.registry.is_default(p)]
+
+    async def stop_all(self) -> None:
+        """Stop every model politely and wait for the workers to exit."""
+        pools = list(self.registry)
+        for pool in pools:
+            pool.stop()
+        for pool in pools:
+            await pool.wait_stopped()
+
+
+@asynccontextmanager
+async def open_supervisor(
+    config: ServerConfig | None = None,
+    *,
+    wait: bool = True,
+    grace: float = 10.0,
+    launcher: Launcher | None = None,
+) -> AsyncIterator[Supervisor]:
+    """Run a supervisor for the duration of the block.
+
+    Args:
+        config: models to load at once (its ``models``); None loads nothing.
+        wait: wait for those models' workers to be ready before entering.
+        grace: on a normal exit, seconds the workers get to stop politely.
+        launcher: starts worker processes (tests pass a fake).
+
+    Yields:
+        The running supervisor.
+    """
+    async with trio.open_nursery() as nursery:
+        sup: Supervisor = await nursery.start(Supervisor(launcher).run)
+        try:
+            for model in config.models if config else ():
+                await sup.load_model(model, wait=False)
+            if wait:
+                for pool in list(sup.registry):
+                    await pool.wait_ready()
+            yield sup
+            with trio.move_on_after(grace):
+                await sup.stop_all()
+        finally:
+            nursery.cancel_scope.cancel()
+

@@ -1,0 +1,134 @@
+"""Every error the supervisor reports, and the HTTP status each one maps to.
+
+::
+
+    SupervisorError
+    ├── ModelNotFound              404  no model by that name
+    ├── ModelVersionNotFound       404  the model has no such version
+    ├── ModelConflict              409  that name and version are already loaded
+    ├── InvalidRequest             400  the request itself is wrong
+    ├── ModelUnavailable           503  FAILED, stopping, or its queue is full
+    ├── WorkerStartFailed          500  a worker could not load the model
+    └── WorkerFailure                   a request's worker failed while serving it
+        ├── WorkerDied             500  (507 when killed by SIGKILL, e.g. the OOM killer)
+        └── WorkerTimeout          504  no reply within response_timeout
+
+The ``type`` of each error is the name TorchServe clients see for the same case,
+so error bodies keep their shape: ``{"code", "type", "message"}``.
+"""
+
+from __future__ import annotations
+
+import signal
+
+__all__ = [
+    "InvalidRequest",
+    "ModelConflict",
+    "ModelNotFound",
+    "ModelUnavailable",
+    "ModelVersionNotFound",
+    "SupervisorError",
+    "WorkerDied",
+    "WorkerFailure",
+    "WorkerStartFailed",
+    "WorkerTimeout",
+]
+
+
+class SupervisorError(Exception):
+    """Base of every error the supervisor reports to a caller.
+
+    Attributes:
+        status: the HTTP status this error is answered with.
+        type_name: the error type shown to clients.
+        log_tail: the last log lines of the worker involved, if any.
+    """
+
+    status = 500
+    type_name = "InternalServerException"
+
+    def __init__(self, message: str, *, log_tail: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.message = message
+        self.log_tail = log_tail
+
+    def to_json(self) -> dict[str, object]:
+        """The error body: ``code``, ``type``, ``message`` (and ``logTail`` if any)."""
+        body: dict[str, object] = {
+            "code": self.status,
+            "type": self.type_name,
+            "message": self.message,
+        }
+        if self.log_tail:
+            body["logTail"] = list(self.log_tail)
+        return body
+
+
+class ModelNotFound(SupervisorError):
+    """No model is registered under the name asked for."""
+
+    status = 404
+    type_name = "ModelNotFoundException"
+
+
+class ModelVersionNotFound(SupervisorError):
+    """The model exists but not in the version asked for."""
+
+    status = 404
+    type_name = "ModelVersionNotFoundException"
+
+
+class ModelConflict(SupervisorError):
+    """A model with the same name and version is already loaded."""
+
+    status = 409
+    type_name = "ConflictStatusException"
+
+
+class InvalidRequest(SupervisorError):
+    """The request is malformed (bad parameters or body)."""
+
+    status = 400
+    type_name = "BadRequestException"
+
+
+class ModelUnavailable(SupervisorError):
+    """The model cannot take requests: FAILED, stopping, or its queue is full."""
+
+    status = 503
+    type_name = "ServiceUnavailableException"
+
+
+class WorkerStartFailed(SupervisorError):
+    """Workers could not load the model (the policy gave up)."""
+
+    status = 500
+    type_name = "InternalServerException"
+
+
+class WorkerFailure(SupervisorError):
+    """The worker serving a request failed before answering it."""
+
+
+class WorkerDied(WorkerFailure):
+    """The worker process exited while it held the request.
+
+    Args:
+        message: what happened, naming the worker and its incarnation.
+        killed_by: the signal that killed the worker, if any.
+        log_tail: the worker's last log lines.
+    """
+
+    def __init__(
+        self, message: str, *, killed_by: int | None = None, log_tail: tuple[str, ...] = ()
+    ) -> None:
+        super().__init__(message, log_tail=log_tail)
+        if killed_by == signal.SIGKILL:
+            self.status = 507  # TorchServe's answer for an exit by SIGKILL (the OOM killer's signal)
+
+
+class WorkerTimeout(WorkerFailure):
+    """The worker did not answer within the response timeout; it was replaced."""
+
+    status = 504
+    type_name = "WorkerTimeoutException"

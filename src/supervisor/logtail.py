@@ -1,0 +1,71 @@
+"""A bounded ring of a worker's last log lines (pure, no I/O).
+
+Bytes arrive in arbitrary chunks; complete lines enter the ring, and the ring
+keeps at most ``max_lines`` lines and ``max_bytes`` bytes, dropping the oldest.
+A single line longer than ``max_line_bytes`` is cut, so one giant write can
+never hold the whole budget or grow the pending buffer without bound.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+__all__ = ["LogTail"]
+
+
+class LogTail:
+    """The last lines of a byte stream, within fixed bounds.
+
+    Args:
+        max_lines: the most lines kept.
+        max_bytes: the most bytes kept, over all kept lines.
+        max_line_bytes: longer lines are cut to this length (and marked).
+    """
+
+    def __init__(self, max_lines: int = 200, max_bytes: int = 64 * 1024, max_line_bytes: int = 4096) -> None:
+        self._lines: deque[str] = deque()
+        self._size = 0
+        self._partial = bytearray()
+        self._max_lines = max_lines
+        self._max_bytes = max_bytes
+        self._max_line = max_line_bytes
+        self.total_bytes = 0
+
+    def feed(self, data: bytes) -> list[str]:
+        """Add received bytes; return the lines they completed."""
+        self.total_bytes += len(data)
+        self._partial += data
+        *complete, rest = self._partial.split(b"\n")
+        self._partial = bytearray(rest[: self._max_line + 1])
+        if len(rest) > self._max_line:
+            complete.append(rest)
+            self._partial = bytearray()
+        lines = [self._text(raw) for raw in complete]
+        for line in lines:
+            self._push(line)
+        return lines
+
+    def close(self) -> list[str]:
+        """The stream ended: keep an unterminated last line, if any."""
+        if not self._partial:
+            return []
+        line = self._text(bytes(self._partial))
+        self._partial = bytearray()
+        self._push(line)
+        return [line]
+
+    def lines(self, last: int | None = None) -> tuple[str, ...]:
+        """The kept lines, oldest first (only the ``last`` ones if given)."""
+        kept = tuple(self._lines)
+        return kept if last is None else kept[-last:] if last > 0 else ()
+
+    def _text(self, raw: bytes) -> str:
+        cut = len(raw) > self._max_line
+        text = raw[: self._max_line].decode("utf-8", "replace").rstrip("\r")
+        return text + " [...line cut]" if cut else text
+
+    def _push(self, line: str) -> None:
+        self._lines.append(line)
+        self._size += len(line)
+        while self._lines and (len(self._lines) > self._max_lines or self._size > self._max_bytes):
+            self._size -= len(self._lines.popleft())

@@ -1,0 +1,419 @@
+"""A model version's workers: a bounded job queue and N restarting slots.
+
+Requests become ``Job``s on a bounded memory channel (a full channel is an
+immediate 503). Each ``Slot`` is a restart loop: it runs one ``Worker``
+incarnation at a time, pulls batches from the channel while the worker lives,
+and after an exit asks the restart policy whether and when to start the next
+incarnation. Jobs still queued are untouched by a worker's death; only the
+batch in flight on the dead worker fails. When the policy gives up, the whole
+model becomes FAILED: its slots stop and every waiting job gets a 503 carrying
+the reason and the last log lines.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import random
+import time
+
+import trio
+
+from handlers.protocol import InferItem
+from supervisor.batching import Job, fill_batch, take_first
+from supervisor.config import ModelConfig
+from supervisor.errors import ModelUnavailable, WorkerDied, WorkerFailure, WorkerStartFailed
+from supervisor.policy import Backoff, Intensity, decide
+from supervisor.process import Launcher
+from supervisor.stats import ExitStats, ModelStats, WorkerStats
+from supervisor.worker import ExitRecord, NotDelivered, Worker, WorkerState
+
+__all__ = ["ModelState", "Pool", "Slot"]
+
+log = logging.getLogger("supervisor.pool")
+
+
+class ModelState(enum.Enum):
+    """The life of a model version."""
+
+    LOADING = "LOADING"
+    READY = "READY"
+    FAILED = "FAILED"
+    STOPPING = "STOPPING"
+    STOPPED = "STOPPED"
+
+
+class Pool:
+    """The workers of one model version.
+
+    Args:
+        config: the model and its settings.
+        launcher: starts worker processes.
+        rng: randomness for backoff jitter (seed it in tests).
+    """
+
+    def __init__(self, config: ModelConfig, launcher: Launcher, rng: random.Random | None = None) -> None:
+        self.config = config
+        self.state = ModelState.LOADING
+        self.failure: str | None = None
+        self.failure_log_tail: tuple[str, ...] = ()
+        self.loaded_at = time.time()
+        self.requests = 0
+        self.launcher = launcher
+        self.rng = rng or random.Random()
+        self.intensity = Intensity(config.restart)
+        self.slots: list[Slot] = []
+        self._send, self._receive = trio.open_memory_channel[Job](config.job_queue_size)
+        self._nursery: trio.Nursery | None = None
+        self._changed = trio.Event()
+        self._unloaded = trio.Event()
+        self._finished = trio.Event()
+        self._slot_count = 0
+
+    @property
+    def label(self) -> str:
+        """``name/version`` for messages."""
+        return f"{self.config.name}/{self.config.version}"
+
+    async def run(self, *, task_status: trio.TaskStatus[Pool] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the slots until stopped; every job still queued at the end is answered."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                for _ in range(self.config.workers):
+                    self._add_slot()
+                task_status.started(self)
+                await self._unloaded.wait()
+        finally:
+            self._nursery = None
+            if self.state is not ModelState.FAILED:
+                self._set_state(ModelState.STOPPED)
+            self._fail_queued(ModelUnavailable(f"Model {self.label} is stopped"))
+            self._finished.set()
+
+    async def wait_stopped(self) -> None:
+        """Wait until every slot has ended and the pool's task has returned."""
+        await self._finished.wait()
+
+    def submit(self, item: InferItem) -> Job:
+        """Queue one request; the returned job is answered exactly once.
+
+        Raises:
+            ModelUnavailable: the model is FAILED or stopping, has no workers, or
+                its queue is full.
+        """
+        self._check_available()
+        job = Job(item)
+        try:
+            self._send.send_nowait(job)
+        except trio.WouldBlock:
+            raise ModelUnavailable(
+                f"Model {self.label} has {self.config.job_queue_size} requests waiting, its "
+                "queue is full; retry later or add workers"
+            ) from None
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise ModelUnavailable(f"Model {self.label} is stopping") from None
+        self.requests += 1
+        return job
+
+    def _check_available(self) -> None:
+        if self.state is ModelState.FAILED:
+            raise ModelUnavailable(
+                f"Model {self.label} is FAILED: {self.failure}", log_tail=self.failure_log_tail
+            )
+        if self.state in (ModelState.STOPPING, ModelState.STOPPED):
+            raise ModelUnavailable(f"Model {self.label} is stopping")
+        if not self.slots:
+            raise ModelUnavailable(
+                f'Model "{self.config.name}" has no worker to serve inference request. '
+                "Please use scale workers API to add workers."
+            )
+
+    def scale(self, workers: int) -> None:
+        """Run ``workers`` slots: start new ones or stop the newest (after their batch)."""
+        if self.state in (ModelState.FAILED, ModelState.STOPPING, ModelState.STOPPED):
+            raise ModelUnavailable(f"Model {self.label} is {self.state.value}; it cannot be scaled")
+        while len(self.slots) < workers:
+            self._add_slot()
+        for slot in self.slots[workers:]:
+            slot.stop()
+        self._notify()
+
+    def stop(self) -> None:
+        """Stop taking requests, answer the queued ones, stop every slot."""
+        if self.state is not ModelState.FAILED:
+            self._set_state(ModelState.STOPPING)
+        self._send.close()
+        self._unloaded.set()
+        self._fail_queued(ModelUnavailable(f"Model {self.label} was unloaded"))
+        for slot in self.slots:
+            slot.stop()
+
+    async def wait_ready(self, workers: int | None = None) -> None:
+        """Wait until ``workers`` (default: the configured number) are ready.
+
+        Raises:
+            WorkerStartFailed: the model became FAILED (or stopped) instead.
+        """
+        wanted = self.config.workers if workers is None else workers
+        while self.ready_count() < wanted:
+            if self.state in (ModelState.FAILED, ModelState.STOPPED, ModelState.STOPPING):
+                raise WorkerStartFailed(
+                    f"Failed to start workers for model {self.label}: {self.failure or self.state.value}",
+                    log_tail=self.failure_log_tail,
+                )
+            await self._changed.wait()
+
+    def ready_count(self) -> int:
+        """How many workers can take a batch now."""
+        return sum(1 for s in self.slots if s.ready)
+
+    def statistics(self, *, is_default: bool = False) -> ModelStats:
+        """A frozen snapshot of the model and its workers."""
+        return ModelStats(
+            config=self.config,
+            state=self.state.value,
+            is_default=is_default,
+            failure=self.failure,
+            failure_log_tail=self.failure_log_tail,
+            workers=tuple(s.statistics() for s in self.slots),
+            restarts=sum(s.restarts for s in self.slots),
+            queue_depth=self._send.statistics().current_buffer_used,
+            queue_capacity=self.config.job_queue_size,
+            requests=self.requests,
+            loaded_at=self.loaded_at,
+        )
+
+    def _add_slot(self) -> None:
+        assert self._nursery is not None
+        self._slot_count += 1
+        slot = Slot(self, f"w{self._slot_count}")
+        self.slots.append(slot)
+        self._nursery.start_soon(slot.run)
+
+    def _remove_slot(self, slot: Slot) -> None:
+        if slot in self.slots:
+            self.slots.remove(slot)
+        self._notify()
+
+    def _notify(self) -> None:
+        if self.state is ModelState.LOADING and self.slots and self.ready_count() >= min(
+            self.config.workers, len(self.slots)
+        ):
+            self.state = ModelState.READY
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _set_state(self, state: ModelState) -> None:
+        self.state = state
+        self._notify()
+
+    def fail(self, reason: str, record: ExitRecord) -> None:
+        """Give up on the model: FAILED, slots stopped, waiting jobs answered 503."""
+        if self.state is ModelState.FAILED:
+            return
+        self.failure = f"{reason}; last exit: {record.summary()}"
+        self.failure_log_tail = record.log_tail
+        log.error("model %s FAILED: %s", self.label, self.failure)
+        self._set_state(ModelState.FAILED)
+        self._fail_queued(ModelUnavailable(f"Model {self.label} is FAILED: {self.failure}", log_tail=record.log_tail))
+        for slot in self.slots:
+            slot.stop()
+
+    def _fail_queued(self, error: ModelUnavailable) -> None:
+        while True:
+            try:
+                self._receive.receive_nowait().fail(error)
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                return
+
+    @property
+    def receive(self) -> trio.MemoryReceiveChannel[Job]:
+        """The job queue's receiving end (used by the slots)."""
+        return self._receive
+
+
+class Slot:
+    """A place for one worker; restarts it across incarnations.
+
+    Args:
+        pool: the pool this slot belongs to.
+        slot_id: the slot's id, kept by every incarnation.
+    """
+
+    def __init__(self, pool: Pool, slot_id: str) -> None:
+        self.pool = pool
+        self.id = slot_id
+        self.incarnation = 0
+        self.restarts = 0
+        self.worker: Worker | None = None
+        self.last_exit: ExitStats | None = None
+        self._backoff = Backoff(pool.config.restart)
+        self._stopping = False
+        self._wait_scope = trio.CancelScope()  # the wait that a stop or a death interrupts
+        self._carry: list[Job] = []
+
+    @property
+    def ready(self) -> bool:
+        """Whether the current incarnation can take batches."""
+        return self.worker is not None and self.worker.state in (WorkerState.READY, WorkerState.BUSY)
+
+    def stop(self) -> None:
+        """Stop after the batch in flight (a worker still loading stops at once)."""
+        self._stopping = True
+        self._wait_scope.cancel()
+        if self.worker is not None and self.worker.state is WorkerState.STARTING:
+            self.worker.stop()
+
+    async def run(self) -> None:
+        """The restart loop: one incarnation after another until stopped or given up."""
+        try:
+            while not self._stopping:
+                record = await self._incarnate()
+                delay = None if self._stopping else self._after_exit(record)
+                if delay is None:
+                    break
+                await self._sleep(delay)
+        finally:
+            self._fail_carry()
+            self.pool._remove_slot(self)
+
+    def _after_exit(self, record: ExitRecord) -> float | None:
+        """Apply the restart policy: the delay before the next start, or None to give up."""
+        decision = decide(
+            self._backoff,
+            self.pool.intensity,
+            now=trio.current_time(),
+            uptime=record.uptime,
+            rng=self.pool.rng,
+        )
+        if decision.give_up:
+            self.pool.fail(decision.reason, record)
+            return None
+        log.warning("worker %s %s#%d ended: %s; %s", self.pool.label, self.id, self.incarnation,
+                    record.summary(), decision.reason)
+        self.restarts += 1
+        return decision.delay
+
+    async def _sleep(self, delay: float) -> None:
+        with trio.CancelScope() as self._wait_scope:
+            if not self._stopping:
+                await trio.sleep(delay)
+
+    async def _incarnate(self) -> ExitRecord:
+        self.incarnation += 1
+        worker = Worker(
+            self.pool.config,
+            worker_id=self.id,
+            incarnation=self.incarnation,
+            launcher=self.pool.launcher,
+        )
+        self.worker = worker
+        async with trio.open_nursery() as nursery:
+            try:
+                await nursery.start(worker.run)
+            except WorkerStartFailed as exc:
+                log.warning("%s", exc.message)
+            else:
+                self.pool._notify()
+                log.info("worker %s %s#%d ready (pid %s)", self.pool.label, self.id,
+                         self.incarnation, worker.pid)
+                await self._serve(worker)
+                worker.stop()
+        assert worker.exit is not None
+        self.last_exit = _exit_stats(worker)
+        self.pool._notify()
+        return worker.exit
+
+    async def _serve(self, worker: Worker) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._cancel_when_dead, worker)
+            while self._carry and not worker.dead.is_set():
+                batch, self._carry = self._carry, []
+                await self._dispatch(worker, batch)
+            while not (self._stopping or worker.dead.is_set()):
+                await self._next_batch(worker)
+            nursery.cancel_scope.cancel()
+
+    async def _cancel_when_dead(self, worker: Worker) -> None:
+        await worker.dead.wait()
+        self._wait_scope.cancel()
+
+    async def _next_batch(self, worker: Worker) -> None:
+        with trio.CancelScope() as self._wait_scope:
+            if self._stopping or worker.dead.is_set():
+                return
+            try:
+                first, under_load = await take_first(self.pool.receive)
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                self._stopping = True
+                return
+        if self._wait_scope.cancelled_caught:
+            return
+        batch = [first]
+        try:
+            c = self.pool.config
+            await fill_batch(self.pool.receive, batch, batch_size=c.batch_size,
+                             max_delay=c.max_batch_delay, under_load=under_load)
+            await self._dispatch(worker, batch)
+        except BaseException:
+            for job in batch:  # cancelled: nobody else will answer these
+                job.fail(ModelUnavailable(f"Model {self.pool.label} is stopping"))
+            raise
+
+    async def _dispatch(self, worker: Worker, batch: list[Job]) -> None:
+        now = trio.current_time()
+        for job in batch:
+            job.dispatched_at = now
+        try:
+            replies = await worker.infer([job.item for job in batch])
+        except NotDelivered:
+            self._carry = batch  # never reached the worker: the next incarnation sends it
+            return
+        except WorkerFailure as exc:
+            for job in batch:
+                job.fail(exc)
+            return
+        by_id = {reply.request_id: reply for reply in replies}
+        for job in batch:
+            reply = by_id.get(job.item.request_id)
+            if reply is None:
+                job.fail(WorkerDied(f"worker {worker.name} sent no answer for this request"))
+            else:
+                job.resolve(reply)
+
+    def _fail_carry(self) -> None:
+        for job in self._carry:
+            job.fail(ModelUnavailable(f"Model {self.pool.label}: its worker stopped before serving this request"))
+        self._carry = []
+
+    def statistics(self) -> WorkerStats:
+        """A frozen snapshot of the slot and its current incarnation."""
+        w = self.worker
+        return WorkerStats(
+            id=self.id,
+            pid=w.pid if w else None,
+            incarnation=self.incarnation,
+            state=w.state.value if w else "STARTING",
+            started_at=w.started_at if w else 0.0,
+            restarts=self.restarts,
+            batches=w.batches if w else 0,
+            last_exit=self.last_exit,
+            log_tail=w.log.lines(20) if w else (),
+        )
+
+
+def _exit_stats(worker: Worker) -> ExitStats:
+    record = worker.exit
+    assert record is not None
+    return ExitStats(
+        incarnation=worker.incarnation,
+        pid=worker.pid,
+        reason=record.reason,
+        returncode=record.returncode,
+        signal=record.signal,
+        uptime=record.uptime,
+        ended_at=record.ended_at,
+        log_tail=record.log_tail,
+    )
+

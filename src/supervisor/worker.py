@@ -1,0 +1,382 @@
+"""One incarnation of one worker process, from spawn to reaped.
+
+``Worker.run`` is started with ``nursery.start``: it spawns the process, sends
+``LOAD`` and reports started only once the worker answered ``READY`` within
+``startup_timeout``. A start that fails raises ``WorkerStartFailed`` out of
+``start()``. After that the worker serves ``infer`` calls (one batch at a time,
+each under ``response_timeout``) and a heartbeat task pings it; a missed
+heartbeat, a protocol error, a timeout or the process's exit ends the
+incarnation. Every end goes through one shielded teardown: polite ``SHUTDOWN``
+(only for a requested stop), SIGTERM to the group, grace, SIGKILL to the group,
+wait, sweep. Then ``exit`` holds the record of why it ended, the request in
+flight (if any) fails with that record, and ``dead`` is set.
+"""
+
+from __future__ import annotations
+
+import enum
+import signal
+import time
+
+import attrs
+import trio
+
+from handlers.protocol import (
+    Decoder,
+    InferItem,
+    Kind,
+    Message,
+    ProtocolError,
+    ReplyItem,
+    decode_reply,
+    encode,
+    encode_infer,
+)
+from supervisor.config import ModelConfig
+from supervisor.errors import SupervisorError, WorkerDied, WorkerStartFailed, WorkerTimeout
+from supervisor.logtail import LogTail
+from supervisor.process import Launcher, WorkerProcess, describe_returncode
+
+__all__ = ["ExitRecord", "NotDelivered", "Worker", "WorkerState"]
+
+
+class WorkerState(enum.Enum):
+    """Where an incarnation is in its life."""
+
+    STARTING = "STARTING"
+    READY = "READY"
+    BUSY = "BUSY"
+    STOPPING = "STOPPING"
+    DEAD = "DEAD"
+
+
+class NotDelivered(Exception):
+    """A batch could not even be sent: the worker was already gone. Requeue it."""
+
+
+@attrs.frozen
+class ExitRecord:
+    """Why and how an incarnation ended.
+
+    Attributes:
+        reason: what ended it ("exited", "response timeout after 2 s", ...).
+        returncode: the process's return code (negative: the signal), if reaped.
+        uptime: seconds from spawn to exit.
+        ended_at: wall-clock time of the end (seconds since the epoch).
+        log_tail: the last lines the worker wrote.
+        requested: true when the supervisor asked it to stop (scale down, unload).
+    """
+
+    reason: str
+    returncode: int | None
+    uptime: float
+    ended_at: float
+    log_tail: tuple[str, ...]
+    requested: bool = False
+
+    @property
+    def signal(self) -> int | None:
+        """The signal that killed the process, if one did."""
+        return -self.returncode if self.returncode is not None and self.returncode < 0 else None
+
+    def summary(self) -> str:
+        """One line: the reason and how the process ended."""
+        how = "not reaped" if self.returncode is None else describe_returncode(self.returncode)
+        return f"{self.reason} ({how})"
+
+
+@attrs.define
+class _Pending:
+    batch_id: int
+    done: trio.Event = attrs.field(factory=trio.Event)
+    items: list[ReplyItem] = attrs.field(factory=list)
+    error: SupervisorError | None = None
+
+
+class Worker:
+    """One incarnation of one worker.
+
+    Args:
+        config: the model this worker serves.
+        worker_id: the slot's id, stable across incarnations.
+        incarnation: 1 for the first process of the slot, then 2, 3, ...
+        launcher: starts the process.
+        env: extra environment for the process.
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        *,
+        worker_id: str,
+        incarnation: int,
+        launcher: Launcher,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.config = config
+        self.id = worker_id
+        self.incarnation = incarnation
+        self.state = WorkerState.STARTING
+        self.pid: int | None = None
+        self.started_at = time.time()
+        self.ready_at: float | None = None
+        self.exit: ExitRecord | None = None
+        self.log = LogTail(config.log_lines, config.log_bytes)
+        self.dead = trio.Event()
+        self._launcher = launcher
+        self._env = env or {}
+        self._proc: WorkerProcess | None = None
+        self._t0 = trio.current_time()
+        self._scope = trio.CancelScope()
+        self._stop_reason: str | None = None
+        self._stop_requested = False
+        self._ready = trio.Event()
+        self._load_error: str | None = None
+        self._send_lock = trio.Lock()
+        self._pending: _Pending | None = None
+        self._batches = 0
+        self._pong = 0
+        self._pong_event = trio.Event()
+        self._logs_done = trio.Event()
+
+    @property
+    def name(self) -> str:
+        """``model/version worker-id #incarnation`` for messages."""
+        c = self.config
+        return f"{c.name}/{c.version} {self.id}#{self.incarnation}"
+
+    @property
+    def batches(self) -> int:
+        """How many batches this incarnation was given."""
+        return self._batches
+
+    def stop(self, reason: str = "stopped by the supervisor") -> None:
+        """Ask for a polite stop; the current batch (if any) finishes first."""
+        self._stop_requested = True
+        self._end(reason)
+
+    def kill(self, reason: str) -> None:
+        """End the incarnation now (no polite shutdown): it is hung or broken."""
+        self._end(reason)
+
+    def _end(self, reason: str) -> None:
+        if self._stop_reason is None:
+            self._stop_reason = reason
+        self._scope.cancel()
+
+    async def run(self, *, task_status: trio.TaskStatus[Worker] = trio.TASK_STATUS_IGNORED) -> None:
+        """Spawn, hand-shake, serve until the end, then tear down and reap."""
+        self._proc = proc = await self._launcher.launch(self._env)
+        self.pid = proc.pid
+        try:
+            async with trio.open_nursery() as logs:
+                logs.start_soon(self._pump_logs, proc)
+                try:
+                    await self._supervise(proc, task_status)
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await self._teardown(proc)
+                        with trio.move_on_after(1.0):
+                            await self._logs_done.wait()
+                        logs.cancel_scope.cancel()
+        finally:
+            self._record_exit(proc)
+        if self.ready_at is None:
+            raise WorkerStartFailed(
+                f"worker {self.name} failed to start: {self.exit.summary() if self.exit else '?'}",
+                log_tail=self.log.lines(),
+            )
+
+    async def _supervise(self, proc: WorkerProcess, task_status: trio.TaskStatus[Worker]) -> None:
+        with self._scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch_exit, proc)
+                nursery.start_soon(self._read_loop, proc.stream)
+                with trio.move_on_after(self.config.startup_timeout):
+                    try:
+                        await self._send(encode(Message(Kind.LOAD, self._load_header())))
+                    except NotDelivered:
+                        return
+                    await self._ready.wait()
+                if not self._ready.is_set():
+                    self.kill(f"no READY within startup_timeout ({self.config.startup_timeout:g} s)")
+                    return
+                self.state = WorkerState.READY
+                self.ready_at = time.time()
+                nursery.start_soon(self._heartbeat)
+                task_status.started(self)
+
+    def _load_header(self) -> dict[str, object]:
+        c = self.config
+        return {
+            "model_name": c.name,
+            "model_version": c.version,
+            "handler": c.handler,
+            "model_dir": c.model_dir,
+            "batch_size": c.batch_size,
+            "gpu_id": None,
+            "config": dict(c.handler_config),
+        }
+
+    async def _watch_exit(self, proc: WorkerProcess) -> None:
+        await proc.wait()
+        self._end("the process exited")
+
+    async def _read_loop(self, stream: trio.abc.Stream) -> None:
+        decoder = Decoder()
+        try:
+            while data := await stream.receive_some():
+                for message in decoder.feed(data):
+                    self._on_message(message)
+        except ProtocolError as exc:
+            self.kill(f"protocol error: {exc}")
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        assert self._proc is not None
+        with trio.move_on_after(1.0):  # EOF usually means the process died: say so
+            await self._proc.wait()
+        self.kill("the worker closed its protocol socket")
+
+    def _on_message(self, message: Message) -> None:
+        if message.kind is Kind.READY:
+            self._ready.set()
+        elif message.kind is Kind.LOAD_FAILED:
+            self._load_error = str(message.header.get("message", "unknown error"))
+            self.kill(f"the handler failed to load: {self._load_error}")
+        elif message.kind is Kind.PONG:
+            self._pong = int(message.header.get("seq", 0))
+            self._pong_event.set()
+        elif message.kind is Kind.REPLY:
+            self._on_reply(message)
+        else:
+            self.kill(f"protocol error: unexpected {message.kind.name} from the worker")
+
+    def _on_reply(self, message: Message) -> None:
+        batch_id, items = decode_reply(message)
+        pending = self._pending
+        if pending is None or pending.batch_id != batch_id:
+            self.kill(f"protocol error: a reply for batch {batch_id} that was not asked for")
+            return
+        pending.items = items
+        pending.done.set()
+
+    async def _send(self, frame: bytes) -> None:
+        assert self._proc is not None
+        try:
+            async with self._send_lock:
+                await self._proc.stream.send_all(frame)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.kill("the protocol socket is broken")
+            raise NotDelivered(self.name) from None
+
+    async def _heartbeat(self) -> None:
+        c = self.config
+        seq = 0
+        while True:
+            await trio.sleep(c.heartbeat_interval)
+            seq += 1
+            with trio.move_on_after(c.heartbeat_timeout):
+                try:
+                    await self._send(encode(Message(Kind.PING, {"seq": seq})))
+                except NotDelivered:
+                    return
+                while self._pong < seq:
+                    self._pong_event = trio.Event()
+                    await self._pong_event.wait()
+            if self._pong < seq:
+                self.kill(f"no heartbeat answer within {c.heartbeat_timeout:g} s (hung or stopped)")
+                return
+
+    async def _pump_logs(self, proc: WorkerProcess) -> None:
+        try:
+            if proc.logs is None:
+                return
+            async for chunk in proc.logs:
+                self.log.feed(chunk)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            self.log.close()
+            self._logs_done.set()
+
+    async def infer(self, items: list[InferItem]) -> list[ReplyItem]:
+        """Run one batch on this worker and return one reply per item.
+
+        Raises:
+            NotDelivered: the worker was gone before the batch was sent.
+            WorkerTimeout: no reply within ``response_timeout``; the worker is killed.
+            WorkerDied: the worker ended while it held the batch.
+        """
+        if self.state is not WorkerState.READY:
+            raise NotDelivered(self.name)
+        self._batches += 1
+        pending = self._pending = _Pending(self._batches)
+        self.state = WorkerState.BUSY
+        try:
+            await self._send(encode_infer(pending.batch_id, items))
+            with trio.move_on_after(self.config.response_timeout):
+                await pending.done.wait()
+        finally:
+            self._pending = None
+            if self.state is WorkerState.BUSY:
+                self.state = WorkerState.READY
+        if pending.error is not None:
+            raise pending.error
+        if not pending.done.is_set():
+            return self._timed_out()
+        return pending.items
+
+    def _timed_out(self) -> list[ReplyItem]:
+        timeout = self.config.response_timeout
+        self.kill(f"response timeout: no reply within {timeout:g} s")
+        raise WorkerTimeout(
+            f"worker {self.name} (pid {self.pid}) did not answer within "
+            f"response_timeout ({timeout:g} s); it is being replaced",
+            log_tail=self.log.lines(20),
+        )
+
+    async def _teardown(self, proc: WorkerProcess) -> None:
+        self.state = WorkerState.STOPPING
+        grace = self.config.stop_grace
+        if self._stop_requested and proc.poll() is None:
+            with trio.move_on_after(grace):
+                try:
+                    await self._send(encode(Message(Kind.SHUTDOWN)))
+                    await proc.wait()
+                except NotDelivered:
+                    pass
+        if proc.poll() is None:
+            proc.signal_group(signal.SIGTERM)
+            proc.signal_group(signal.SIGCONT)  # a stopped process cannot act on SIGTERM
+            with trio.move_on_after(grace):
+                await proc.wait()
+        proc.signal_group(signal.SIGKILL)  # the leader if still alive, and any stragglers
+        await proc.wait()
+        proc.signal_group(signal.SIGKILL)
+        with trio.move_on_after(0.5):
+            await proc.stream.aclose()
+
+    def _record_exit(self, proc: WorkerProcess) -> None:
+        self.state = WorkerState.DEAD
+        reason = self._stop_reason or "ended"
+        self.exit = ExitRecord(
+            reason=reason,
+            returncode=proc.poll(),
+            uptime=trio.current_time() - self._t0,
+            ended_at=time.time(),
+            log_tail=self.log.lines(),
+            requested=self._stop_requested,
+        )
+        pending = self._pending
+        if pending is not None and not pending.done.is_set():
+            pending.error = self._death_error(self.exit)
+            pending.done.set()
+        self.dead.set()
+
+    def _death_error(self, record: ExitRecord) -> WorkerDied:
+        return WorkerDied(
+            f"worker {self.name} (pid {self.pid}) died while serving the request: "
+            f"{record.summary()}",
+            killed_by=record.signal,
+            log_tail=record.log_tail[-20:],
+        )
