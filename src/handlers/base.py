@@ -83,8 +83,12 @@ class Context:
         return self.request_ids.get(idx)
 
     def get_request_header(self, idx: int, key: str) -> Any:
-        """A header of request ``idx`` (names as sent), or None."""
-        return self._headers[idx].get(key)
+        """A header of request ``idx``, or None; names match regardless of case."""
+        headers = self._headers[idx]
+        if key in headers:
+            return headers[key]
+        wanted = key.lower()
+        return next((v for k, v in headers.items() if k.lower() == wanted), None)
 
     def get_all_request_header(self, idx: int) -> dict[str, Any]:
         """Every header of request ``idx``."""
@@ -176,6 +180,6 @@ def decode_param(content_type: str, data: bytes) -> Any:
             return json.loads(data)
         if mime.startswith("text/"):
             return data.decode()
-    except ValueError:
+    except (ValueError, RecursionError):  # deeply nested JSON recurses
         return data
     return data

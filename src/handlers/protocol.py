@@ -129,7 +129,7 @@ def _parse(frame: bytes) -> Message:
         raise ProtocolError("header runs past the frame")
     try:
         header = json.loads(frame[5:offset])
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # deeply nested JSON recurses
         raise ProtocolError(f"header is not JSON: {exc}") from None
     if not isinstance(header, dict):
         raise ProtocolError("header is not a JSON object")
@@ -211,8 +211,10 @@ def decode_infer(message: Message) -> tuple[int, list[InferItem]]:
         for meta in message.header["items"]:
             params = {str(n): (str(ct), next(blobs)) for n, ct in meta["params"]}
             items.append(InferItem(str(meta["id"]), dict(meta["headers"]), params))
+        if next(blobs, None) is not None:
+            raise ValueError("more blobs than parameters")
         return int(message.header["batch"]), items
-    except (KeyError, TypeError, ValueError, StopIteration) as exc:
+    except (KeyError, TypeError, ValueError, StopIteration, OverflowError) as exc:
         raise ProtocolError(f"malformed INFER message: {exc!r}") from None
 
 
@@ -252,5 +254,5 @@ def decode_reply(message: Message) -> tuple[int, list[ReplyItem]]:
             for m, body in zip(metas, message.blobs, strict=True)
         ]
         return int(message.header["batch"]), items
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise ProtocolError(f"malformed REPLY message: {exc!r}") from None

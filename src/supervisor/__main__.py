@@ -17,9 +17,9 @@ def check_identity() -> str | None:
 
     origin = getattr(supervisor, "__file__", None) or "(namespace package)"
     ours = Path(__file__).resolve().parent
-    if getattr(supervisor, "DISTRIBUTION", None) == "trio-supervisor" and origin != "(namespace package)":
-        if Path(origin).resolve().parent == ours:
-            return None
+    is_ours = getattr(supervisor, "DISTRIBUTION", None) == "trio-supervisor"
+    if is_ours and origin != "(namespace package)" and Path(origin).resolve().parent == ours:
+        return None
     return (
         f"error: 'import supervisor' resolves to {origin}, which is not trio-supervisor "
         f"(installed at {ours}).\n"

@@ -10,7 +10,7 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -55,8 +55,12 @@ def _parser() -> argparse.ArgumentParser:
         description="Run the server. With no models configured it serves the built-in iris "
         "classifier. Flags win over the --config file; durations are in seconds.",
     )
-    serve.add_argument("--config", metavar="FILE", help="TOML config ([server], [defaults], [[models]])")
-    serve.add_argument("--model-store", metavar="DIR", help="directory that model dirs are found in")
+    serve.add_argument(
+        "--config", metavar="FILE", help="TOML config ([server], [defaults], [[models]])"
+    )
+    serve.add_argument(
+        "--model-store", metavar="DIR", help="directory that model dirs are found in"
+    )
     serve.add_argument(
         "--models",
         nargs="+",
@@ -66,7 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--inference-address", metavar="HOST:PORT", help="default 127.0.0.1:8080")
     serve.add_argument("--management-address", metavar="HOST:PORT", help="default 127.0.0.1:8081")
     serve.add_argument("--metrics-address", metavar="HOST:PORT", help="default 127.0.0.1:8082")
-    serve.add_argument("--shutdown-grace", type=float, metavar="S", help="drain time on SIGTERM (default 10)")
+    serve.add_argument(
+        "--shutdown-grace", type=float, metavar="S", help="drain time on SIGTERM (default 10)"
+    )
     serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     for flag, kind, text in _MODEL_FLAGS + _RESTART_FLAGS:
         serve.add_argument(f"--{flag}", type=kind, help=text)
@@ -88,7 +94,13 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     """Build the server config from the parsed ``serve`` flags (and ``--config``)."""
     server = {
         key: getattr(args, key)
-        for key in ("model_store", "inference_address", "management_address", "metrics_address", "shutdown_grace")
+        for key in (
+            "model_store",
+            "inference_address",
+            "management_address",
+            "metrics_address",
+            "shutdown_grace",
+        )
         if getattr(args, key) is not None
     }
     defaults: dict[str, Any] = {}
@@ -97,13 +109,17 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         if getattr(args, key) is not None:
             defaults[key] = getattr(args, key)
     restart = {
-        ("window" if flag == "restart-window" else flag.replace("-", "_")): getattr(args, flag.replace("-", "_"))
+        ("window" if flag == "restart-window" else flag.replace("-", "_")): getattr(
+            args, flag.replace("-", "_")
+        )
         for flag, _, _ in _RESTART_FLAGS
         if getattr(args, flag.replace("-", "_")) is not None
     }
     if restart:
         defaults["restart"] = restart
-    models = [_model_table(s) for s in args.models] if args.models else None
+    models: list[Mapping[str, Any]] | None = None
+    if args.models:
+        models = [_model_table(s) for s in args.models]
     config = load_config(args.config, server=server, defaults=defaults, models=models)
     return _resolve_model_dirs(config)
 
@@ -112,7 +128,9 @@ def _resolve_model_dirs(config: ServerConfig) -> ServerConfig:
     if not config.model_store:
         return config
     models = tuple(
-        attrs.evolve(m, model_dir=os.path.join(config.model_store, m.model_dir)) if m.model_dir else m
+        attrs.evolve(m, model_dir=os.path.join(config.model_store, m.model_dir))
+        if m.model_dir
+        else m
         for m in config.models
     )
     return attrs.evolve(config, models=models)

@@ -50,6 +50,7 @@ KIB = 1024
 MIB = 1024 * KIB
 
 _positive = v.gt(0)
+_int = v.instance_of(int)  # TOML floats such as ``batch_size = 2.5`` are not counts
 _name = v.matches_re(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
@@ -86,18 +87,18 @@ class ModelConfig:
     handler: str = attrs.field(validator=v.min_len(1))
     version: str = attrs.field(default="1.0", validator=_name)
     model_dir: str = ""
-    workers: int = attrs.field(default=1, validator=v.ge(0))
-    max_workers: int = attrs.field(default=0, validator=v.ge(0))
-    batch_size: int = attrs.field(default=1, validator=v.ge(1))
+    workers: int = attrs.field(default=1, validator=[_int, v.ge(0)])
+    max_workers: int = attrs.field(default=0, validator=[_int, v.ge(0)])
+    batch_size: int = attrs.field(default=1, validator=[_int, v.ge(1)])
     max_batch_delay: float = attrs.field(default=10 * MILLISECONDS, validator=v.ge(0))
-    job_queue_size: int = attrs.field(default=100, validator=v.ge(1))
+    job_queue_size: int = attrs.field(default=100, validator=[_int, v.ge(1)])
     response_timeout: float = attrs.field(default=120 * SECONDS, validator=_positive)
     startup_timeout: float = attrs.field(default=120 * SECONDS, validator=_positive)
     heartbeat_interval: float = attrs.field(default=1 * SECONDS, validator=_positive)
     heartbeat_timeout: float = attrs.field(default=10 * SECONDS, validator=_positive)
     stop_grace: float = attrs.field(default=2 * SECONDS, validator=v.ge(0))
-    log_lines: int = attrs.field(default=200, validator=v.ge(1))
-    log_bytes: int = attrs.field(default=64 * KIB, validator=v.ge(1))
+    log_lines: int = attrs.field(default=200, validator=[_int, v.ge(1)])
+    log_bytes: int = attrs.field(default=64 * KIB, validator=[_int, v.ge(1)])
     restart: RestartPolicy = attrs.field(factory=RestartPolicy)
     handler_config: Mapping[str, Any] = attrs.field(factory=dict)
 
@@ -150,8 +151,12 @@ def model_config(table: Mapping[str, Any], defaults: Mapping[str, Any] | None = 
         table: the model's own keys (``restart`` may be a nested table).
         defaults: keys applied first, under the model's own.
     """
+    table = _table(table, "model")
     merged = {**(defaults or {}), **table}
-    restart = {**dict((defaults or {}).get("restart", {})), **dict(table.get("restart", {}))}
+    restart = {
+        **_table((defaults or {}).get("restart", {}), "defaults restart"),
+        **_table(table.get("restart", {}), f"model {table.get('name', '?')} restart"),
+    }
     merged["restart"] = _build(RestartPolicy, restart, f"model {table.get('name', '?')} restart")
     where = f"model {table.get('name', '?')!s}"
     if "name" not in merged or "handler" not in merged:
@@ -181,23 +186,33 @@ def load_config(
     if path is not None:
         try:
             data = tomllib.loads(Path(path).read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config {path}: {exc}") from None
     unknown = sorted(set(data) - {"server", "defaults", "models"})
     if unknown:
         raise ConfigError(f"{path}: unknown section(s) {', '.join(unknown)}")
-    model_defaults = {**data.get("defaults", {}), **(defaults or {})}
-    if "restart" in data.get("defaults", {}) and defaults and "restart" in defaults:
-        model_defaults["restart"] = {**data["defaults"]["restart"], **defaults["restart"]}
+    file_defaults = _table(data.get("defaults", {}), "[defaults]")
+    model_defaults = {**file_defaults, **(defaults or {})}
+    if "restart" in file_defaults and defaults and "restart" in defaults:
+        file_restart = _table(file_defaults["restart"], "[defaults.restart]")
+        model_defaults["restart"] = {**file_restart, **defaults["restart"]}
     tables = models if models is not None else data.get("models", [])
+    if not isinstance(tables, list):
+        raise ConfigError(f"models: expected an array of tables ([[models]]), got {tables!r}")
     built = tuple(model_config(t, model_defaults) for t in tables)
     if not built:
         builtin = {"name": DEFAULT_MODEL.name, "handler": DEFAULT_MODEL.handler}
         built = (model_config(builtin, model_defaults),)
     _check_unique(built)
-    server_table = {**data.get("server", {}), **(server or {})}
+    server_table = {**_table(data.get("server", {}), "[server]"), **(server or {})}
     config: ServerConfig = _build(ServerConfig, {**server_table, "models": built}, "server")
     return config
+
+
+def _table(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}: expected a table, got {value!r}")
+    return dict(value)
 
 
 def _check_unique(models: tuple[ModelConfig, ...]) -> None:

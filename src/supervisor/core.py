@@ -21,8 +21,8 @@ from contextlib import asynccontextmanager
 import trio
 
 from handlers.protocol import InferItem, ReplyItem
-from supervisor.config import ModelConfig, ServerConfig
 from supervisor.batching import Job
+from supervisor.config import ModelConfig, ServerConfig
 from supervisor.pool import ModelState, Pool
 from supervisor.process import Launcher, ProcessLauncher
 from supervisor.registry import Registry
@@ -47,7 +47,9 @@ class Supervisor:
         self._rng = rng or random.Random()
         self._nursery: trio.Nursery | None = None
 
-    async def run(self, *, task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Run until cancelled; every pool lives in this task's nursery."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
@@ -107,7 +109,9 @@ class Supervisor:
         """Queue a request for ``name``; await ``.wait()`` on the returned job."""
         return self.registry.get(name, version).submit(item)
 
-    async def scale(self, name: str, workers: int, *, version: str | None = None, wait: bool = True) -> None:
+    async def scale(
+        self, name: str, workers: int, *, version: str | None = None, wait: bool = True
+    ) -> None:
         """Run ``workers`` workers for the model; with ``wait``, until they are ready."""
         pool = self.registry.get(name, version)
         pool.scale(workers)
@@ -127,12 +131,18 @@ class Supervisor:
 
     def describe(self, name: str, version: str | None = None) -> list[ModelStats]:
         """Snapshots of ``name``: one version, or all of them if ``version == "all"``."""
-        pools = self.registry.versions(name) if version == "all" else [self.registry.get(name, version)]
+        pools = (
+            self.registry.versions(name) if version == "all" else [self.registry.get(name, version)]
+        )
         return [p.statistics(is_default=self.registry.is_default(p)) for p in pools]
 
     def unhealthy_models(self) -> list[str]:
         """The models whose default version is FAILED."""
-        return [p.label for p in self.registry if p.state is ModelState.FAILED and self.registry.is_default(p)]
+        return [
+            p.label
+            for p in self.registry
+            if p.state is ModelState.FAILED and self.registry.is_default(p)
+        ]
 
     async def stop_all(self) -> None:
         """Stop every model politely and wait for the workers to exit."""
@@ -175,4 +185,3 @@ async def open_supervisor(
                 await sup.stop_all()
         finally:
             nursery.cancel_scope.cancel()
-

@@ -124,7 +124,9 @@ class WorkerDied(WorkerFailure):
     ) -> None:
         super().__init__(message, log_tail=log_tail)
         if killed_by == signal.SIGKILL:
-            self.status = 507  # TorchServe's answer for an exit by SIGKILL (the OOM killer's signal)
+            self.status = (
+                507  # TorchServe's answer for an exit by SIGKILL (the OOM killer's signal)
+            )
 
 
 class WorkerTimeout(WorkerFailure):

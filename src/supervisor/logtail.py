@@ -26,6 +26,7 @@ class LogTail:
         self._lines: deque[str] = deque()
         self._size = 0
         self._partial = bytearray()
+        self._cut = False  # a cut line was emitted; drop its rest up to the next newline
         self._max_lines = max_lines
         self._max_bytes = max_bytes
         self._max_line = max_line_bytes
@@ -36,10 +37,14 @@ class LogTail:
         self.total_bytes += len(data)
         self._partial += data
         *complete, rest = self._partial.split(b"\n")
-        self._partial = bytearray(rest[: self._max_line + 1])
-        if len(rest) > self._max_line:
+        if self._cut and complete:
+            del complete[0]
+            self._cut = False
+        self._partial = bytearray() if self._cut else bytearray(rest)
+        if not self._cut and len(rest) > self._max_line:
             complete.append(rest)
             self._partial = bytearray()
+            self._cut = True
         lines = [self._text(raw) for raw in complete]
         for line in lines:
             self._push(line)
@@ -65,7 +70,8 @@ class LogTail:
         return text + " [...line cut]" if cut else text
 
     def _push(self, line: str) -> None:
+        # Sizes are counted in UTF-8 bytes: the bound is on bytes, not characters.
         self._lines.append(line)
-        self._size += len(line)
+        self._size += len(line.encode())
         while self._lines and (len(self._lines) > self._max_lines or self._size > self._max_bytes):
-            self._size -= len(self._lines.popleft())
+            self._size -= len(self._lines.popleft().encode())

@@ -36,7 +36,9 @@ class RestartPolicy:
         healthy_after: seconds of uptime after which a worker's backoff resets.
     """
 
-    max_restarts: int = attrs.field(default=5, validator=attrs.validators.ge(0))
+    max_restarts: int = attrs.field(
+        default=5, validator=[attrs.validators.instance_of(int), attrs.validators.ge(0)]
+    )
     window: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))
     backoff_initial: float = attrs.field(default=0.5, validator=attrs.validators.ge(0))
     backoff_max: float = attrs.field(default=30.0, validator=attrs.validators.ge(0))
@@ -75,7 +77,13 @@ class Backoff:
         if self.failures == 1:
             return 0.0
         p = self.policy
-        base = min(p.backoff_max, p.backoff_initial * p.backoff_factor ** (self.failures - 2))
+        try:
+            grown = p.backoff_initial * p.backoff_factor ** (self.failures - 2)
+        except OverflowError:
+            # A slot that keeps failing slowly (inside the intensity limit) for hours
+            # would otherwise crash the restart loop once the power leaves float range.
+            grown = p.backoff_max if p.backoff_initial else 0.0
+        base = min(p.backoff_max, grown)
         return min(p.backoff_max, base * rng.uniform(1 - p.jitter, 1 + p.jitter))
 
 

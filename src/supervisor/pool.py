@@ -52,7 +52,9 @@ class Pool:
         rng: randomness for backoff jitter (seed it in tests).
     """
 
-    def __init__(self, config: ModelConfig, launcher: Launcher, rng: random.Random | None = None) -> None:
+    def __init__(
+        self, config: ModelConfig, launcher: Launcher, rng: random.Random | None = None
+    ) -> None:
         self.config = config
         self.state = ModelState.LOADING
         self.failure: str | None = None
@@ -158,8 +160,9 @@ class Pool:
         wanted = self.config.workers if workers is None else workers
         while self.ready_count() < wanted:
             if self.state in (ModelState.FAILED, ModelState.STOPPED, ModelState.STOPPING):
+                why = self.failure or self.state.value
                 raise WorkerStartFailed(
-                    f"Failed to start workers for model {self.label}: {self.failure or self.state.value}",
+                    f"Failed to start workers for model {self.label}: {why}",
                     log_tail=self.failure_log_tail,
                 )
             await self._changed.wait()
@@ -197,8 +200,10 @@ class Pool:
         self._notify()
 
     def _notify(self) -> None:
-        if self.state is ModelState.LOADING and self.slots and self.ready_count() >= min(
-            self.config.workers, len(self.slots)
+        if (
+            self.state is ModelState.LOADING
+            and self.slots
+            and self.ready_count() >= min(self.config.workers, len(self.slots))
         ):
             self.state = ModelState.READY
         self._changed.set()
@@ -216,7 +221,11 @@ class Pool:
         self.failure_log_tail = record.log_tail
         log.error("model %s FAILED: %s", self.label, self.failure)
         self._set_state(ModelState.FAILED)
-        self._fail_queued(ModelUnavailable(f"Model {self.label} is FAILED: {self.failure}", log_tail=record.log_tail))
+        self._fail_queued(
+            ModelUnavailable(
+                f"Model {self.label} is FAILED: {self.failure}", log_tail=record.log_tail
+            )
+        )
         for slot in self.slots:
             slot.stop()
 
@@ -256,7 +265,10 @@ class Slot:
     @property
     def ready(self) -> bool:
         """Whether the current incarnation can take batches."""
-        return self.worker is not None and self.worker.state in (WorkerState.READY, WorkerState.BUSY)
+        return self.worker is not None and self.worker.state in (
+            WorkerState.READY,
+            WorkerState.BUSY,
+        )
 
     def stop(self) -> None:
         """Stop after the batch in flight (a worker still loading stops at once)."""
@@ -290,8 +302,14 @@ class Slot:
         if decision.give_up:
             self.pool.fail(decision.reason, record)
             return None
-        log.warning("worker %s %s#%d ended: %s; %s", self.pool.label, self.id, self.incarnation,
-                    record.summary(), decision.reason)
+        log.warning(
+            "worker %s %s#%d ended: %s; %s",
+            self.pool.label,
+            self.id,
+            self.incarnation,
+            record.summary(),
+            decision.reason,
+        )
         self.restarts += 1
         return decision.delay
 
@@ -316,8 +334,13 @@ class Slot:
                 log.warning("%s", exc.message)
             else:
                 self.pool._notify()
-                log.info("worker %s %s#%d ready (pid %s)", self.pool.label, self.id,
-                         self.incarnation, worker.pid)
+                log.info(
+                    "worker %s %s#%d ready (pid %s)",
+                    self.pool.label,
+                    self.id,
+                    self.incarnation,
+                    worker.pid,
+                )
                 await self._serve(worker)
                 worker.stop()
         assert worker.exit is not None
@@ -353,8 +376,13 @@ class Slot:
         batch = [first]
         try:
             c = self.pool.config
-            await fill_batch(self.pool.receive, batch, batch_size=c.batch_size,
-                             max_delay=c.max_batch_delay, under_load=under_load)
+            await fill_batch(
+                self.pool.receive,
+                batch,
+                batch_size=c.batch_size,
+                max_delay=c.max_batch_delay,
+                under_load=under_load,
+            )
             await self._dispatch(worker, batch)
         except BaseException:
             for job in batch:  # cancelled: nobody else will answer these
@@ -384,7 +412,11 @@ class Slot:
 
     def _fail_carry(self) -> None:
         for job in self._carry:
-            job.fail(ModelUnavailable(f"Model {self.pool.label}: its worker stopped before serving this request"))
+            job.fail(
+                ModelUnavailable(
+                    f"Model {self.pool.label}: its worker stopped before serving this request"
+                )
+            )
         self._carry = []
 
     def statistics(self) -> WorkerStats:
@@ -416,4 +448,3 @@ def _exit_stats(worker: Worker) -> ExitStats:
         ended_at=record.ended_at,
         log_tail=record.log_tail,
     )
-

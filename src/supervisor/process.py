@@ -11,6 +11,7 @@ object with the ``WorkerProcess`` shape can stand in for a real process.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -71,10 +72,8 @@ class RealProcess:
 
     def signal_group(self, signum: int) -> None:
         """Signal the group; the pgid stays reserved while any member lives."""
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signum)
-        except (ProcessLookupError, PermissionError):
-            pass
 
 
 class ProcessLauncher:

@@ -68,7 +68,7 @@ async def serve(
         launcher: starts worker processes.
         task_status: receives the ``Endpoints`` once every listener is bound.
     """
-    shutdown = shutdown or trio.Event()
+    shutdown = trio.Event() if shutdown is None else shutdown
     async with trio.open_nursery() as root:
         if handle_signals:
             await root.start(_watch_signals, shutdown, root.cancel_scope)
@@ -115,7 +115,7 @@ async def _serve_app(
     hc.errorlog = logging.getLogger("hypercorn.error")
     async with trio.open_nursery() as nursery:
         binds: list[str] = await nursery.start(
-            partial(hypercorn_serve, app, hc, shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]
+            partial(hypercorn_serve, app, hc, shutdown_trigger=shutdown.wait)
         )
         task_status.started(binds[0])
 

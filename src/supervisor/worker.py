@@ -199,7 +199,9 @@ class Worker:
                         return
                     await self._ready.wait()
                 if not self._ready.is_set():
-                    self.kill(f"no READY within startup_timeout ({self.config.startup_timeout:g} s)")
+                    self.kill(
+                        f"no READY within startup_timeout ({self.config.startup_timeout:g} s)"
+                    )
                     return
                 self.state = WorkerState.READY
                 self.ready_at = time.time()
@@ -226,7 +228,7 @@ class Worker:
         decoder = Decoder()
         try:
             while data := await stream.receive_some():
-                for message in decoder.feed(data):
+                for message in decoder.feed(bytes(data)):
                     self._on_message(message)
         except ProtocolError as exc:
             self.kill(f"protocol error: {exc}")
@@ -292,7 +294,7 @@ class Worker:
             if proc.logs is None:
                 return
             async for chunk in proc.logs:
-                self.log.feed(chunk)
+                self.log.feed(bytes(chunk))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:

@@ -55,7 +55,11 @@ def make_app(name: str) -> QuartTrio:
     @app.errorhandler(Exception)
     async def _unexpected(error: Exception) -> Response:
         app.logger.exception("unexpected error", exc_info=error)
-        body = {"code": 500, "type": "InternalServerException", "message": f"internal error: {error!r}"}
+        body = {
+            "code": 500,
+            "type": "InternalServerException",
+            "message": f"internal error: {error!r}",
+        }
         return json_response(body, 500)
 
     return app

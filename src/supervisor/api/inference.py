@@ -34,9 +34,15 @@ def inference_app(sup: Supervisor) -> QuartTrio:
         job = sup.submit(item, model, version)
         reply = await job.wait()
         if not reply.ok:
-            body = {"code": reply.status, "type": "InternalServerException", "message": reply.message}
+            body = {
+                "code": reply.status,
+                "type": "InternalServerException",
+                "message": reply.message,
+            }
             return json_response(body, reply.status)
-        response = Response(reply.body, status=reply.status, content_type=reply.content_type or None)
+        response = Response(
+            reply.body, status=reply.status, content_type=reply.content_type or None
+        )
         for key, value in reply.headers.items():
             response.headers[key] = value
         return response

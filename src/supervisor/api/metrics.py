@@ -35,7 +35,9 @@ class SupervisorCollector(Collector):
         queue = GaugeMetricFamily("supervisor_queue_depth", "Requests waiting", labels=labels)
         wl = [*labels, "worker_id"]
         restarts = CounterMetricFamily("supervisor_worker_restarts", "Worker restarts", labels=wl)
-        incarnation = GaugeMetricFamily("supervisor_worker_incarnation", "Current incarnation", labels=wl)
+        incarnation = GaugeMetricFamily(
+            "supervisor_worker_incarnation", "Current incarnation", labels=wl
+        )
         for m in self._sup.statistics():
             lv = [m.config.name, m.config.version]
             requests.add_metric(lv, m.requests)

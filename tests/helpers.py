@@ -1,0 +1,63 @@
+"""Helpers for tests that run real worker processes (real clock only)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import psutil
+import trio
+
+from supervisor.policy import RestartPolicy
+
+# A policy that restarts quickly, so crash-loop tests take seconds, not minutes.
+FAST_RESTARTS = RestartPolicy(max_restarts=2, window=60.0, backoff_initial=0.05, backoff_max=0.2)
+
+ECHO_HANDLER = """
+import os, sys, time
+
+class Echo:
+    def initialize(self, context):
+        print("echo handler ready", flush=True)
+
+    def handle(self, batch, context):
+        out = []
+        for item in batch:
+            body = item.get("body")
+            if isinstance(body, (bytes, bytearray)):
+                body = body.decode()
+            if body == "hang":
+                print("hanging on purpose", flush=True)
+                time.sleep(3600)
+            if body == "crash":
+                print("crashing on purpose", flush=True)
+                os._exit(3)
+            if body.startswith("sleep "):
+                time.sleep(float(body.split()[1]))
+            out.append({"echo": body, "pid": os.getpid(), "batch": len(batch)})
+        return out
+"""
+
+CRASH_AT_LOAD_HANDLER = """
+class Broken:
+    def initialize(self, context):
+        print("loading the broken model", flush=True)
+        raise RuntimeError("weights file is corrupt (on purpose)")
+
+    def handle(self, batch, context):
+        return batch
+"""
+
+
+async def eventually(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
+    """Wait until ``predicate()`` holds, polling, under a hard deadline."""
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.02)
+
+
+def gone(pid: int) -> bool:
+    """True once ``pid`` is no longer a live process (a zombie counts as gone)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True

@@ -1,0 +1,200 @@
+"""`python -m supervisor serve` as a real child process: signals, orphans, start-up."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+import trio
+
+import supervisor
+from tests.helpers import ECHO_HANDLER, eventually, gone
+
+pytestmark = pytest.mark.slow
+
+LISTENING = re.compile(r"listening: inference (\S+), management (\S+), metrics (\S+)")
+
+GRANDCHILD_HANDLER = """
+import subprocess
+
+class WithGrandchild:
+    def initialize(self, context):
+        self.child = subprocess.Popen(["sh", "-c", "trap '' TERM; sleep 600"])
+
+    def handle(self, batch, context):
+        return [self.child.pid for _ in batch]
+"""
+
+
+class ServeProcess:
+    """``python -m supervisor serve ...`` with its log collected line by line."""
+
+    def __init__(self, *args: str) -> None:
+        self.args = [sys.executable, "-m", "supervisor", "serve", *args]
+        self.lines: list[str] = []
+        self.process: trio.Process | None = None
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        self.process = await trio.lowlevel.open_process(
+            self.args, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL
+        )
+        task_status.started(self)
+        assert self.process.stderr is not None
+        pending = b""
+        try:
+            async for chunk in self.process.stderr:
+                pending += chunk
+                *complete, pending = pending.split(b"\n")
+                self.lines.extend(line.decode(errors="replace") for line in complete)
+        finally:
+            if self.process.poll() is None:  # a failed test must not leave a server behind
+                self.process.kill()
+                with trio.CancelScope(shield=True):
+                    await self.process.wait()
+
+    def find(self, pattern: re.Pattern[str]) -> re.Match[str] | None:
+        return next((m for line in self.lines if (m := pattern.search(line))), None)
+
+    def has(self, text: str) -> bool:
+        return any(text in line for line in self.lines)
+
+    def worker_pids(self) -> list[int]:
+        assert self.process is not None
+        return [p.pid for p in psutil.Process(self.process.pid).children()]
+
+
+def local_ports() -> list[str]:
+    return [f"--{kind}-address=127.0.0.1:0" for kind in ("inference", "management", "metrics")]
+
+
+async def test_sigterm_under_load_answers_every_request_and_exits_0(nursery, handler_dir):
+    model_dir = handler_dir("echo_handler", ECHO_HANDLER)
+    server = ServeProcess(
+        *local_ports(), "--models", f"echo=echo_handler@{model_dir}",
+        "--workers", "2", "--batch-size", "4", "--max-batch-delay", "0.005",
+    )  # fmt: skip
+    await nursery.start(server.run)
+    await eventually(lambda: server.has("ready (pid") and server.find(LISTENING) is not None)
+    await eventually(lambda: len(server.worker_pids()) == 2)
+    inference = server.find(LISTENING).group(1)
+    workers = server.worker_pids()
+    stop_sending = trio.Event()
+    outcomes: list[int] = []
+    in_flight_at_sigterm: list[int] = []
+
+    async def client_loop(client: httpx.AsyncClient) -> None:
+        while not stop_sending.is_set():
+            r = await client.post(
+                f"{inference}/predictions/echo",
+                content=b"sleep 0.01",
+                headers={"Content-Type": "text/plain"},
+            )
+            outcomes.append(r.status_code)
+
+    async with httpx.AsyncClient(timeout=30) as client:
+        async with trio.open_nursery() as load:
+            for _ in range(24):
+                load.start_soon(client_loop, client)
+            await eventually(lambda: len(outcomes) >= 50)
+            stop_sending.set()
+            in_flight_at_sigterm.append(len(outcomes))
+            server.process.send_signal(signal.SIGTERM)
+    with trio.fail_after(20):
+        code = await server.process.wait()
+    assert code == 0
+    assert server.has("SIGTERM received")
+    assert len(outcomes) >= in_flight_at_sigterm[0]
+    assert set(outcomes) == {200}, outcomes
+    await eventually(lambda: all(gone(pid) for pid in workers), timeout=5)
+
+
+async def test_sigkill_of_the_supervisor_takes_workers_and_grandchildren(nursery, handler_dir):
+    model_dir = handler_dir("gc_handler", GRANDCHILD_HANDLER)
+    server = ServeProcess(*local_ports(), "--models", f"gc=gc_handler@{model_dir}")
+    await nursery.start(server.run)
+    await eventually(lambda: server.has("ready (pid") and server.find(LISTENING) is not None)
+    inference = server.find(LISTENING).group(1)
+    async with httpx.AsyncClient(timeout=30) as client:
+        grandchild = (await client.post(f"{inference}/predictions/gc", content=b"x")).json()
+    [worker] = server.worker_pids()
+    assert psutil.pid_exists(grandchild)
+    server.process.kill()
+    await server.process.wait()
+    await eventually(lambda: gone(worker) and gone(grandchild), timeout=2.0)
+
+
+async def test_default_serve_logs_a_curl_line_that_works(nursery):
+    server = ServeProcess(*local_ports())
+    await nursery.start(server.run)
+    await eventually(lambda: server.has("curl -X POST"), timeout=30)
+    line = next(line for line in server.lines if "curl -X POST" in line)
+    command = line[line.index("curl") :]
+    result = await trio.run_process(["sh", "-c", command + " -s"], capture_stdout=True)
+    assert b'"label": "setosa"' in result.stdout
+    maps = Path(f"/proc/{server.process.pid}/maps").read_text()
+    assert "libtorch" not in maps  # the supervisor process never loads torch
+    server.process.send_signal(signal.SIGINT)
+    with trio.fail_after(20):
+        assert await server.process.wait() == 0
+
+
+def test_supervisor_modules_never_import_torch():
+    code = (
+        "import sys, supervisor, supervisor.cli, supervisor.server, supervisor.__main__;"
+        "bad = [m for m in ('torch', 'numpy') if m in sys.modules];"
+        "sys.exit(f'imported {bad}' if bad else 0)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_handlers_package_never_imports_the_supervisor_side():
+    code = (
+        "import sys, handlers, handlers.runtime, handlers.protocol, handlers.base;"
+        "bad = [m for m in ('supervisor', 'trio', 'quart', 'hypercorn', 'torch') if m in sys.modules];"
+        "sys.exit(f'imported {bad}' if bad else 0)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_a_foreign_supervisor_package_is_refused_with_a_clear_message(tmp_path):
+    fake = tmp_path / "supervisor"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("# supervisord's package\n")
+    main = Path(supervisor.__file__).parent / "__main__.py"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, str(main), "serve"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 3
+    assert "supervisord" in result.stderr
+    assert str(fake / "__init__.py") in result.stderr
+
+
+def test_bad_flags_exit_2_with_a_message():
+    result = subprocess.run(
+        [sys.executable, "-m", "supervisor", "serve", "--batch-size", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "batch_size" in result.stderr
+
+
+def test_help_explains_the_flags():
+    result = subprocess.run(
+        [sys.executable, "-m", "supervisor", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    for flag in ("--config", "--model-store", "--models", "--workers", "--max-restarts"):
+        assert flag in result.stdout
