@@ -214,7 +214,13 @@ def test_validators_reject_bad_values(bad):
 
 @pytest.mark.parametrize(
     "good",
-    [{"max_restarts": 0}, {"backoff_initial": 0}, {"jitter": 0}, {"jitter": 1}, {"healthy_after": 0}],
+    [
+        {"max_restarts": 0},
+        {"backoff_initial": 0},
+        {"jitter": 0},
+        {"jitter": 1},
+        {"healthy_after": 0},
+    ],
 )
 def test_validators_accept_boundary_values(good):
     policy = RestartPolicy(**good)

@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _load(header: dict[str, Any], channel: Channel) -> tuple[HandlerFunction, Context] | None:
-    model_dir = str(header.get("model_dir") or "")
+    model_dir = os.path.abspath(str(header["model_dir"])) if header.get("model_dir") else ""
     if model_dir:
         sys.path.insert(0, model_dir)
         os.chdir(model_dir)
@@ -133,7 +133,9 @@ def _load(header: dict[str, Any], channel: Channel) -> tuple[HandlerFunction, Co
 
 def run_batch(handle: HandlerFunction, context: Context, items: list[InferItem]) -> list[ReplyItem]:
     """Run one batch through the handler; one reply per item, never an exception."""
-    batch = [{name: decode_param(ct, data) for name, (ct, data) in it.params.items()} for it in items]
+    batch = [
+        {name: decode_param(ct, data) for name, (ct, data) in it.params.items()} for it in items
+    ]
     headers: list[dict[str, Any]] = [dict(it.headers) for it in items]
     context.start_batch([it.request_id for it in items], headers)
     try:
@@ -148,8 +150,13 @@ def run_batch(handle: HandlerFunction, context: Context, items: list[InferItem])
         sys.stderr.flush()
         return _fail_all(items, 503, f"Prediction failed: {type(exc).__name__}: {exc}")
     if not isinstance(results, list) or len(results) != len(items):
-        return _fail_all(items, 503, "Invalid model predict output: expected one result per request")
-    return [_reply(item, result, context, idx) for idx, (item, result) in enumerate(zip(items, results, strict=True))]
+        return _fail_all(
+            items, 503, "Invalid model predict output: expected one result per request"
+        )
+    return [
+        _reply(item, result, context, idx)
+        for idx, (item, result) in enumerate(zip(items, results, strict=True))
+    ]
 
 
 def _fail_all(items: list[InferItem], status: int, message: str) -> list[ReplyItem]:
@@ -162,7 +169,12 @@ def _reply(item: InferItem, result: Any, context: Context, idx: int) -> ReplyIte
     try:
         body, default_type = serialise(result)
     except (TypeError, ValueError) as exc:
-        return ReplyItem(item.request_id, ok=False, status=503, message=f"Unsupported model output data type: {exc}")
+        return ReplyItem(
+            item.request_id,
+            ok=False,
+            status=503,
+            message=f"Unsupported model output data type: {exc}",
+        )
     return ReplyItem(
         item.request_id,
         ok=True,

@@ -125,12 +125,10 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 
 def _resolve_model_dirs(config: ServerConfig) -> ServerConfig:
-    if not config.model_store:
-        return config
+    """Make model dirs absolute: relative ones are found in the model store (or cwd)."""
+    store = os.path.abspath(config.model_store or ".")
     models = tuple(
-        attrs.evolve(m, model_dir=os.path.join(config.model_store, m.model_dir))
-        if m.model_dir
-        else m
+        attrs.evolve(m, model_dir=os.path.join(store, m.model_dir)) if m.model_dir else m
         for m in config.models
     )
     return attrs.evolve(config, models=models)

@@ -49,7 +49,9 @@ MILLISECONDS = 0.001
 KIB = 1024
 MIB = 1024 * KIB
 
-_positive = v.gt(0)
+_number = v.instance_of((int, float))  # so a string is named, not compared
+_positive = v.and_(_number, v.gt(0.0))
+_non_negative = v.and_(_number, v.ge(0.0))
 _int = v.instance_of(int)  # TOML floats such as ``batch_size = 2.5`` are not counts
 _name = v.matches_re(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
@@ -90,13 +92,13 @@ class ModelConfig:
     workers: int = attrs.field(default=1, validator=[_int, v.ge(0)])
     max_workers: int = attrs.field(default=0, validator=[_int, v.ge(0)])
     batch_size: int = attrs.field(default=1, validator=[_int, v.ge(1)])
-    max_batch_delay: float = attrs.field(default=10 * MILLISECONDS, validator=v.ge(0))
+    max_batch_delay: float = attrs.field(default=10 * MILLISECONDS, validator=_non_negative)
     job_queue_size: int = attrs.field(default=100, validator=[_int, v.ge(1)])
     response_timeout: float = attrs.field(default=120 * SECONDS, validator=_positive)
     startup_timeout: float = attrs.field(default=120 * SECONDS, validator=_positive)
     heartbeat_interval: float = attrs.field(default=1 * SECONDS, validator=_positive)
     heartbeat_timeout: float = attrs.field(default=10 * SECONDS, validator=_positive)
-    stop_grace: float = attrs.field(default=2 * SECONDS, validator=v.ge(0))
+    stop_grace: float = attrs.field(default=2 * SECONDS, validator=_non_negative)
     log_lines: int = attrs.field(default=200, validator=[_int, v.ge(1)])
     log_bytes: int = attrs.field(default=64 * KIB, validator=[_int, v.ge(1)])
     restart: RestartPolicy = attrs.field(factory=RestartPolicy)
@@ -130,7 +132,7 @@ class ServerConfig:
     metrics_address: str = "127.0.0.1:8082"
     model_store: str = ""
     models: tuple[ModelConfig, ...] = ()
-    shutdown_grace: float = attrs.field(default=10 * SECONDS, validator=v.ge(0))
+    shutdown_grace: float = attrs.field(default=10 * SECONDS, validator=_non_negative)
 
 
 def _build(cls: type[Any], table: Mapping[str, Any], where: str) -> Any:

@@ -21,6 +21,8 @@ import attrs
 
 __all__ = ["Backoff", "Decision", "Intensity", "RestartPolicy", "decide"]
 
+_number = attrs.validators.instance_of((int, float))  # so a string is named, not compared
+
 
 @attrs.frozen
 class RestartPolicy:
@@ -39,12 +41,15 @@ class RestartPolicy:
     max_restarts: int = attrs.field(
         default=5, validator=[attrs.validators.instance_of(int), attrs.validators.ge(0)]
     )
-    window: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))
-    backoff_initial: float = attrs.field(default=0.5, validator=attrs.validators.ge(0))
-    backoff_max: float = attrs.field(default=30.0, validator=attrs.validators.ge(0))
-    backoff_factor: float = attrs.field(default=2.0, validator=attrs.validators.ge(1))
-    jitter: float = attrs.field(default=0.1, validator=[attrs.validators.ge(0), attrs.validators.le(1)])
-    healthy_after: float = attrs.field(default=10.0, validator=attrs.validators.ge(0))
+    window: float = attrs.field(default=60.0, validator=[_number, attrs.validators.gt(0)])
+    backoff_initial: float = attrs.field(default=0.5, validator=[_number, attrs.validators.ge(0)])
+    backoff_max: float = attrs.field(default=30.0, validator=[_number, attrs.validators.ge(0)])
+    backoff_factor: float = attrs.field(default=2.0, validator=[_number, attrs.validators.ge(1)])
+    jitter: float = attrs.field(
+        default=0.1,
+        validator=[_number, attrs.validators.ge(0), attrs.validators.le(1)],
+    )
+    healthy_after: float = attrs.field(default=10.0, validator=[_number, attrs.validators.ge(0)])
 
 
 @attrs.frozen

@@ -84,6 +84,7 @@ class Pool:
                 self._nursery = nursery
                 for _ in range(self.config.workers):
                     self._add_slot()
+                self._notify()
                 task_status.started(self)
                 await self._unloaded.wait()
         finally:
@@ -200,10 +201,8 @@ class Pool:
         self._notify()
 
     def _notify(self) -> None:
-        if (
-            self.state is ModelState.LOADING
-            and self.slots
-            and self.ready_count() >= min(self.config.workers, len(self.slots))
+        if self.state is ModelState.LOADING and self.ready_count() >= min(
+            self.config.workers, len(self.slots)
         ):
             self.state = ModelState.READY
         self._changed.set()
@@ -303,12 +302,13 @@ class Slot:
             self.pool.fail(decision.reason, record)
             return None
         log.warning(
-            "worker %s %s#%d ended: %s; %s",
+            "worker %s %s#%d ended: %s; %s%s",
             self.pool.label,
             self.id,
             self.incarnation,
             record.summary(),
             decision.reason,
+            "".join(f"\n    | {line}" for line in record.log_tail[-10:]),
         )
         self.restarts += 1
         return decision.delay
@@ -351,10 +351,10 @@ class Slot:
     async def _serve(self, worker: Worker) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._cancel_when_dead, worker)
-            while self._carry and not worker.dead.is_set():
+            while self._carry and worker.serving:
                 batch, self._carry = self._carry, []
                 await self._dispatch(worker, batch)
-            while not (self._stopping or worker.dead.is_set()):
+            while worker.serving and not self._stopping:
                 await self._next_batch(worker)
             nursery.cancel_scope.cancel()
 
@@ -364,7 +364,7 @@ class Slot:
 
     async def _next_batch(self, worker: Worker) -> None:
         with trio.CancelScope() as self._wait_scope:
-            if self._stopping or worker.dead.is_set():
+            if self._stopping or not worker.serving:
                 return
             try:
                 first, under_load = await take_first(self.pool.receive)

@@ -15,6 +15,7 @@ flight (if any) fails with that record, and ``dead`` is set.
 from __future__ import annotations
 
 import enum
+import logging
 import signal
 import time
 
@@ -38,6 +39,9 @@ from supervisor.logtail import LogTail
 from supervisor.process import Launcher, WorkerProcess, describe_returncode
 
 __all__ = ["ExitRecord", "NotDelivered", "Worker", "WorkerState"]
+
+worker_log = logging.getLogger("supervisor.worker")
+"""Every line a worker writes, at DEBUG (``--log-level DEBUG`` shows them)."""
 
 
 class WorkerState(enum.Enum):
@@ -130,6 +134,7 @@ class Worker:
         self._scope = trio.CancelScope()
         self._stop_reason: str | None = None
         self._stop_requested = False
+        self._polite = False
         self._ready = trio.Event()
         self._load_error: str | None = None
         self._send_lock = trio.Lock()
@@ -153,20 +158,34 @@ class Worker:
     def stop(self, reason: str = "stopped by the supervisor") -> None:
         """Ask for a polite stop; the current batch (if any) finishes first."""
         self._stop_requested = True
+        self._polite = True
         self._end(reason)
 
     def kill(self, reason: str) -> None:
         """End the incarnation now (no polite shutdown): it is hung or broken."""
         self._end(reason)
 
+    @property
+    def serving(self) -> bool:
+        """Whether the incarnation takes batches (ready and not ending)."""
+        return self.state in (WorkerState.READY, WorkerState.BUSY)
+
     def _end(self, reason: str) -> None:
         if self._stop_reason is None:
             self._stop_reason = reason
+        if self.state is not WorkerState.DEAD:
+            self.state = WorkerState.STOPPING  # no new batch from now on
         self._scope.cancel()
 
     async def run(self, *, task_status: trio.TaskStatus[Worker] = trio.TASK_STATUS_IGNORED) -> None:
         """Spawn, hand-shake, serve until the end, then tear down and reap."""
-        self._proc = proc = await self._launcher.launch(self._env)
+        try:
+            self._proc = proc = await self._launcher.launch(self._env)
+        except OSError as exc:
+            self.state = WorkerState.DEAD
+            self.exit = ExitRecord(f"could not spawn the worker: {exc}", None, 0.0, time.time(), ())
+            self.dead.set()
+            raise WorkerStartFailed(f"worker {self.name} could not be spawned: {exc}") from None
         self.pid = proc.pid
         try:
             async with trio.open_nursery() as logs:
@@ -244,7 +263,8 @@ class Worker:
             self._ready.set()
         elif message.kind is Kind.LOAD_FAILED:
             self._load_error = str(message.header.get("message", "unknown error"))
-            self.kill(f"the handler failed to load: {self._load_error}")
+            self._polite = True  # the worker exits by itself after LOAD_FAILED
+            self._end(f"the handler failed to load: {self._load_error}")
         elif message.kind is Kind.PONG:
             self._pong = int(message.header.get("seq", 0))
             self._pong_event.set()
@@ -294,7 +314,8 @@ class Worker:
             if proc.logs is None:
                 return
             async for chunk in proc.logs:
-                self.log.feed(bytes(chunk))
+                for line in self.log.feed(bytes(chunk)):
+                    worker_log.debug("[%s] %s", self.name, line)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
@@ -340,7 +361,7 @@ class Worker:
     async def _teardown(self, proc: WorkerProcess) -> None:
         self.state = WorkerState.STOPPING
         grace = self.config.stop_grace
-        if self._stop_requested and proc.poll() is None:
+        if self._polite and proc.poll() is None:
             with trio.move_on_after(grace):
                 try:
                     await self._send(encode(Message(Kind.SHUTDOWN)))
