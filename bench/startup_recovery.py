@@ -1,0 +1,105 @@
+"""Cold start, kill -9 recovery and memory of `python -m supervisor serve`.
+
+Run: python bench/startup_recovery.py [--runs N]
+
+Starts the server with its built-in model on free 127.0.0.1 ports, and measures:
+- cold start: process start to the first successful prediction;
+- RSS of the supervisor process and of its worker once idle;
+- recovery: with one client sending requests back to back, SIGKILL the only
+  worker; time from the kill to the next success, and requests that failed.
+Only 127.0.0.1 is contacted; every loop is bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+import httpx
+import psutil
+
+LISTENING = re.compile(r"listening: inference (\S+), management (\S+)")
+BODY = b"[5.1, 3.5, 1.4, 0.2]"
+HEADERS = {"Content-Type": "application/json"}
+
+
+def start_server() -> tuple[subprocess.Popen[bytes], float]:
+    args = [sys.executable, "-m", "supervisor", "serve"]
+    args += [f"--{k}-address=127.0.0.1:0" for k in ("inference", "management", "metrics")]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    return proc, t0
+
+
+def wait_listening(proc: subprocess.Popen[bytes], deadline: float) -> tuple[str, str]:
+    assert proc.stderr is not None
+    while time.perf_counter() < deadline:
+        line = proc.stderr.readline().decode()
+        if match := LISTENING.search(line):
+            return match.group(1), match.group(2)
+    raise TimeoutError("server did not report its addresses")
+
+
+def first_success(client: httpx.Client, url: str, deadline: float) -> float:
+    while time.perf_counter() < deadline:
+        if client.post(url, content=BODY, headers=HEADERS).status_code == 200:
+            return time.perf_counter()
+    raise TimeoutError("no successful prediction")
+
+
+def recovery(client: httpx.Client, url: str, worker_pid: int) -> tuple[float, int]:
+    for _ in range(20):
+        client.post(url, content=BODY, headers=HEADERS)
+    killed_at = time.perf_counter()
+    os.kill(worker_pid, signal.SIGKILL)
+    failed = 0
+    deadline = killed_at + 30
+    while time.perf_counter() < deadline:
+        if client.post(url, content=BODY, headers=HEADERS).status_code == 200:
+            return time.perf_counter() - killed_at, failed
+        failed += 1
+    raise TimeoutError("no success after the kill")
+
+
+def one_run() -> dict[str, float]:
+    proc, t0 = start_server()
+    try:
+        inference, management = wait_listening(proc, t0 + 60)
+        url = f"{inference}/predictions/iris"
+        with httpx.Client(timeout=30) as client:
+            cold = first_success(client, url, t0 + 60) - t0
+            time.sleep(1.0)  # let both processes settle before reading RSS
+            sup_rss = psutil.Process(proc.pid).memory_info().rss
+            [worker] = psutil.Process(proc.pid).children()
+            worker_rss = worker.memory_info().rss
+            took, failed = recovery(client, url, worker.pid)
+        return {
+            "cold_start_s": cold,
+            "supervisor_rss_mb": sup_rss / 2**20,
+            "worker_rss_mb": worker_rss / 2**20,
+            "recovery_s": took,
+            "failed_requests": failed,
+        }
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    runs = [one_run() for _ in range(parser.parse_args().runs)]
+    print(f"{'metric':<20} {'median':>10} {'min':>10} {'max':>10}")
+    for key in runs[0]:
+        values = [r[key] for r in runs]
+        print(f"{key:<20} {statistics.median(values):>10.3f} {min(values):>10.3f} {max(values):>10.3f}")
+
+
+if __name__ == "__main__":
+    main()
