@@ -31,6 +31,8 @@ class Echo:
             if body == "crash":
                 print("crashing on purpose", flush=True)
                 os._exit(3)
+            if body == "raise":
+                raise ValueError("bad input on purpose")
             if body.startswith("sleep "):
                 time.sleep(float(body.split()[1]))
             out.append({"echo": body, "pid": os.getpid(), "batch": len(batch)})

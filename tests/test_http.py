@@ -97,6 +97,17 @@ async def test_iris_prediction_and_describe(server, client):
     assert r.json()["label"] == "setosa"
     r = await client.post(f"{server.inference}/predictions/iris/1.0", json=[6.7, 3.0, 5.2, 2.3])
     assert r.json()["label"] == "virginica"
+    # what `curl -d '[...]'` sends when no Content-Type is given: a urlencoded form
+    r = await client.post(
+        f"{server.inference}/predictions/iris",
+        content=b"[5.9, 3.0, 4.2, 1.5]",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert r.json()["label"] == "versicolor"
+    r = await client.post(
+        f"{server.inference}/predictions/iris", files={"data": b"[5, 3.4, 1.5, 0.2]"}
+    )
+    assert r.json()["label"] == "setosa"
     assert (await client.get(f"{server.inference}/ping")).json() == {"status": "Healthy"}
     listing = (await client.get(f"{server.management}/models")).json()
     assert listing == {"models": [{"modelName": "iris", "modelUrl": "handlers.builtin.iris"}]}
@@ -156,8 +167,14 @@ async def test_kill_9_over_http_comes_back_with_incarnation_2(server, client):
     r = await client.post(f"{server.inference}/predictions/iris", json=[5.1, 3.5, 1.4, 0.2])
     assert r.status_code == 200
     metrics = (await client.get(f"{server.metrics}/metrics")).text
-    assert 'supervisor_worker_incarnation{model_name="iris",model_version="1.0",worker_id="w1"} 2.0' in metrics
-    assert 'supervisor_worker_restarts_total{model_name="iris",model_version="1.0",worker_id="w1"} 1.0' in metrics
+    assert (
+        'supervisor_worker_incarnation{model_name="iris",model_version="1.0",worker_id="w1"} 2.0'
+        in metrics
+    )
+    assert (
+        'supervisor_worker_restarts_total{model_name="iris",model_version="1.0",worker_id="w1"} 1.0'
+        in metrics
+    )
 
 
 async def test_failed_model_makes_ping_unhealthy(nursery, handler_dir, client):
@@ -168,7 +185,9 @@ async def test_failed_model_makes_ping_unhealthy(nursery, handler_dir, client):
         restart=FAST_RESTARTS,
     )
     echo = ModelConfig(
-        name="echo", handler="echo_handler", model_dir=str(handler_dir("echo_handler", ECHO_HANDLER))
+        name="echo",
+        handler="echo_handler",
+        model_dir=str(handler_dir("echo_handler", ECHO_HANDLER)),
     )
     shutdown = trio.Event()
     endpoints = await nursery.start(
@@ -187,7 +206,9 @@ async def test_failed_model_makes_ping_unhealthy(nursery, handler_dir, client):
     assert any("corrupt (on purpose)" in line for line in r.json()["logTail"])
     await wait_ready(client, endpoints, "echo")
     r = await client.post(
-        f"{endpoints.inference}/predictions/echo", content=b"hi", headers={"Content-Type": "text/plain"}
+        f"{endpoints.inference}/predictions/echo",
+        content=b"hi",
+        headers={"Content-Type": "text/plain"},
     )
     assert r.status_code == 200
     assert r.json()["echo"] == "hi"
@@ -200,7 +221,11 @@ async def test_eager_torch_model_built_by_the_test(nursery, handler_dir, client)
     model_dir = handler_dir("regressor", EAGER_HANDLER)
     weights = build_eager_model(model_dir)
     config = ModelConfig(
-        name="reg", handler="regressor", model_dir=str(model_dir), batch_size=4, max_batch_delay=0.02
+        name="reg",
+        handler="regressor",
+        model_dir=str(model_dir),
+        batch_size=4,
+        max_batch_delay=0.02,
     )
     shutdown = trio.Event()
     endpoints = await nursery.start(

@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from supervisor import (
+    InvalidRequest,
     ModelConfig,
     ModelUnavailable,
     WorkerDied,
@@ -181,9 +182,47 @@ async def test_unload_answers_queued_requests_and_stops_workers(handler_dir):
     async with open_supervisor() as sup:
         await sup.load_model(echo_model(handler_dir))
         pid = sup.describe("echo")[0].workers[0].pid
-        await sup.unload("echo")
+        outcomes: dict[str, object] = {}
+
+        async def call(key: str, body: bytes) -> None:
+            try:
+                outcomes[key] = await sup.predict("echo", body, content_type="text/plain")
+            except ModelUnavailable as exc:
+                outcomes[key] = exc
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call, "in_flight", b"sleep 0.5")
+            await eventually(lambda: sup.describe("echo")[0].workers[0].state == "BUSY")
+            nursery.start_soon(call, "queued", b"never served")
+            await eventually(lambda: sup.describe("echo")[0].queue_depth == 1)
+            await sup.unload("echo")
+        assert outcomes["in_flight"].ok
+        assert isinstance(outcomes["queued"], ModelUnavailable)
+        assert "unloaded" in outcomes["queued"].message
         assert sup.registry.names() == []
-        await eventually(lambda: gone(pid), timeout=5)
+        assert gone(pid)
+
+
+async def test_handler_exception_fails_the_batch_but_keeps_the_worker(handler_dir):
+    async with open_supervisor() as sup:
+        await sup.load_model(echo_model(handler_dir))
+        pid = sup.describe("echo")[0].workers[0].pid
+        reply = await sup.predict("echo", b"raise", content_type="text/plain")
+        assert not reply.ok
+        assert reply.status == 503
+        assert "bad input on purpose" in reply.message
+        assert tail_has(sup, "echo", "ValueError: bad input on purpose")  # traceback in the log
+        reply = await sup.predict("echo", b"fine", content_type="text/plain")
+        assert reply.ok
+        worker = sup.describe("echo")[0].workers[0]
+        assert (worker.pid, worker.incarnation) == (pid, 1)
+
+
+async def test_scaling_past_max_workers_is_refused(handler_dir):
+    async with open_supervisor() as sup:
+        await sup.load_model(echo_model(handler_dir, max_workers=2))
+        with pytest.raises(InvalidRequest):
+            await sup.scale("echo", 3)
 
 
 async def test_batches_fill_under_load(handler_dir):

@@ -7,6 +7,7 @@ HTTP API. The supervisor process never imports torch; workers do.
 
 from __future__ import annotations
 
+from handlers.protocol import InferItem, ReplyItem
 from supervisor.config import ModelConfig, ServerConfig, load_config
 from supervisor.core import Supervisor, open_supervisor
 from supervisor.errors import (
@@ -25,12 +26,14 @@ from supervisor.policy import RestartPolicy
 
 __all__ = [
     "DISTRIBUTION",
+    "InferItem",
     "InvalidRequest",
     "ModelConfig",
     "ModelConflict",
     "ModelNotFound",
     "ModelUnavailable",
     "ModelVersionNotFound",
+    "ReplyItem",
     "RestartPolicy",
     "ServerConfig",
     "Supervisor",

@@ -32,7 +32,11 @@ _MODEL_FLAGS: tuple[tuple[str, type, str], ...] = (
     ("startup-timeout", float, "seconds a worker may take to load (default 120)"),
     ("heartbeat-interval", float, "seconds between heartbeats (default 1)"),
     ("heartbeat-timeout", float, "a worker silent this long is replaced (default 10)"),
-    ("stop-grace", float, "seconds from SIGTERM to SIGKILL for a worker (default 2)"),
+    (
+        "stop-grace",
+        float,
+        "seconds a stopping worker gets after SHUTDOWN and again after SIGTERM (default 2)",
+    ),
 )
 _RESTART_FLAGS: tuple[tuple[str, type, str], ...] = (
     ("max-restarts", int, "restarts allowed per window before the model is FAILED (default 5)"),

@@ -125,6 +125,10 @@ class Supervisor:
         await pool.wait_stopped()
         self.registry.remove(pool)
 
+    def set_default(self, name: str, version: str) -> None:
+        """Route requests without a version to ``version`` of ``name``."""
+        self.registry.set_default(name, version)
+
     def statistics(self) -> tuple[ModelStats, ...]:
         """Snapshots of every model version."""
         return tuple(p.statistics(is_default=self.registry.is_default(p)) for p in self.registry)

@@ -22,7 +22,13 @@ import trio
 from handlers.protocol import InferItem
 from supervisor.batching import Job, fill_batch, take_first
 from supervisor.config import ModelConfig
-from supervisor.errors import ModelUnavailable, WorkerDied, WorkerFailure, WorkerStartFailed
+from supervisor.errors import (
+    InvalidRequest,
+    ModelUnavailable,
+    WorkerDied,
+    WorkerFailure,
+    WorkerStartFailed,
+)
 from supervisor.policy import Backoff, Intensity, decide
 from supervisor.process import Launcher
 from supervisor.stats import ExitStats, ModelStats, WorkerStats
@@ -136,19 +142,25 @@ class Pool:
         """Run ``workers`` slots: start new ones or stop the newest (after their batch)."""
         if self.state in (ModelState.FAILED, ModelState.STOPPING, ModelState.STOPPED):
             raise ModelUnavailable(f"Model {self.label} is {self.state.value}; it cannot be scaled")
+        limit = self.config.max_workers
+        if workers < 0 or (limit and workers > limit):
+            raise InvalidRequest(
+                f"Model {self.label}: cannot scale to {workers} workers "
+                f"(max_workers is {limit or 'unset'})"
+            )
         while len(self.slots) < workers:
             self._add_slot()
         for slot in self.slots[workers:]:
             slot.stop()
         self._notify()
 
-    def stop(self) -> None:
-        """Stop taking requests, answer the queued ones, stop every slot."""
+    def stop(self, reason: str = "was unloaded") -> None:
+        """Stop taking requests, answer the queued ones (503 saying ``reason``), stop every slot."""
         if self.state is not ModelState.FAILED:
             self._set_state(ModelState.STOPPING)
         self._send.close()
         self._unloaded.set()
-        self._fail_queued(ModelUnavailable(f"Model {self.label} was unloaded"))
+        self._fail_queued(ModelUnavailable(f"Model {self.label} {reason}"))
         for slot in self.slots:
             slot.stop()
 

@@ -126,7 +126,7 @@ async def _drain_after_grace(sup: Supervisor, shutdown: trio.Event, grace: float
     log.info("shutting down: no new connections; %g s for requests in flight", grace)
     await trio.sleep(grace)
     for pool in list(sup.registry):
-        pool.stop()
+        pool.stop(f"is stopping: the server is shutting down and {grace:g} s of grace are over")
 
 
 async def _announce(sup: Supervisor, config: ServerConfig, endpoints: Endpoints) -> None:

@@ -135,6 +135,7 @@ class Worker:
         self._stop_reason: str | None = None
         self._stop_requested = False
         self._polite = False
+        self._signalled = False  # we sent SIGTERM/SIGKILL ourselves
         self._ready = trio.Event()
         self._load_error: str | None = None
         self._send_lock = trio.Lock()
@@ -369,10 +370,13 @@ class Worker:
                 except NotDelivered:
                     pass
         if proc.poll() is None:
+            self._signalled = True
             proc.signal_group(signal.SIGTERM)
             proc.signal_group(signal.SIGCONT)  # a stopped process cannot act on SIGTERM
             with trio.move_on_after(grace):
                 await proc.wait()
+        if proc.poll() is None:
+            self._signalled = True
         proc.signal_group(signal.SIGKILL)  # the leader if still alive, and any stragglers
         await proc.wait()
         proc.signal_group(signal.SIGKILL)
@@ -400,6 +404,6 @@ class Worker:
         return WorkerDied(
             f"worker {self.name} (pid {self.pid}) died while serving the request: "
             f"{record.summary()}",
-            killed_by=record.signal,
+            killed_by=None if self._signalled else record.signal,
             log_tail=record.log_tail[-20:],
         )

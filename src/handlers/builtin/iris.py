@@ -13,6 +13,8 @@ Output: ``{"label": ..., "probabilities": {...}}``.
 
 from __future__ import annotations
 
+import contextlib
+import json
 from typing import Any
 
 from handlers.base import Context
@@ -83,8 +85,18 @@ def _answer(probs: list[float]) -> dict[str, Any]:
 
 
 def features(item: dict[str, Any]) -> list[float]:
-    """The four measurements of one request, or ValueError saying what is wrong."""
+    """The four measurements of one request, or ValueError saying what is wrong.
+
+    Accepts a JSON body, a ``data`` form field, and also the form that ``curl -d``
+    makes of a bare JSON list when no Content-Type is given (the list is the key).
+    """
     value = item.get("data", item.get("body"))
+    if value is None and len(item) == 1:
+        key, field = next(iter(item.items()))
+        value = key if field in ("", b"") else field
+    if isinstance(value, bytes | str):
+        with contextlib.suppress(ValueError):
+            value = json.loads(value)
     if isinstance(value, dict):
         value = value.get("data")
     if not (isinstance(value, list) and len(value) == 4):

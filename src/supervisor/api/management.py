@@ -9,6 +9,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from supervisor.api.common import json_response, make_app
+from supervisor.config import ModelConfig
 from supervisor.core import Supervisor
 from supervisor.stats import ExitStats, ModelStats, WorkerStats
 
@@ -27,7 +28,7 @@ def management_app(sup: Supervisor) -> QuartTrio:
         names = sup.registry.names()
         page = names[start : start + limit]
         body: dict[str, Any] = {
-            "models": [{"modelName": n, "modelUrl": sup.pool(n).config.handler} for n in page]
+            "models": [{"modelName": n, "modelUrl": _url(sup.pool(n).config)} for n in page]
         }
         if start + limit < len(names):
             body["nextPageToken"] = str(start + limit)
@@ -48,6 +49,10 @@ def _int_arg(key: str, default: int) -> int:
         return default
 
 
+def _url(config: ModelConfig) -> str:
+    return config.model_dir or config.handler
+
+
 def _date(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
@@ -58,7 +63,7 @@ def describe_model(stats: ModelStats) -> dict[str, Any]:
     body: dict[str, Any] = {
         "modelName": c.name,
         "modelVersion": c.version,
-        "modelUrl": c.model_dir or c.handler,
+        "modelUrl": _url(c),
         "handler": c.handler,
         "runtime": "python",
         "state": stats.state,
@@ -69,7 +74,6 @@ def describe_model(stats: ModelStats) -> dict[str, Any]:
         "maxBatchDelay": round(c.max_batch_delay * 1000),
         "responseTimeout": c.response_timeout,
         "startupTimeout": c.startup_timeout,
-        "loadedAtStartup": True,
         "restartPolicy": {
             "maxRestarts": c.restart.max_restarts,
             "window": c.restart.window,
