@@ -70,7 +70,7 @@ def recovery(client: httpx.Client, url: str, worker_pid: int) -> tuple[float, in
 def one_run() -> dict[str, float]:
     proc, t0 = start_server()
     try:
-        inference, management = wait_listening(proc, t0 + 60)
+        inference, _ = wait_listening(proc, t0 + 60)
         url = f"{inference}/predictions/iris"
         with httpx.Client(timeout=30) as client:
             cold = first_success(client, url, t0 + 60) - t0
@@ -98,7 +98,8 @@ def main() -> None:
     print(f"{'metric':<20} {'median':>10} {'min':>10} {'max':>10}")
     for key in runs[0]:
         values = [r[key] for r in runs]
-        print(f"{key:<20} {statistics.median(values):>10.3f} {min(values):>10.3f} {max(values):>10.3f}")
+        median, low, high = statistics.median(values), min(values), max(values)
+        print(f"{key:<20} {median:>10.3f} {low:>10.3f} {high:>10.3f}")
 
 
 if __name__ == "__main__":

@@ -191,7 +191,9 @@ class FakeProcess:
             self.exit(-signal.SIGKILL)  # like the runtime: EOF means the supervisor died
         await trio.sleep_forever()  # a polite stop: the batch in flight finishes first
 
-    async def _on_message(self, message: Message, inbox: trio.MemorySendChannel[Message | None]) -> None:
+    async def _on_message(
+        self, message: Message, inbox: trio.MemorySendChannel[Message | None]
+    ) -> None:
         if message.kind is Kind.LOAD:
             await self._load()
         elif message.kind is Kind.PING and self.behaviour.pong:

@@ -50,10 +50,14 @@ class Broken:
 """
 
 
-async def eventually(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
-    """Wait until ``predicate()`` holds, polling, under a hard deadline."""
-    with trio.fail_after(timeout):
-        while not predicate():
+async def eventually(predicate: Callable[[], bool], within: float = 15.0) -> None:
+    """Wait until ``predicate()`` holds, under a hard deadline.
+
+    Polling is deliberate: the states watched here live in other processes (a
+    worker's pid, its log, a server's output), where there is no event to await.
+    """
+    with trio.fail_after(within):
+        while not predicate():  # noqa: ASYNC110
             await trio.sleep(0.02)
 
 

@@ -74,7 +74,8 @@ def test_full_file(write):
     assert (iris.name, iris.version, iris.workers, iris.batch_size) == ("iris", "1.0", 2, 4)
     assert iris.restart == RestartPolicy(max_restarts=7, window=30.0)
     assert (resnet.name, resnet.version, resnet.handler) == ("resnet", "2.0", "my_handler:Net")
-    assert (resnet.workers, resnet.batch_size, resnet.model_dir) == (2, 8, "resnet")
+    assert (resnet.workers, resnet.batch_size) == (2, 8)
+    assert resnet.model_dir == "/srv/models/resnet"  # relative dirs are found in the store
     assert resnet.handler_config == {"threshold": 0.5}
     # The model's restart table layers over the defaults' one, key by key.
     assert resnet.restart == RestartPolicy(max_restarts=7, window=5.0)
@@ -288,3 +289,9 @@ def test_worker_limit_is_at_least_workers():
 def test_configs_are_frozen():
     with pytest.raises(AttributeError):
         DEFAULT_MODEL.workers = 5  # type: ignore[misc]
+
+
+def test_relative_model_dir_without_a_store_is_resolved_against_the_cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = load_config(models=[{"name": "m", "handler": "h", "model_dir": "models/m"}])
+    assert config.models[0].model_dir == str(tmp_path / "models" / "m")

@@ -157,7 +157,7 @@ async def test_kill_9_over_http_comes_back_with_incarnation_2(server, client):
         return d["workers"][0]["incarnation"] == 2 and d["workers"][0]["status"] == "READY"
 
     with trio.fail_after(20):
-        while not await restarted():
+        while not await restarted():  # noqa: ASYNC110 - state of another process
             await trio.sleep(0.05)
     [desc] = (await client.get(f"{server.management}/models/iris")).json()
     last = desc["workers"][0]["lastExit"]

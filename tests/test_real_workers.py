@@ -102,7 +102,7 @@ async def test_sigstopped_idle_worker_is_replaced_by_the_heartbeat(handler_dir):
         await eventually(lambda: sup.describe("echo")[0].workers[0].incarnation == 2)
         worker = sup.describe("echo")[0].workers[0]
         assert "heartbeat" in worker.last_exit.reason
-        await eventually(lambda: gone(first_pid), timeout=5)
+        await eventually(lambda: gone(first_pid), within=5)
         reply = await sup.predict("echo", b"ok", content_type="text/plain")
         assert reply.ok
 
@@ -173,7 +173,7 @@ async def test_scaling_up_and_down_with_real_workers(handler_dir):
         assert len(set(pids)) == 3
         await sup.scale("echo", 1)
         await eventually(lambda: len(sup.describe("echo")[0].workers) == 1)
-        await eventually(lambda: all(gone(p) for p in pids[1:]), timeout=5)
+        await eventually(lambda: all(gone(p) for p in pids[1:]), within=5)
         reply = await sup.predict("echo", b"one left", content_type="text/plain")
         assert reply.ok
 

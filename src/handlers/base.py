@@ -23,7 +23,7 @@ HandlerFunction = Callable[[list[dict[str, Any]], "Context"], list[Any]]
 """What a loaded handler is called as: ``handle(batch, context) -> results``."""
 
 
-class PredictionException(Exception):  # noqa: N818 - TorchServe's name, kept for compatibility
+class PredictionException(Exception):  # TorchServe's name, kept for compatibility
     """Raised by a handler to fail the batch with a chosen HTTP status.
 
     Args:
@@ -143,7 +143,7 @@ def load_handler(spec: str, context: Context) -> HandlerFunction:
     module = importlib.import_module(module_name)
     target = getattr(module, attr) if attr else _default_entry(module)
     if inspect.isclass(target):
-        instance = target()
+        instance: Any = target()
         if hasattr(instance, "initialize"):
             instance.initialize(context)
         handle: HandlerFunction = instance.handle

@@ -100,7 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     handle, context = loaded
     while (message := channel.inbox.get()) is not None:
         if message.kind is Kind.INFER:
-            batch_id, items = decode_infer(message)
+            try:
+                batch_id, items = decode_infer(message)
+            except ProtocolError as exc:
+                print(f"worker: malformed INFER from the supervisor: {exc}", file=sys.stderr)
+                return 2
             channel.send(encode_reply(batch_id, run_batch(handle, context, items)))
     return 0
 

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import attrs
 import trio
 
 from supervisor.config import ConfigError, ServerConfig, load_config
@@ -124,18 +122,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     models: list[Mapping[str, Any]] | None = None
     if args.models:
         models = [_model_table(s) for s in args.models]
-    config = load_config(args.config, server=server, defaults=defaults, models=models)
-    return _resolve_model_dirs(config)
-
-
-def _resolve_model_dirs(config: ServerConfig) -> ServerConfig:
-    """Make model dirs absolute: relative ones are found in the model store (or cwd)."""
-    store = os.path.abspath(config.model_store or ".")
-    models = tuple(
-        attrs.evolve(m, model_dir=os.path.join(store, m.model_dir)) if m.model_dir else m
-        for m in config.models
-    )
-    return attrs.evolve(config, models=models)
+    return load_config(args.config, server=server, defaults=defaults, models=models)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,6 +21,7 @@ Every value is validated when loaded; a mistake raises ``ConfigError`` naming it
 
 from __future__ import annotations
 
+import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -139,14 +140,18 @@ def _build(cls: type[Any], table: Mapping[str, Any], where: str) -> Any:
     known = {f.name for f in attrs.fields(cls)}
     unknown = sorted(set(table) - known)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
     try:
         return cls(**table)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: {exc}") from None
 
 
-def model_config(table: Mapping[str, Any], defaults: Mapping[str, Any] | None = None) -> ModelConfig:
+def model_config(
+    table: Mapping[str, Any], defaults: Mapping[str, Any] | None = None
+) -> ModelConfig:
     """Build one model's config from its table layered over ``defaults``.
 
     Args:
@@ -208,7 +213,17 @@ def load_config(
     _check_unique(built)
     server_table = {**_table(data.get("server", {}), "[server]"), **(server or {})}
     config: ServerConfig = _build(ServerConfig, {**server_table, "models": built}, "server")
-    return config
+    return _resolve_model_dirs(config)
+
+
+def _resolve_model_dirs(config: ServerConfig) -> ServerConfig:
+    """Make model dirs absolute: relative ones are found in the model store (or cwd)."""
+    store = os.path.abspath(config.model_store or ".")
+    models = tuple(
+        attrs.evolve(m, model_dir=os.path.join(store, m.model_dir)) if m.model_dir else m
+        for m in config.models
+    )
+    return attrs.evolve(config, models=models)
 
 
 def _table(value: Any, where: str) -> dict[str, Any]:

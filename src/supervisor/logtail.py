@@ -22,7 +22,9 @@ class LogTail:
         max_line_bytes: longer lines are cut to this length (and marked).
     """
 
-    def __init__(self, max_lines: int = 200, max_bytes: int = 64 * 1024, max_line_bytes: int = 4096) -> None:
+    def __init__(
+        self, max_lines: int = 200, max_bytes: int = 64 * 1024, max_line_bytes: int = 4096
+    ) -> None:
         self._lines: deque[str] = deque()
         self._size = 0
         self._partial = bytearray()
@@ -64,7 +66,7 @@ class LogTail:
         kept = tuple(self._lines)
         return kept if last is None else kept[-last:] if last > 0 else ()
 
-    def _text(self, raw: bytes) -> str:
+    def _text(self, raw: bytes | bytearray) -> str:
         cut = len(raw) > self._max_line
         text = raw[: self._max_line].decode("utf-8", "replace").rstrip("\r")
         return text + " [...line cut]" if cut else text
