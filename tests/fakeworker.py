@@ -86,11 +86,12 @@ class Behaviour:
     """What one incarnation of the fake does.
 
     Attributes:
-        load: answer LOAD with READY, with LOAD_FAILED (then exit 1), or never.
+        load: answer LOAD with READY, with LOAD_FAILED (then exit 1 at once), or never.
         infer: turns each batch into its replies.
         pong: answer PINGs; false plays a stopped (SIGSTOPped) process.
         lifetime: die by SIGKILL this many seconds after launch, whatever it is doing.
         term_delay: seconds a SIGTERM takes to end the process (SIGKILL is instant).
+        spawn_error: ``launch`` raises this instead of starting a process.
     """
 
     load: Literal["ready", "fail", "hang"] = "ready"
@@ -98,6 +99,7 @@ class Behaviour:
     pong: bool = True
     lifetime: float | None = None
     term_delay: float = 0.0
+    spawn_error: OSError | None = None
 
 
 class FakeProcess:
@@ -112,8 +114,10 @@ class FakeProcess:
     def __init__(self, pid: int, behaviour: Behaviour, on_change: Callable[[], None]) -> None:
         self.pid = pid
         self.behaviour = behaviour
-        self.stream, self._end = trio.testing.memory_stream_pair()
-        self.logs = trio.testing.MemoryReceiveStream()
+        supervisor_end, self._end = trio.testing.memory_stream_pair()
+        self.stream: trio.abc.Stream = supervisor_end
+        self._log = trio.testing.MemoryReceiveStream()
+        self.logs: trio.abc.ReceiveStream | None = self._log
         self.returncode: int | None = None
         self.started_at = trio.current_time()
         self.ended_at: float | None = None
@@ -140,17 +144,17 @@ class FakeProcess:
     def signal_group(self, signum: int) -> None:
         """SIGKILL ends the process now, SIGTERM after ``term_delay``; others do nothing."""
         self.signals.append(signum)
-        if self.returncode is not None:
+        if self.returncode is not None or signum not in (signal.SIGTERM, signal.SIGKILL):
             return
-        if signum == signal.SIGKILL or (signum == signal.SIGTERM and not self.behaviour.term_delay):
+        if signum == signal.SIGKILL or not self.behaviour.term_delay or self._tasks is None:
             self.exit(-signum)
-        elif signum == signal.SIGTERM and self._tasks is not None:
+        else:
             self._tasks.start_soon(self._exit_after, self.behaviour.term_delay, -signum)
 
     def log(self, line: str) -> None:
         """Write one line to the process's log (its merged stdout and stderr)."""
         if self.returncode is None:
-            self.logs.put_data(f"{line}\n".encode())
+            self._log.put_data(f"{line}\n".encode())
 
     def exit(self, returncode: int) -> None:
         """End the process: its streams close and ``wait`` returns ``returncode``."""
@@ -158,10 +162,10 @@ class FakeProcess:
             return
         self.returncode = returncode
         self.ended_at = trio.current_time()
-        self._scope.cancel()  # first, so that the fake's own tasks see Cancelled, not closed streams
+        self._scope.cancel()  # first: the fake's own tasks see Cancelled, not closed streams
         self._end.send_stream.close()  # the supervisor reads EOF
         self._end.receive_stream.close()  # and its sends fail from now on
-        self.logs.put_eof()
+        self._log.put_eof()
         self._exited.set()
         self._on_change()
 
@@ -170,20 +174,24 @@ class FakeProcess:
         try:
             with self._scope:
                 async with trio.open_nursery() as self._tasks:
-                    inbox_send, inbox = trio.open_memory_channel[Message | None](math.inf)
-                    self._tasks.start_soon(self._run_batches, inbox)
-                    if self.behaviour.lifetime is not None:
-                        self._tasks.start_soon(
-                            self._exit_after, self.behaviour.lifetime, -signal.SIGKILL
-                        )
-                    await self._read_frames(inbox_send)
+                    try:
+                        await self._serve(self._tasks)
+                    finally:
+                        self._tasks = None  # closing: a SIGTERM now ends it at once
         finally:
             self.exit(-signal.SIGKILL)  # the test ended, or the supervisor hung up
+
+    async def _serve(self, tasks: trio.Nursery) -> None:
+        inbox_send, inbox = trio.open_memory_channel[Message | None](math.inf)
+        tasks.start_soon(self._run_batches, inbox)
+        if self.behaviour.lifetime is not None:
+            tasks.start_soon(self._exit_after, self.behaviour.lifetime, -signal.SIGKILL)
+        await self._read_frames(inbox_send)
 
     async def _read_frames(self, inbox: trio.MemorySendChannel[Message | None]) -> None:
         decoder = Decoder()
         while data := await self._end.receive_some():
-            for message in decoder.feed(data):
+            for message in decoder.feed(bytes(data)):
                 self.received.append(message.kind)
                 self._on_change()
                 await self._on_message(message, inbox)
@@ -212,7 +220,7 @@ class FakeProcess:
             self.log(f"fake[{self.pid}]: ModuleNotFoundError: No module named 'fake'")
             failure = {"message": "ModuleNotFoundError: No module named 'fake'"}
             await self._send(encode(Message(Kind.LOAD_FAILED, failure)))
-            self.exit(1)
+            self.exit(1)  # at once: the reason must still be the LOAD_FAILED one
 
     async def _run_batches(self, inbox: trio.MemoryReceiveChannel[Message | None]) -> None:
         async for message in inbox:
@@ -262,6 +270,8 @@ class FakeLauncher:
         """Start the next scripted fake process."""
         await trio.lowlevel.checkpoint()
         behaviour = self.behaviours.pop(0) if self.behaviours else self.default
+        if behaviour.spawn_error is not None:
+            raise behaviour.spawn_error
         proc = FakeProcess(1000 + len(self.processes), behaviour, self._notify)
         self.processes.append(proc)
         self._nursery.start_soon(proc.run)

@@ -7,13 +7,16 @@ and cost no real time.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import itertools
 import random
 import signal
 from collections import Counter
-from collections.abc import Callable
 
 import pytest
 import trio
+from trio.testing import MockClock
 
 from handlers.protocol import InferItem, Kind, ReplyItem
 from supervisor.batching import Job
@@ -24,12 +27,11 @@ from supervisor.errors import (
     ModelUnavailable,
     SupervisorError,
     WorkerDied,
-    WorkerFailure,
     WorkerStartFailed,
     WorkerTimeout,
 )
 from supervisor.policy import RestartPolicy
-from supervisor.pool import ModelState, Pool
+from supervisor.pool import ModelState, Pool, Slot
 from tests.fakeworker import (
     Behaviour,
     FakeLauncher,
@@ -39,8 +41,6 @@ from tests.fakeworker import (
     hang,
     sleep_then_echo,
 )
-
-pytestmark = pytest.mark.usefixtures("autojump_clock")
 
 
 def request(n: int) -> InferItem:
@@ -61,11 +61,10 @@ async def start_pool(nursery: trio.Nursery, launcher: FakeLauncher, config: Mode
     return pool
 
 
-async def eventually(predicate: Callable[[], object], *, step: float = 0.01) -> None:
-    """Poll ``predicate`` in virtual time (for state with no event to wait on)."""
-    with trio.fail_after(600):
-        while not predicate():
-            await trio.sleep(step)
+def fake_of(launcher: FakeLauncher, slot: Slot) -> FakeProcess:
+    """The fake process of a slot's current incarnation."""
+    assert slot.worker is not None
+    return launcher.by_pid(slot.worker.pid)
 
 
 def non_ping(proc: FakeProcess) -> list[Kind]:
@@ -73,7 +72,9 @@ def non_ping(proc: FakeProcess) -> list[Kind]:
     return [kind for kind in proc.received if kind is not Kind.PING]
 
 
-async def test_lone_request_to_idle_worker_is_dispatched_at_once(nursery: trio.Nursery) -> None:
+async def test_lone_request_to_idle_worker_is_dispatched_at_once(
+    autojump_clock: MockClock, nursery: trio.Nursery
+) -> None:
     launcher = FakeLauncher(nursery)
     pool = await start_pool(nursery, launcher, model(batch_size=8, max_batch_delay=5.0))
     start = trio.current_time()
@@ -85,7 +86,7 @@ async def test_lone_request_to_idle_worker_is_dispatched_at_once(nursery: trio.N
     assert launcher.processes[0].batches == [["r1"]]
 
 
-async def test_batches_fill_under_load(nursery: trio.Nursery) -> None:
+async def test_batches_fill_under_load(autojump_clock: MockClock, nursery: trio.Nursery) -> None:
     async def slow_first(proc: FakeProcess, items: list[InferItem]) -> list[ReplyItem]:
         if len(proc.batches) == 1:
             await trio.sleep(10)
@@ -108,7 +109,7 @@ async def test_batches_fill_under_load(nursery: trio.Nursery) -> None:
     assert trio.current_time() - start == pytest.approx(10.5)
 
 
-async def test_full_queue_rejects_at_once(nursery: trio.Nursery) -> None:
+async def test_full_queue_rejects_at_once(autojump_clock: MockClock, nursery: trio.Nursery) -> None:
     launcher = FakeLauncher(nursery, default=Behaviour(infer=hang))
     pool = await start_pool(nursery, launcher, model(job_queue_size=2))
     in_flight = pool.submit(request(0))
@@ -127,7 +128,25 @@ async def test_full_queue_rejects_at_once(nursery: trio.Nursery) -> None:
     assert not any(job.answered for job in queued)
 
 
-async def test_crash_mid_batch_fails_only_the_batch_in_flight(nursery: trio.Nursery) -> None:
+async def test_a_reply_missing_an_item_fails_only_that_job(
+    autojump_clock: MockClock, nursery: trio.Nursery
+) -> None:
+    async def drop_last(proc: FakeProcess, items: list[InferItem]) -> list[ReplyItem]:
+        return echo_replies(items)[:-1]
+
+    launcher = FakeLauncher(nursery, default=Behaviour(infer=drop_last))
+    pool = await start_pool(nursery, launcher, model(batch_size=3, max_batch_delay=0))
+    jobs = [pool.submit(request(n)) for n in range(3)]
+
+    assert [(await job.wait()).body for job in jobs[:2]] == [b"body 0", b"body 1"]
+    with pytest.raises(WorkerDied, match="sent no answer for this request"):
+        await jobs[2].wait()
+    assert launcher.processes[0].batches == [["r0", "r1", "r2"]]
+
+
+async def test_crash_mid_batch_fails_only_the_batch_in_flight(
+    autojump_clock: MockClock, nursery: trio.Nursery
+) -> None:
     launcher = FakeLauncher(nursery, [Behaviour(infer=crash)])
     pool = await start_pool(nursery, launcher, model(batch_size=2, max_batch_delay=0))
     # The idle worker takes r1 and r2 at once; r3 and r4 stay queued.
@@ -153,7 +172,9 @@ async def test_crash_mid_batch_fails_only_the_batch_in_flight(nursery: trio.Nurs
     assert (last_exit.incarnation, last_exit.signal) == (1, signal.SIGKILL)
 
 
-async def test_response_timeout_answers_504_and_replaces_the_worker(nursery: trio.Nursery) -> None:
+async def test_response_timeout_answers_504_and_replaces_the_worker(
+    autojump_clock: MockClock, nursery: trio.Nursery
+) -> None:
     launcher = FakeLauncher(nursery, [Behaviour(infer=hang)])
     pool = await start_pool(nursery, launcher, model(response_timeout=5.0))
     start = trio.current_time()
@@ -171,7 +192,26 @@ async def test_response_timeout_answers_504_and_replaces_the_worker(nursery: tri
     assert (await pool.submit(request(2)).wait()).body == b"body 2"
 
 
-async def test_missed_heartbeat_kills_and_replaces_an_idle_worker(nursery: trio.Nursery) -> None:
+async def test_job_queued_during_a_response_timeout_goes_to_the_next_incarnation(
+    autojump_clock: MockClock, nursery: trio.Nursery
+) -> None:
+    # Like a real process, the hung worker needs a moment to act on SIGTERM.
+    launcher = FakeLauncher(nursery, [Behaviour(infer=hang, term_delay=0.5)])
+    pool = await start_pool(nursery, launcher, model(response_timeout=5.0))
+    timed_out = pool.submit(request(1))
+    await launcher.wait_for(lambda: launcher.processes[0].batches)
+    queued = pool.submit(request(2))
+
+    with pytest.raises(WorkerTimeout):
+        await timed_out.wait()
+
+    assert (await queued.wait()).body == b"body 2"
+    assert [p.batches for p in launcher.processes] == [[["r1"]], [["r2"]]]
+
+
+async def test_missed_heartbeat_kills_and_replaces_an_idle_worker(
+    autojump_clock: MockClock, nursery: trio.Nursery
+) -> None:
     launcher = FakeLauncher(nursery, [Behaviour(pong=False)])
     config = model(heartbeat_interval=1.0, heartbeat_timeout=3.0)
     pool = await start_pool(nursery, launcher, config)
@@ -191,7 +231,63 @@ async def test_missed_heartbeat_kills_and_replaces_an_idle_worker(nursery: trio.
     assert (await pool.submit(request(1)).wait()).body == b"body 1"
 
 
-async def test_load_failing_every_time_fails_the_model(nursery: trio.Nursery) -> None:
+async def test_jobs_arriving_while_a_killed_worker_exits_are_not_lost(
+    autojump_clock: MockClock, nursery: trio.Nursery
+) -> None:
+    # A stopped worker that takes a while to act on SIGTERM (within stop_grace).
+    dying = Behaviour(pong=False, term_delay=1.0)
+    launcher = FakeLauncher(nursery, [dying])
+    config = model(heartbeat_interval=1.0, heartbeat_timeout=3.0, stop_grace=2.0)
+    pool = await start_pool(nursery, launcher, config)
+    await launcher.wait_for(lambda: signal.SIGTERM in launcher.processes[0].signals)
+
+    jobs = [pool.submit(request(n)) for n in range(3)]
+
+    with trio.fail_after(60):
+        replies = [await job.wait() for job in jobs]
+    assert [r.body for r in replies] == [b"body 0", b"body 1", b"body 2"]
+    assert launcher.processes[0].batches == []
+
+
+async def test_startup_timeout_counts_as_a_failed_start(
+    autojump_clock: MockClock, nursery: trio.Nursery
+) -> None:
+    launcher = FakeLauncher(nursery, [Behaviour(load="hang")])
+    pool = Pool(model(startup_timeout=30.0), launcher, random.Random(0))
+    start = trio.current_time()
+    await nursery.start(pool.run)
+
+    await pool.wait_ready()
+
+    assert trio.current_time() - start == pytest.approx(30.0)
+    hung = launcher.processes[0]
+    assert hung.returncode == -signal.SIGTERM
+    last_exit = pool.slots[0].last_exit
+    assert last_exit is not None
+    assert "no READY within startup_timeout (30 s)" in last_exit.reason
+
+
+async def test_a_launch_error_counts_as_a_failed_start(
+    autojump_clock: MockClock, nursery: trio.Nursery
+) -> None:
+    no_fds = OSError(errno.EMFILE, "Too many open files")
+    launcher = FakeLauncher(nursery, [Behaviour(spawn_error=no_fds)])
+    pool = Pool(model(), launcher, random.Random(0))
+
+    async with trio.open_nursery() as pools:
+        await pools.start(pool.run)
+        await pool.wait_ready()
+        slot = pool.slots[0]
+        assert (slot.incarnation, slot.restarts) == (2, 1)
+        assert slot.last_exit is not None
+        assert "Too many open files" in slot.last_exit.reason
+        assert (await pool.submit(request(1)).wait()).body == b"body 1"
+        pools.cancel_scope.cancel()
+
+
+async def test_load_failing_every_time_fails_the_model(
+    autojump_clock: MockClock, nursery: trio.Nursery
+) -> None:
     launcher = FakeLauncher(nursery, default=Behaviour(load="fail"))
     policy = RestartPolicy(max_restarts=2, window=60, backoff_initial=1, jitter=0)
     async with open_supervisor(launcher=launcher) as sup:
@@ -217,34 +313,23 @@ async def test_load_failing_every_time_fails_the_model(nursery: trio.Nursery) ->
         assert excinfo.value.log_tail[-1] == log_line
         [stats] = sup.describe("m")
         assert stats.state == "FAILED"
-        assert "last exit:" in stats.failure  # type: ignore[operator]
-        assert "(exit code 1)" in stats.failure  # type: ignore[operator]
+        assert stats.failure == pool.failure
+        assert "last exit: the handler failed to load: ModuleNotFoundError" in pool.failure
         assert stats.failure_log_tail[-1] == log_line
+        assert stats.restarts == 2
+        [worker] = stats.workers  # a FAILED model keeps its slots for describe
+        assert worker.last_exit is not None
+        assert (worker.last_exit.incarnation, worker.last_exit.returncode) == (3, 1)
+        assert worker.last_exit.log_tail[-1] == log_line
         assert sup.unhealthy_models() == ["m/1.0"]
+        await sup.unload("m")  # a FAILED model can still be unloaded
+        with pytest.raises(ModelNotFound):
+            sup.pool("m")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a FAILED pool's slots remove themselves, so statistics() loses the "
-    "workers, their restart count and their last exit",
-)
-async def test_statistics_of_a_failed_model_keep_its_workers(nursery: trio.Nursery) -> None:
-    launcher = FakeLauncher(nursery, default=Behaviour(load="fail"))
-    policy = RestartPolicy(max_restarts=2, window=60, backoff_initial=1, jitter=0)
-    pool = Pool(model(restart=policy), launcher, random.Random(0))
-    await nursery.start(pool.run)
-    with pytest.raises(WorkerStartFailed):
-        await pool.wait_ready()
-
-    stats = pool.statistics()
-
-    assert stats.restarts == 2
-    [worker] = stats.workers
-    assert worker.last_exit is not None
-    assert worker.last_exit.returncode == 1
-
-
-async def test_consecutive_failures_back_off(nursery: trio.Nursery) -> None:
+async def test_consecutive_failures_back_off(
+    autojump_clock: MockClock, nursery: trio.Nursery
+) -> None:
     failures = [Behaviour(load="fail")] * 6 + [Behaviour(lifetime=20.0)]
     launcher = FakeLauncher(nursery, failures)
     policy = RestartPolicy(
@@ -256,31 +341,15 @@ async def test_consecutive_failures_back_off(nursery: trio.Nursery) -> None:
     await launcher.wait_for(lambda: len(launcher.processes) == 8)
 
     procs = launcher.processes
-    gaps = [after.started_at - before.ended_at for before, after in zip(procs, procs[1:])]  # type: ignore[operator]
+    gaps = [after.started_at - before.ended_at for before, after in itertools.pairwise(procs)]  # type: ignore[operator]
     # First restart at once, then doubling up to the cap; a healthy run (20 s,
     # more than healthy_after) resets the backoff: the next restart is at once.
     assert gaps == pytest.approx([0, 1, 2, 4, 4, 4, 0])
     assert pool.slots[0].restarts == 7
 
 
-async def test_startup_timeout_counts_as_a_failed_start(nursery: trio.Nursery) -> None:
-    launcher = FakeLauncher(nursery, [Behaviour(load="hang")])
-    pool = Pool(model(startup_timeout=30.0), launcher, random.Random(0))
-    start = trio.current_time()
-    await nursery.start(pool.run)
-
-    await pool.wait_ready()
-
-    assert trio.current_time() - start == pytest.approx(30.0)
-    hung = launcher.processes[0]
-    assert hung.returncode == -signal.SIGTERM
-    last_exit = pool.slots[0].last_exit
-    assert last_exit is not None
-    assert "no READY within startup_timeout (30 s)" in last_exit.reason
-
-
 async def test_scale_up_then_down_stops_the_newest_after_its_batch(
-    nursery: trio.Nursery,
+    autojump_clock: MockClock, nursery: trio.Nursery
 ) -> None:
     launcher = FakeLauncher(nursery, default=Behaviour(infer=sleep_then_echo(10)))
     pool = await start_pool(nursery, launcher, model())
@@ -299,38 +368,82 @@ async def test_scale_up_then_down_stops_the_newest_after_its_batch(
 
     replies = [await job.wait() for job in jobs]
     assert [r.body for r in replies] == [b"body 0", b"body 1", b"body 2"]
-    stopped = launcher.by_pid(newest.worker.pid if newest.worker else None)
+    stopped = fake_of(launcher, newest)
     assert await stopped.wait() == 0  # a polite stop
     assert non_ping(stopped) == [Kind.LOAD, Kind.INFER, Kind.SHUTDOWN]
     assert stopped.ended_at == pytest.approx(start + 10)  # only after its batch
-    await eventually(lambda: len(pool.slots) == 2)
+    await trio.sleep(1)  # the stopped slot winds down
     assert [s.id for s in pool.slots] == ["w1", "w2"]
     assert all(p.returncode is None for p in launcher.processes if p is not stopped)
     assert newest.restarts == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Pool.scale counts slots that are stopping, so scaling back up while a "
-    "scaled-down slot finishes its batch adds no slot",
-)
-async def test_scale_up_while_a_slot_is_stopping(nursery: trio.Nursery) -> None:
+async def test_scale_up_while_a_slot_is_stopping(
+    autojump_clock: MockClock, nursery: trio.Nursery
+) -> None:
     launcher = FakeLauncher(nursery, default=Behaviour(infer=sleep_then_echo(10)))
     pool = await start_pool(nursery, launcher, model(workers=2))
     jobs = [pool.submit(request(n)) for n in range(2)]
     await launcher.wait_for(lambda: all(p.batches for p in launcher.processes))
+    stopping = fake_of(launcher, pool.slots[1])
 
     pool.scale(1)
     pool.scale(2)
 
     for job in jobs:
         await job.wait()
+    assert await stopping.wait() == 0
+    await trio.sleep(1)  # time for a replacement to start and load
+    assert len(pool.slots) == 2
+    assert pool.ready_count() == 2
+
+
+async def test_scale_down_hands_an_undelivered_batch_back_to_the_pool(
+    autojump_clock: MockClock, nursery: trio.Nursery
+) -> None:
+    busy = Behaviour(infer=sleep_then_echo(30))
+    stopped = Behaviour(pong=False, term_delay=1.0)
+    launcher = FakeLauncher(nursery, [busy, stopped])
+    pool = await start_pool(nursery, launcher, model(heartbeat_interval=1, heartbeat_timeout=3))
+    first = pool.submit(request(0))
+    await launcher.wait_for(lambda: launcher.processes[0].batches)
+    pool.scale(2)
+    await pool.wait_ready(2)
+    await launcher.wait_for(lambda: signal.SIGTERM in launcher.processes[1].signals)
+    # w1 is busy, so w2 takes the job, but its worker is dying: it cannot deliver it.
+    carried = pool.submit(request(1))
+    await trio.sleep(0.5)
+
+    pool.scale(1)
+
+    assert (await first.wait()).body == b"body 0"
     with trio.fail_after(60):
-        await eventually(lambda: len(pool.slots) == 2 and pool.ready_count() == 2)
+        assert (await carried.wait()).body == b"body 1"
+    assert launcher.processes[0].batches == [["r0"], ["r1"]]
+
+
+async def test_scale_to_zero_answers_the_queued_jobs(
+    autojump_clock: MockClock, nursery: trio.Nursery
+) -> None:
+    launcher = FakeLauncher(nursery, default=Behaviour(infer=sleep_then_echo(10)))
+    pool = await start_pool(nursery, launcher, model())
+    in_flight = pool.submit(request(0))
+    await launcher.wait_for(lambda: launcher.processes[0].batches)
+    queued = [pool.submit(request(n)) for n in (1, 2)]
+
+    pool.scale(0)
+
+    with trio.fail_after(60):
+        for job in queued:
+            with pytest.raises(ModelUnavailable, match="no worker"):
+                await job.wait()
+    with pytest.raises(ModelUnavailable, match="no worker"):
+        pool.submit(request(3))
+    assert (await in_flight.wait()).body == b"body 0"
 
 
 async def test_unload_answers_queued_503_and_finishes_the_batch_in_flight(
-    nursery: trio.Nursery,
+    autojump_clock: MockClock, nursery: trio.Nursery
 ) -> None:
     launcher = FakeLauncher(nursery, default=Behaviour(infer=sleep_then_echo(10)))
     async with open_supervisor(launcher=launcher) as sup:
@@ -363,7 +476,26 @@ async def test_unload_answers_queued_503_and_finishes_the_batch_in_flight(
             sup.pool("m")
 
 
-async def test_supervisor_predicts_through_a_fake_worker(nursery: trio.Nursery) -> None:
+async def test_cancelling_the_pool_answers_every_job_and_ends_every_worker(
+    autojump_clock: MockClock, nursery: trio.Nursery
+) -> None:
+    launcher = FakeLauncher(nursery, default=Behaviour(infer=sleep_then_echo(10)))
+    async with trio.open_nursery() as pools:
+        pool = await start_pool(pools, launcher, model(workers=2, job_queue_size=10))
+        jobs = [pool.submit(request(n)) for n in range(6)]
+        await launcher.wait_for(lambda: all(p.batches for p in launcher.processes))
+        pools.cancel_scope.cancel()
+
+    for job in jobs:
+        with pytest.raises(ModelUnavailable):
+            await job.wait()
+    assert pool.state is ModelState.STOPPED
+    assert [p.returncode for p in launcher.processes] == [-signal.SIGTERM] * 2
+
+
+async def test_supervisor_predicts_through_a_fake_worker(
+    autojump_clock: MockClock, nursery: trio.Nursery
+) -> None:
     launcher = FakeLauncher(nursery)
     async with open_supervisor(launcher=launcher) as sup:
         stats = await sup.load_model(model(workers=2))
@@ -408,22 +540,26 @@ def _random_behaviour(rng: random.Random) -> Behaviour:
         await trio.sleep(rng.uniform(0, 0.3))
         return echo_replies(items)
 
-    load = "fail" if rng.random() < 0.1 else "ready"
-    lifetime = rng.uniform(0.1, 8) if rng.random() < 0.5 else None
-    return Behaviour(load=load, infer=infer, lifetime=lifetime)
+    return Behaviour(
+        load="fail" if rng.random() < 0.1 else "ready",
+        infer=infer,
+        pong=rng.random() < 0.95,
+        lifetime=rng.uniform(0.1, 8) if rng.random() < 0.5 else None,
+        term_delay=rng.choice([0, 0, 0.5, 3]),
+    )
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 async def test_every_accepted_request_is_answered_exactly_once(
-    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, seed: int
+    autojump_clock: MockClock, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, seed: int
 ) -> None:
     rng = random.Random(seed)
     calls = _answer_counter(monkeypatch)
     launcher = FakeLauncher(nursery, [_random_behaviour(rng) for _ in range(200)])
     policy = RestartPolicy(max_restarts=10_000, window=1, backoff_initial=0.05, backoff_max=0.5)
     config = model(
-        workers=3, batch_size=4, max_batch_delay=0.02, job_queue_size=20,
-        response_timeout=2.0, restart=policy,
+        workers=3, batch_size=4, max_batch_delay=0.02, job_queue_size=20, response_timeout=2,
+        heartbeat_interval=0.5, heartbeat_timeout=1, stop_grace=1, restart=policy,
     )  # fmt: skip
     pool = Pool(config, launcher, random.Random(seed))
     await nursery.start(pool.run)
@@ -431,16 +567,16 @@ async def test_every_accepted_request_is_answered_exactly_once(
     for n in range(400):
         if rng.random() < 0.3:
             await trio.sleep(rng.uniform(0, 0.2))
-        try:
+        with contextlib.suppress(ModelUnavailable):  # a full queue refuses: not accepted
             accepted.append(pool.submit(request(n)))
-        except ModelUnavailable:
-            pass  # the queue is full: refused, not accepted
+        if rng.random() < 0.02:
+            pool.scale(rng.randint(1, 3))
 
     with trio.fail_after(600):
         for job in accepted:
             try:
                 reply = await job.wait()
-            except WorkerFailure:
+            except SupervisorError:
                 assert job.reply is None
             else:
                 assert job.error is None
@@ -453,3 +589,23 @@ async def test_every_accepted_request_is_answered_exactly_once(
     assert sum(job.reply is not None for job in accepted) > len(accepted) // 2
     assert len(launcher.processes) > 5  # it really restarted workers
     assert pool.state is not ModelState.FAILED
+
+
+async def test_a_job_taken_by_a_dying_worker_goes_to_an_idle_one(
+    autojump_clock: MockClock, nursery: trio.Nursery
+) -> None:
+    stopped = Behaviour(pong=False, term_delay=1.0)  # w2, killed by the heartbeat
+    slow_to_load = Behaviour(load="hang")  # w2's next incarnation
+    launcher = FakeLauncher(nursery, [Behaviour(), stopped, slow_to_load])
+    config = model(heartbeat_interval=1, heartbeat_timeout=3, startup_timeout=30)
+    pool = await start_pool(nursery, launcher, config)
+    pool.scale(2)
+    await pool.wait_ready(2)
+    await pool.submit(request(0)).wait()  # w1 serves it; w2 now waits first in line
+    await launcher.wait_for(lambda: signal.SIGTERM in launcher.processes[1].signals)
+
+    job = pool.submit(request(1))
+
+    with trio.fail_after(1):
+        assert (await job.wait()).body == b"body 1"
+    assert launcher.processes[0].batches == [["r0"], ["r1"]]

@@ -132,11 +132,14 @@ class Pool:
             )
         if self.state in (ModelState.STOPPING, ModelState.STOPPED):
             raise ModelUnavailable(f"Model {self.label} is stopping")
-        if not self.slots:
-            raise ModelUnavailable(
-                f'Model "{self.config.name}" has no worker to serve inference request. '
-                "Please use scale workers API to add workers."
-            )
+        if not self.active_slots():
+            raise ModelUnavailable(self._no_worker_message())
+
+    def _no_worker_message(self) -> str:
+        return (
+            f'Model "{self.config.name}" has no worker to serve inference request. '
+            "Please use scale workers API to add workers."
+        )
 
     def scale(self, workers: int) -> None:
         """Run ``workers`` slots: start new ones or stop the newest (after their batch)."""
@@ -148,11 +151,18 @@ class Pool:
                 f"Model {self.label}: cannot scale to {workers} workers "
                 f"(max_workers is {limit or 'unset'})"
             )
-        while len(self.slots) < workers:
+        active = self.active_slots()
+        for _ in range(len(active), workers):
             self._add_slot()
-        for slot in self.slots[workers:]:
+        for slot in active[workers:]:
             slot.stop()
+        if workers == 0:
+            self._fail_queued(ModelUnavailable(self._no_worker_message()))
         self._notify()
+
+    def active_slots(self) -> list[Slot]:
+        """The slots that take work (not stopping after a scale-down)."""
+        return [s for s in self.slots if not s.stopping]
 
     def stop(self, reason: str = "was unloaded") -> None:
         """Stop taking requests, answer the queued ones (503 saying ``reason``), stop every slot."""
@@ -182,7 +192,7 @@ class Pool:
 
     def ready_count(self) -> int:
         """How many workers can take a batch now."""
-        return sum(1 for s in self.slots if s.ready)
+        return sum(1 for s in self.slots if s.ready and not s.stopping)
 
     def statistics(self, *, is_default: bool = False) -> ModelStats:
         """A frozen snapshot of the model and its workers."""
@@ -207,14 +217,15 @@ class Pool:
         self.slots.append(slot)
         self._nursery.start_soon(slot.run)
 
-    def _remove_slot(self, slot: Slot) -> None:
-        if slot in self.slots:
+    def _slot_ended(self, slot: Slot) -> None:
+        """A slot's loop returned; a FAILED model keeps its slots for describe."""
+        if self.state is not ModelState.FAILED and slot in self.slots:
             self.slots.remove(slot)
         self._notify()
 
     def _notify(self) -> None:
         if self.state is ModelState.LOADING and self.ready_count() >= min(
-            self.config.workers, len(self.slots)
+            self.config.workers, len(self.active_slots())
         ):
             self.state = ModelState.READY
         self._changed.set()
@@ -239,6 +250,21 @@ class Pool:
         )
         for slot in self.slots:
             slot.stop()
+
+    def requeue(self, jobs: list[Job]) -> None:
+        """Put undelivered jobs back in the queue, or answer 503 if none can serve them."""
+        for job in jobs:
+            try:
+                if self.state is ModelState.FAILED or not self.active_slots():
+                    raise trio.ClosedResourceError
+                self._send.send_nowait(job)
+            except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+                job.fail(
+                    ModelUnavailable(
+                        f"Model {self.label}: its worker stopped before serving this request",
+                        log_tail=self.failure_log_tail,
+                    )
+                )
 
     def _fail_queued(self, error: ModelUnavailable) -> None:
         while True:
@@ -271,7 +297,11 @@ class Slot:
         self._backoff = Backoff(pool.config.restart)
         self._stopping = False
         self._wait_scope = trio.CancelScope()  # the wait that a stop or a death interrupts
-        self._carry: list[Job] = []
+
+    @property
+    def stopping(self) -> bool:
+        """Whether the slot was told to stop (it still finishes its batch)."""
+        return self._stopping
 
     @property
     def ready(self) -> bool:
@@ -298,8 +328,7 @@ class Slot:
                     break
                 await self._sleep(delay)
         finally:
-            self._fail_carry()
-            self.pool._remove_slot(self)
+            self.pool._slot_ended(self)
 
     def _after_exit(self, record: ExitRecord) -> float | None:
         """Apply the restart policy: the delay before the next start, or None to give up."""
@@ -362,17 +391,14 @@ class Slot:
 
     async def _serve(self, worker: Worker) -> None:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._cancel_when_dead, worker)
-            while self._carry and worker.serving:
-                batch, self._carry = self._carry, []
-                await self._dispatch(worker, batch)
+            nursery.start_soon(self._cancel_when_ending, worker)
             while worker.serving and not self._stopping:
                 await self._next_batch(worker)
             nursery.cancel_scope.cancel()
 
-    async def _cancel_when_dead(self, worker: Worker) -> None:
-        await worker.dead.wait()
-        self._wait_scope.cancel()
+    async def _cancel_when_ending(self, worker: Worker) -> None:
+        await worker.ending.wait()
+        self._wait_scope.cancel()  # stop waiting for jobs this worker can no longer take
 
     async def _next_batch(self, worker: Worker) -> None:
         with trio.CancelScope() as self._wait_scope:
@@ -408,7 +434,7 @@ class Slot:
         try:
             replies = await worker.infer([job.item for job in batch])
         except NotDelivered:
-            self._carry = batch  # never reached the worker: the next incarnation sends it
+            self.pool.requeue(batch)  # never reached the worker: another one takes it
             return
         except WorkerFailure as exc:
             for job in batch:
@@ -421,15 +447,6 @@ class Slot:
                 job.fail(WorkerDied(f"worker {worker.name} sent no answer for this request"))
             else:
                 job.resolve(reply)
-
-    def _fail_carry(self) -> None:
-        for job in self._carry:
-            job.fail(
-                ModelUnavailable(
-                    f"Model {self.pool.label}: its worker stopped before serving this request"
-                )
-            )
-        self._carry = []
 
     def statistics(self) -> WorkerStats:
         """A frozen snapshot of the slot and its current incarnation."""

@@ -127,6 +127,7 @@ class Worker:
         self.exit: ExitRecord | None = None
         self.log = LogTail(config.log_lines, config.log_bytes)
         self.dead = trio.Event()
+        self.ending = trio.Event()
         self._launcher = launcher
         self._env = env or {}
         self._proc: WorkerProcess | None = None
@@ -144,6 +145,7 @@ class Worker:
         self._pong = 0
         self._pong_event = trio.Event()
         self._logs_done = trio.Event()
+        self._read_done = trio.Event()
 
     @property
     def name(self) -> str:
@@ -176,6 +178,7 @@ class Worker:
             self._stop_reason = reason
         if self.state is not WorkerState.DEAD:
             self.state = WorkerState.STOPPING  # no new batch from now on
+        self.ending.set()
         self._scope.cancel()
 
     async def run(self, *, task_status: trio.TaskStatus[Worker] = trio.TASK_STATUS_IGNORED) -> None:
@@ -242,6 +245,8 @@ class Worker:
 
     async def _watch_exit(self, proc: WorkerProcess) -> None:
         await proc.wait()
+        with trio.move_on_after(0.5):  # read what it sent last: it may say why it ended
+            await self._read_done.wait()
         self._end("the process exited")
 
     async def _read_loop(self, stream: trio.abc.Stream) -> None:
@@ -254,10 +259,16 @@ class Worker:
             self.kill(f"protocol error: {exc}")
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
-        assert self._proc is not None
-        with trio.move_on_after(1.0):  # EOF usually means the process died: say so
-            await self._proc.wait()
-        self.kill("the worker closed its protocol socket")
+        finally:
+            self._read_done.set()
+        proc = self._proc
+        assert proc is not None
+        with trio.move_on_after(1.0):  # EOF usually means the process died
+            await proc.wait()
+        if proc.poll() is None:
+            self.kill("the worker closed its protocol socket")
+        else:
+            self._end("the process exited")
 
     def _on_message(self, message: Message) -> None:
         if message.kind is Kind.READY:
