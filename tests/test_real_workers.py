@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from functools import partial
 
 import attrs
 import psutil
@@ -14,6 +15,7 @@ from supervisor import (
     InvalidRequest,
     ModelConfig,
     ModelUnavailable,
+    SupervisorError,
     WorkerDied,
     WorkerStartFailed,
     WorkerTimeout,
@@ -29,6 +31,14 @@ def echo_model(handler_dir, name: str = "echo", **settings) -> ModelConfig:
     return ModelConfig(name=name, handler="echo_handler", model_dir=str(model_dir), **settings)
 
 
+async def predict_into(results: dict, sup, key: str, body: bytes) -> None:
+    """Predict on the echo model; store the reply, or the error, under ``key``."""
+    try:
+        results[key] = await sup.predict("echo", body, content_type="text/plain")
+    except SupervisorError as exc:
+        results[key] = exc
+
+
 def tail_has(sup, name: str, text: str) -> bool:
     worker = sup.describe(name)[0].workers[0]
     return any(text in line for line in worker.log_tail)
@@ -40,12 +50,7 @@ async def test_kill_9_mid_batch_fails_only_the_batch_in_flight(handler_dir):
         await sup.load_model(config)
         first_pid = sup.describe("echo")[0].workers[0].pid
         results: dict[str, object] = {}
-
-        async def call(key: str, body: bytes) -> None:
-            try:
-                results[key] = await sup.predict("echo", body, content_type="text/plain")
-            except WorkerDied as exc:
-                results[key] = exc
+        call = partial(predict_into, results, sup)
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(call, "in_flight", b"hang")
@@ -185,12 +190,7 @@ async def test_unload_answers_queued_requests_and_stops_workers(handler_dir):
         await sup.load_model(echo_model(handler_dir))
         pid = sup.describe("echo")[0].workers[0].pid
         outcomes: dict[str, object] = {}
-
-        async def call(key: str, body: bytes) -> None:
-            try:
-                outcomes[key] = await sup.predict("echo", body, content_type="text/plain")
-            except ModelUnavailable as exc:
-                outcomes[key] = exc
+        call = partial(predict_into, outcomes, sup)
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(call, "in_flight", b"sleep 0.5")
