@@ -126,6 +126,16 @@ class ServerConfig:
         model_store: directory that relative ``model_dir`` values are resolved in.
         models: the models loaded at start-up.
         shutdown_grace: seconds in-flight requests get to finish on SIGTERM.
+        enable_model_api: allow registering and unregistering models over HTTP.
+        disable_token_authorization: serve without bearer tokens (not recommended).
+        key_file: where the tokens are written (mode 0600) when authorization is on.
+        allowed_urls: regular expressions a registration ``url`` must match in full;
+            empty allows only archives and directories inside the model store.
+        max_request_size: the largest request body accepted, in bytes (413 beyond).
+        download_timeout: seconds a remote archive download may take.
+        max_download_size: the largest remote archive accepted, in bytes.
+        read_timeout: seconds a client may take to send a request before it is dropped.
+        keep_alive_timeout: seconds an idle keep-alive connection is kept open.
     """
 
     inference_address: str = "127.0.0.1:8080"
@@ -134,6 +144,15 @@ class ServerConfig:
     model_store: str = ""
     models: tuple[ModelConfig, ...] = ()
     shutdown_grace: float = attrs.field(default=10 * SECONDS, validator=_non_negative)
+    enable_model_api: bool = False
+    disable_token_authorization: bool = False
+    key_file: str = "key_file.json"
+    allowed_urls: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    max_request_size: int = attrs.field(default=6553500, validator=[_int, _positive])
+    download_timeout: float = attrs.field(default=60 * SECONDS, validator=_positive)
+    max_download_size: int = attrs.field(default=1024 * MIB, validator=[_int, _positive])
+    read_timeout: float = attrs.field(default=30 * SECONDS, validator=_positive)
+    keep_alive_timeout: float = attrs.field(default=5 * SECONDS, validator=_positive)
 
 
 def _build(cls: type[Any], table: Mapping[str, Any], where: str) -> Any:
