@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import zipfile
 from collections.abc import Callable
+from pathlib import Path
 
 import psutil
 import trio
@@ -67,3 +70,29 @@ def gone(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+def make_mar(
+    store: Path,
+    name: str,
+    handler_source: str,
+    *,
+    version: str = "1.0",
+    module: str = "model_handler",
+    extra: dict[str, str] | None = None,
+) -> Path:
+    """Write ``<name>.mar`` into ``store``: a manifest, a handler module, extra files."""
+    store.mkdir(parents=True, exist_ok=True)
+    manifest = {
+        "createdOn": "21/11/2026 12:00:00",
+        "runtime": "python",
+        "model": {"modelName": name, "modelVersion": version, "handler": f"{module}.py"},
+        "archiverVersion": "0.12.0",
+    }
+    path = store / f"{name}.mar"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("MAR-INF/MANIFEST.json", json.dumps(manifest))
+        archive.writestr(f"{module}.py", handler_source)
+        for file_name, text in (extra or {}).items():
+            archive.writestr(file_name, text)
+    return path

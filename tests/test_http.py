@@ -47,13 +47,16 @@ def build_eager_model(directory: Path) -> list[list[float]]:
     return model.weight.detach().tolist()
 
 
-def server_config(*models: ModelConfig) -> ServerConfig:
+def server_config(*models: ModelConfig, **settings) -> ServerConfig:
+    """Listeners on free local ports; no tokens unless a test asks for them."""
+    settings.setdefault("disable_token_authorization", True)
     return ServerConfig(
         inference_address=LOCAL,
         management_address=LOCAL,
         metrics_address=LOCAL,
         models=models,
         shutdown_grace=2.0,
+        **settings,
     )
 
 

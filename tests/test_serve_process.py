@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -36,14 +37,19 @@ class WithGrandchild:
 class ServeProcess:
     """``python -m supervisor serve ...`` with its log collected line by line."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, cwd: Path, *args: str) -> None:
         self.args = [sys.executable, "-m", "supervisor", "serve", *args]
+        self.cwd = cwd  # the key file is written here
         self.lines: list[str] = []
         self.process: trio.Process | None = None
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         self.process = await trio.lowlevel.open_process(
-            self.args, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL
+            self.args,
+            cwd=self.cwd,
+            stdin=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
         )
         task_status.started(self)
         assert self.process.stderr is not None
@@ -65,6 +71,11 @@ class ServeProcess:
     def has(self, text: str) -> bool:
         return any(text in line for line in self.lines)
 
+    def headers(self, kind: str) -> dict[str, str]:
+        """The Authorization header for ``kind``, from the server's key file."""
+        keys = json.loads((self.cwd / "key_file.json").read_text())
+        return {"Authorization": f"Bearer {keys[kind]['key']}"}
+
     def worker_pids(self) -> list[int]:
         assert self.process is not None
         return [p.pid for p in psutil.Process(self.process.pid).children()]
@@ -77,26 +88,27 @@ def local_ports() -> list[str]:
 async def test_sigterm_under_load_answers_every_request_and_exits_0(nursery, handler_dir):
     model_dir = handler_dir("echo_handler", ECHO_HANDLER)
     server = ServeProcess(
-        *local_ports(), "--models", f"echo=echo_handler@{model_dir}", "--workers", "2",
+        model_dir, *local_ports(), "--models", f"echo=echo_handler@{model_dir}", "--workers", "2",
     )  # fmt: skip
     await nursery.start(server.run)
     await eventually(lambda: server.has("ready (pid") and server.find(LISTENING) is not None)
     await eventually(lambda: len(server.worker_pids()) == 2)
     inference, management = server.find(LISTENING).group(1, 2)
     workers = server.worker_pids()
+    infer_auth, manage_auth = server.headers("inference"), server.headers("management")
     outcomes: list[int] = []
 
     async def call(client: httpx.AsyncClient) -> None:
         r = await client.post(
             f"{inference}/predictions/echo",
             content=b"sleep 0.1",
-            headers={"Content-Type": "text/plain"},
+            headers={"Content-Type": "text/plain", **infer_auth},
         )
         outcomes.append(r.status_code)
 
     async def all_accepted(client: httpx.AsyncClient) -> bool:
         """Every request is answered, on a worker, or queued: the server has them all."""
-        [desc] = (await client.get(f"{management}/models/echo")).json()
+        [desc] = (await client.get(f"{management}/models/echo", headers=manage_auth)).json()
         busy = sum(w["state"] == "BUSY" for w in desc["workers"])
         return len(outcomes) + busy + desc["jobQueueStatus"]["pendingRequests"] == 24
 
@@ -119,12 +131,16 @@ async def test_sigterm_under_load_answers_every_request_and_exits_0(nursery, han
 
 async def test_sigkill_of_the_supervisor_takes_workers_and_grandchildren(nursery, handler_dir):
     model_dir = handler_dir("gc_handler", GRANDCHILD_HANDLER)
-    server = ServeProcess(*local_ports(), "--models", f"gc=gc_handler@{model_dir}")
+    server = ServeProcess(model_dir, *local_ports(), "--models", f"gc=gc_handler@{model_dir}")
     await nursery.start(server.run)
     await eventually(lambda: server.has("ready (pid") and server.find(LISTENING) is not None)
     inference = server.find(LISTENING).group(1)
     async with httpx.AsyncClient(timeout=30) as client:
-        grandchild = (await client.post(f"{inference}/predictions/gc", content=b"x")).json()
+        grandchild = (
+            await client.post(
+                f"{inference}/predictions/gc", content=b"x", headers=server.headers("inference")
+            )
+        ).json()
     [worker] = server.worker_pids()
     assert psutil.pid_exists(grandchild)
     server.process.kill()
@@ -132,8 +148,8 @@ async def test_sigkill_of_the_supervisor_takes_workers_and_grandchildren(nursery
     await eventually(lambda: gone(worker) and gone(grandchild), within=2.0)
 
 
-async def test_default_serve_logs_a_curl_line_that_works(nursery):
-    server = ServeProcess(*local_ports())
+async def test_default_serve_logs_a_curl_line_that_works(nursery, tmp_path):
+    server = ServeProcess(tmp_path, *local_ports())
     await nursery.start(server.run)
     await eventually(lambda: server.has("curl -X POST"), within=30)
     line = next(line for line in server.lines if "curl -X POST" in line)
@@ -142,9 +158,18 @@ async def test_default_serve_logs_a_curl_line_that_works(nursery):
     assert b'"label": "setosa"' in result.stdout
     maps = await trio.Path(f"/proc/{server.process.pid}/maps").read_text()
     assert "libtorch" not in maps  # the supervisor process never loads torch
+    assert "Authorization: Bearer" in command  # tokens are on by default
+    key_file = tmp_path / "key_file.json"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    no_token = command.replace(
+        command[command.index("-H 'Authorization") :].split("' ")[0] + "' ", ""
+    )
+    refused = await trio.run_process(["sh", "-c", no_token + " -s"], capture_stdout=True)
+    assert b'"code": 401' in refused.stdout
     server.process.send_signal(signal.SIGINT)
     with trio.fail_after(20):
         assert await server.process.wait() == 0
+    assert not key_file.exists()  # removed at shutdown
 
 
 def test_supervisor_modules_never_import_torch():

@@ -137,6 +137,8 @@ def _load(header: dict[str, Any], channel: Channel) -> tuple[HandlerFunction, Co
 
 def run_batch(handle: HandlerFunction, context: Context, items: list[InferItem]) -> list[ReplyItem]:
     """Run one batch through the handler; one reply per item, never an exception."""
+    if len(items) == 1 and items[0].headers.get("describe") == "True":
+        return [_describe(handle, items[0])]
     batch = [
         {name: decode_param(ct, data) for name, (ct, data) in it.params.items()} for it in items
     ]
@@ -161,6 +163,18 @@ def run_batch(handle: HandlerFunction, context: Context, items: list[InferItem])
         _reply(item, result, context, idx)
         for idx, (item, result) in enumerate(zip(items, results, strict=True))
     ]
+
+
+def _describe(handle: HandlerFunction, item: InferItem) -> ReplyItem:
+    """Answer a describe request with the handler's ``describe_handle()`` (or {})."""
+    describe = getattr(getattr(handle, "__self__", None), "describe_handle", None)
+    try:
+        result = describe() if callable(describe) else {}
+        body = result.encode() if isinstance(result, str) else json.dumps(result).encode()
+    except Exception as exc:
+        traceback.print_exc()
+        return ReplyItem(item.request_id, ok=False, status=503, message=f"describe failed: {exc}")
+    return ReplyItem(item.request_id, ok=True, body=body, content_type="application/json")
 
 
 def _fail_all(items: list[InferItem], status: int, message: str) -> list[ReplyItem]:

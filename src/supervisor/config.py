@@ -26,6 +26,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 from attrs import validators as v
@@ -43,6 +44,7 @@ __all__ = [
     "ServerConfig",
     "load_config",
     "model_config",
+    "name_from_url",
 ]
 
 SECONDS = 1.0
@@ -55,6 +57,7 @@ _positive = v.and_(_number, v.gt(0.0))
 _non_negative = v.and_(_number, v.ge(0.0))
 _int = v.instance_of(int)  # TOML floats such as ``batch_size = 2.5`` are not counts
 _name = v.matches_re(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".mar", ".zip")
 
 
 class ConfigError(ValueError):
@@ -67,7 +70,11 @@ class ModelConfig:
 
     Attributes:
         name: the model's name in URLs.
-        handler: ``module``, ``module:Class`` or ``module:function`` run by workers.
+        handler: ``module``, ``module:Class`` or ``module:function`` run by workers;
+            may be empty when ``url`` is given (the archive's manifest names it).
+        url: an archive or model directory name in the model store, or a URL, that
+            the model is loaded from; empty for a model given by ``handler`` and
+            ``model_dir`` alone. A handler or a url (or both) is required.
         version: the model's version.
         model_dir: directory with the model's files (put on the worker's sys.path).
         workers: workers started at load (the minimum kept running).
@@ -87,7 +94,8 @@ class ModelConfig:
     """
 
     name: str = attrs.field(validator=_name)
-    handler: str = attrs.field(validator=v.min_len(1))
+    handler: str = attrs.field(default="", validator=v.instance_of(str))
+    url: str = attrs.field(default="", validator=v.instance_of(str))
     version: str = attrs.field(default="1.0", validator=_name)
     model_dir: str = ""
     workers: int = attrs.field(default=1, validator=[_int, v.ge(0)])
@@ -104,6 +112,10 @@ class ModelConfig:
     log_bytes: int = attrs.field(default=64 * KIB, validator=[_int, v.ge(1)])
     restart: RestartPolicy = attrs.field(factory=RestartPolicy)
     handler_config: Mapping[str, Any] = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.handler and not self.url:
+            raise ValueError("a 'handler' or a 'url' is required")
 
     @property
     def worker_limit(self) -> int:
@@ -148,9 +160,9 @@ class ServerConfig:
     disable_token_authorization: bool = False
     key_file: str = "key_file.json"
     allowed_urls: tuple[str, ...] = attrs.field(default=(), converter=tuple)
-    max_request_size: int = attrs.field(default=6553500, validator=[_int, _positive])
+    max_request_size: int = attrs.field(default=6553500, validator=[_int, v.gt(0)])
     download_timeout: float = attrs.field(default=60 * SECONDS, validator=_positive)
-    max_download_size: int = attrs.field(default=1024 * MIB, validator=[_int, _positive])
+    max_download_size: int = attrs.field(default=1024 * MIB, validator=[_int, v.gt(0)])
     read_timeout: float = attrs.field(default=30 * SECONDS, validator=_positive)
     keep_alive_timeout: float = attrs.field(default=5 * SECONDS, validator=_positive)
 
@@ -184,10 +196,27 @@ def model_config(
         **_table(table.get("restart", {}), f"model {table.get('name', '?')} restart"),
     }
     merged["restart"] = _build(RestartPolicy, restart, f"model {table.get('name', '?')} restart")
-    where = f"model {table.get('name', '?')!s}"
-    if "name" not in merged or "handler" not in merged:
-        raise ConfigError(f"{where}: 'name' and 'handler' are required")
+    if "name" not in merged and isinstance(merged.get("url"), str):
+        merged["name"] = name_from_url(merged["url"])
+    where = f"model {merged.get('name', '?')!s}"
+    if "name" not in merged or not ({"handler", "url"} & merged.keys()):
+        raise ConfigError(f"{where}: 'name' and a 'handler' or a 'url' are required")
     return _build(ModelConfig, merged, where)  # type: ignore[no-any-return]
+
+
+def name_from_url(url: str) -> str:
+    """The default model name for ``url``: its last path segment, less an archive suffix.
+
+    ``"resnet-18.mar"``, ``"https://host/m/resnet-18.tar.gz?sig=x"`` and
+    ``"resnet-18/"`` all give ``"resnet-18"`` (TorchServe's fallback when a
+    manifest has no ``modelName``).
+    """
+    path = urlsplit(url).path if "://" in url else url
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    for suffix in _ARCHIVE_SUFFIXES:
+        if name.endswith(suffix):
+            return name.removesuffix(suffix)
+    return name
 
 
 def load_config(

@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import logging
 import random
+import shutil
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
 
+import orjson
 import trio
 
 from handlers.protocol import InferItem, ReplyItem
@@ -46,6 +50,9 @@ class Supervisor:
         self._launcher = launcher or ProcessLauncher()
         self._rng = rng or random.Random()
         self._nursery: trio.Nursery | None = None
+        self._ended: dict[Pool, trio.Event] = {}
+        self.on_batch: Callable[[str, str, int], None] | None = None
+        """Called with model, version and size for every batch dispatched (metrics)."""
 
     async def run(
         self, *, task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED
@@ -56,12 +63,16 @@ class Supervisor:
             task_status.started(self)
             await trio.sleep_forever()
 
-    async def load_model(self, config: ModelConfig, *, wait: bool = True) -> ModelStats:
+    async def load_model(
+        self, config: ModelConfig, *, wait: bool = True, owned_dir: Path | None = None
+    ) -> ModelStats:
         """Start a model's workers.
 
         Args:
             config: the model version to load.
             wait: return only when its workers are ready.
+            owned_dir: a directory made for this model (an unpacked archive),
+                removed when the model is unloaded or the supervisor stops.
 
         Raises:
             ModelConflict: that name and version are already loaded.
@@ -70,19 +81,35 @@ class Supervisor:
         """
         assert self._nursery is not None, "the supervisor is not running"
         pool = Pool(config, self._launcher, random.Random(self._rng.random()))
+        pool.on_batch = self._batch_observer(config)
         self.registry.add(pool)
-        await self._nursery.start(self._run_pool, pool)
+        await self._nursery.start(self._run_pool, pool, owned_dir)
         log.info("loading model %s with %d worker(s)", pool.label, config.workers)
         if wait:
             await pool.wait_ready()
         return pool.statistics(is_default=self.registry.is_default(pool))
 
-    async def _run_pool(self, pool: Pool, *, task_status: trio.TaskStatus[Pool]) -> None:
+    def _batch_observer(self, config: ModelConfig) -> Callable[[int], None]:
+        def observe(size: int) -> None:
+            if self.on_batch is not None:
+                self.on_batch(config.name, config.version, size)
+
+        return observe
+
+    async def _run_pool(
+        self, pool: Pool, owned_dir: Path | None, *, task_status: trio.TaskStatus[Pool]
+    ) -> None:
+        ended = self._ended[pool] = trio.Event()
         try:
             await pool.run(task_status=task_status)
         finally:
             if pool.state is not ModelState.FAILED:
                 self.registry.remove(pool)
+            if owned_dir is not None:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(shutil.rmtree, owned_dir, True)
+            del self._ended[pool]
+            ended.set()
 
     def pool(self, name: str, version: str | None = None) -> Pool:
         """The pool serving ``name`` (raises ModelNotFound/ModelVersionNotFound)."""
@@ -109,6 +136,21 @@ class Supervisor:
         """Queue a request for ``name``; await ``.wait()`` on the returned job."""
         return self.registry.get(name, version).submit(item)
 
+    async def describe_handler(self, name: str, version: str | None = None) -> Any:
+        """Ask a live worker's handler to describe itself (``describe_handle()``).
+
+        Returns:
+            What the handler returned, parsed as JSON ({} if it is not JSON).
+        """
+        item = InferItem(uuid.uuid4().hex, {"describe": "True"}, {"body": ("", b"")})
+        reply = await self.submit(item, name, version).wait()
+        if not reply.ok:
+            return {}
+        try:
+            return orjson.loads(reply.body)
+        except orjson.JSONDecodeError:
+            return {}
+
     async def scale(
         self, name: str, workers: int, *, version: str | None = None, wait: bool = True
     ) -> None:
@@ -121,8 +163,10 @@ class Supervisor:
     async def unload(self, name: str, *, version: str | None = None) -> None:
         """Stop a model version: queued requests get 503, in-flight ones finish."""
         pool = self.registry.get(name, version)
+        ended = self._ended.get(pool)
         pool.stop()
-        await pool.wait_stopped()
+        if ended is not None:
+            await ended.wait()  # workers gone and the model's files removed
         self.registry.remove(pool)
 
     def set_default(self, name: str, version: str) -> None:

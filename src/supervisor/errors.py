@@ -7,6 +7,11 @@
     ├── ModelVersionNotFound       404  the model has no such version
     ├── ModelConflict              409  that name and version are already loaded
     ├── InvalidRequest             400  the request itself is wrong
+    ├── InvalidModel               400  the archive or its manifest is unusable
+    ├── DownloadFailed             400  a remote archive could not be fetched
+    ├── Unauthorized               401  a missing or wrong key
+    ├── Forbidden                  403  refused (e.g. unregistering the default version)
+    ├── MethodNotAllowed           405  turned off (model registration without the flag)
     ├── ModelUnavailable           503  FAILED, stopping, or its queue is full
     ├── WorkerStartFailed          500  a worker could not load the model
     └── WorkerFailure                   a request's worker failed while serving it
@@ -22,12 +27,17 @@ from __future__ import annotations
 import signal
 
 __all__ = [
+    "DownloadFailed",
+    "Forbidden",
+    "InvalidModel",
     "InvalidRequest",
+    "MethodNotAllowed",
     "ModelConflict",
     "ModelNotFound",
     "ModelUnavailable",
     "ModelVersionNotFound",
     "SupervisorError",
+    "Unauthorized",
     "WorkerDied",
     "WorkerFailure",
     "WorkerStartFailed",
@@ -134,3 +144,38 @@ class WorkerTimeout(WorkerFailure):
 
     status = 504
     type_name = "WorkerTimeoutException"
+
+
+class InvalidModel(SupervisorError):
+    """The archive or model directory is unusable (bad manifest, unsafe entries)."""
+
+    status = 400
+    type_name = "InvalidModelException"
+
+
+class DownloadFailed(SupervisorError):
+    """A remote archive could not be fetched (refused, too big, too slow)."""
+
+    status = 400
+    type_name = "DownloadArchiveException"
+
+
+class MethodNotAllowed(SupervisorError):
+    """The endpoint exists but is turned off (model registration without the flag)."""
+
+    status = 405
+    type_name = "MethodNotAllowedException"
+
+
+class Forbidden(SupervisorError):
+    """The request is understood but refused (e.g. deleting the default version)."""
+
+    status = 403
+    type_name = "IllegalArgumentException"
+
+
+class Unauthorized(SupervisorError):
+    """A missing or wrong key."""
+
+    status = 401
+    type_name = "InvalidKeyException"

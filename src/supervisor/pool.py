@@ -16,6 +16,7 @@ import enum
 import logging
 import random
 import time
+from collections.abc import Callable
 
 import trio
 
@@ -77,6 +78,7 @@ class Pool:
         self._unloaded = trio.Event()
         self._finished = trio.Event()
         self._slot_count = 0
+        self.on_batch: Callable[[int], None] | None = None
 
     @property
     def label(self) -> str:
@@ -431,6 +433,8 @@ class Slot:
         now = trio.current_time()
         for job in batch:
             job.dispatched_at = now
+        if self.pool.on_batch is not None:
+            self.pool.on_batch(len(batch))
         try:
             replies = await worker.infer([job.item for job in batch])
         except NotDelivered:

@@ -16,10 +16,14 @@ accepting, requests in flight get ``shutdown_grace`` seconds to be answered
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shlex
 import signal
+import tempfile
+from collections.abc import Iterator
 from functools import partial
+from pathlib import Path
 
 import attrs
 import trio
@@ -27,13 +31,14 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 from quart_trio import QuartTrio
 
-from supervisor.api.inference import inference_app
-from supervisor.api.management import management_app
-from supervisor.api.metrics import metrics_app
-from supervisor.config import DEFAULT_MODEL, ServerConfig
+from supervisor.api.apps import Apps, build_apps
+from supervisor.auth import Tokens, remove_key_file, write_key_file
+from supervisor.config import DEFAULT_MODEL, ModelConfig, ServerConfig
 from supervisor.core import Supervisor, open_supervisor
-from supervisor.errors import WorkerStartFailed
+from supervisor.errors import SupervisorError, WorkerStartFailed
+from supervisor.metrics import Metrics
 from supervisor.process import Launcher
+from supervisor.registration import Registration, prepare_model
 
 __all__ = ["Endpoints", "serve"]
 
@@ -72,45 +77,98 @@ async def serve(
     async with trio.open_nursery() as root:
         if handle_signals:
             await root.start(_watch_signals, shutdown, root.cancel_scope)
-        async with open_supervisor(None, launcher=launcher, grace=config.shutdown_grace) as sup:
-            for model in config.models:
-                await sup.load_model(model, wait=False)
-            async with trio.open_nursery() as helpers:
-                async with trio.open_nursery() as listeners:
-                    endpoints = await _start_listeners(listeners, sup, config, shutdown)
-                    helpers.start_soon(_announce, sup, config, endpoints)
-                    helpers.start_soon(_drain_after_grace, sup, shutdown, config.shutdown_grace)
-                    task_status.started(endpoints)
-                helpers.cancel_scope.cancel()  # the listeners have drained
-            log.info("listeners closed; stopping workers")
+        with (
+            tempfile.TemporaryDirectory(prefix="trio-supervisor-") as scratch,
+            _key_file(config) as tokens,
+        ):
+            async with open_supervisor(None, launcher=launcher, grace=config.shutdown_grace) as sup:
+                await _serve_with(sup, config, tokens, Path(scratch), shutdown, task_status)
         root.cancel_scope.cancel()
     log.info("stopped")
 
 
+async def _serve_with(
+    sup: Supervisor,
+    config: ServerConfig,
+    tokens: Tokens | None,
+    scratch: Path,
+    shutdown: trio.Event,
+    task_status: trio.TaskStatus[Endpoints],
+) -> None:
+    for model in config.models:
+        await _load_configured(sup, model, config, scratch)
+    metrics = Metrics(sup.statistics)
+    sup.on_batch = metrics.observe_batch
+    apps = build_apps(sup, config, tokens, metrics, scratch)
+    async with trio.open_nursery() as helpers:
+        async with trio.open_nursery() as listeners:
+            endpoints = await _start_listeners(listeners, apps, config, shutdown)
+            helpers.start_soon(_announce, sup, config, endpoints, tokens)
+            helpers.start_soon(_drain_after_grace, sup, shutdown, config.shutdown_grace)
+            task_status.started(endpoints)
+        helpers.cancel_scope.cancel()  # the listeners have drained
+    log.info("listeners closed; stopping workers")
+
+
+async def _load_configured(
+    sup: Supervisor, model: ModelConfig, config: ServerConfig, scratch: Path
+) -> None:
+    """Load a configured model; one given by ``url`` is fetched and unpacked first."""
+    url = getattr(model, "url", "")
+    if not url:
+        await sup.load_model(model, wait=False)
+        return
+    reg = Registration(url=url, model_name=model.name, handler=model.handler or None)
+    try:
+        prepared, files = await prepare_model(reg, config, scratch)
+    except SupervisorError as exc:
+        log.error("model %s (%s) cannot be loaded: %s", model.name, url, exc.message)
+        return
+    await sup.load_model(prepared, wait=False, owned_dir=files.directory if files.owned else None)
+
+
+@contextlib.contextmanager
+def _key_file(config: ServerConfig) -> Iterator[Tokens | None]:
+    """Make the API keys and keep them in the key file while the server runs."""
+    if config.disable_token_authorization:
+        log.warning("token authorization is DISABLED: anyone who reaches the ports can use them")
+        yield None
+        return
+    tokens = Tokens()
+    path = write_key_file(config.key_file, tokens)
+    log.info("token authorization is on; keys are in %s (mode 0600)", path)
+    try:
+        yield tokens
+    finally:
+        remove_key_file(path)
+
+
 async def _start_listeners(
-    nursery: trio.Nursery, sup: Supervisor, config: ServerConfig, shutdown: trio.Event
+    nursery: trio.Nursery, apps: Apps, config: ServerConfig, shutdown: trio.Event
 ) -> Endpoints:
     urls = []
     for app, address in (
-        (inference_app(sup), config.inference_address),
-        (management_app(sup), config.management_address),
-        (metrics_app(sup), config.metrics_address),
+        (apps.inference, config.inference_address),
+        (apps.management, config.management_address),
+        (apps.metrics, config.metrics_address),
     ):
-        urls.append(await nursery.start(_serve_app, app, address, config.shutdown_grace, shutdown))
+        urls.append(await nursery.start(_serve_app, app, address, config, shutdown))
     return Endpoints(*urls)
 
 
 async def _serve_app(
     app: QuartTrio,
     address: str,
-    grace: float,
+    config: ServerConfig,
     shutdown: trio.Event,
     *,
     task_status: trio.TaskStatus[str],
 ) -> None:
     hc = HypercornConfig()
     hc.bind = [address]
-    hc.graceful_timeout = grace + 1.0
+    hc.graceful_timeout = config.shutdown_grace + 1.0
+    hc.read_timeout = max(1, round(config.read_timeout))  # a client that stops sending is dropped
+    hc.keep_alive_timeout = config.keep_alive_timeout
     hc.accesslog = None
     hc.errorlog = logging.getLogger("hypercorn.error")
     async with trio.open_nursery() as nursery:
@@ -129,7 +187,9 @@ async def _drain_after_grace(sup: Supervisor, shutdown: trio.Event, grace: float
         pool.stop(f"is stopping: the server is shutting down and {grace:g} s of grace are over")
 
 
-async def _announce(sup: Supervisor, config: ServerConfig, endpoints: Endpoints) -> None:
+async def _announce(
+    sup: Supervisor, config: ServerConfig, endpoints: Endpoints, tokens: Tokens | None
+) -> None:
     log.info(
         "listening: inference %s, management %s, metrics %s",
         endpoints.inference,
@@ -137,18 +197,22 @@ async def _announce(sup: Supervisor, config: ServerConfig, endpoints: Endpoints)
         endpoints.metrics,
     )
     for model in config.models:
-        pool = sup.pool(model.name, model.version)
+        try:
+            pool = sup.pool(model.name, model.version)
+        except SupervisorError:
+            continue  # it could not be loaded; already logged
         try:
             await pool.wait_ready()
         except WorkerStartFailed as exc:
             log.error("model %s could not start: %s", pool.label, exc.message)
             continue
         url = f"{endpoints.inference}/predictions/{model.name}"
+        auth = f"-H 'Authorization: Bearer {tokens.inference}' " if tokens else ""
         if model.handler == DEFAULT_MODEL.handler:
-            data = f"-H 'Content-Type: application/json' -d {shlex.quote(IRIS_EXAMPLE)}"
+            data = f"{auth}-H 'Content-Type: application/json' -d {shlex.quote(IRIS_EXAMPLE)}"
             log.info("serving the built-in iris classifier as %r; try:", model.name)
         else:
-            data = "-T INPUT_FILE"
+            data = f"{auth}-T INPUT_FILE"
             log.info("serving model %s (%s); try:", pool.label, model.handler)
         log.info("  curl -X POST %s %s", url, data)
 

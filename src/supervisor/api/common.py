@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from typing import Any
 
 import orjson
-from quart import Response
+from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from supervisor.auth import Tokens, bearer_matches
 from supervisor.errors import SupervisorError
 
-__all__ = ["error_response", "json_response", "make_app"]
+__all__ = ["error_response", "json_response", "make_app", "require_token"]
 
 _HTTP_TYPES = {
     400: "BadRequestException",
@@ -36,10 +38,34 @@ def error_response(error: SupervisorError) -> Response:
     return json_response(error.to_json(), error.status)
 
 
-def make_app(name: str) -> QuartTrio:
-    """A Quart-Trio app whose every error, ours or the framework's, is JSON."""
+TOKEN_FAILED = (
+    "Token Authorization failed. Token either incorrect, expired, or not provided correctly"
+)
+
+
+def make_app(
+    name: str,
+    *,
+    max_request_size: int = 6553500,
+    on_response: Callable[[int], None] | None = None,
+) -> QuartTrio:
+    """A Quart-Trio app whose every error, ours or the framework's, is JSON.
+
+    Args:
+        name: the app's name.
+        max_request_size: bodies larger than this get 413 before they are read.
+        on_response: called with the status of every response (for metrics).
+    """
     app = QuartTrio(name)
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
+    app.config["MAX_CONTENT_LENGTH"] = max_request_size
+    if on_response is not None:
+        count = on_response
+
+        @app.after_request
+        async def _count(response: Response) -> Response:
+            count(response.status_code)
+            return response
 
     @app.errorhandler(SupervisorError)
     async def _supervisor_error(error: SupervisorError) -> Response:
@@ -63,3 +89,25 @@ def make_app(name: str) -> QuartTrio:
         return json_response(body, 500)
 
     return app
+
+
+def require_token(app: QuartTrio, tokens: Tokens, kind: str, open_paths: Collection[str]) -> None:
+    """Refuse requests without ``Authorization: Bearer <the kind key>`` (401, JSON).
+
+    Args:
+        app: the app to protect.
+        tokens: the current keys (read at each request, so rotation takes effect).
+        kind: which key this app wants (``inference`` or ``management``).
+        open_paths: paths that need no token (health checks, the API description).
+    """
+
+    @app.before_request
+    async def _check_token() -> Response | None:
+        if request.path in open_paths or request.method == "OPTIONS":
+            return None
+        if bearer_matches(request.headers.get("Authorization"), tokens.key(kind)):
+            return None
+        body = {"code": 401, "type": "InvalidKeyException", "message": TOKEN_FAILED}
+        response = json_response(body, 401)
+        response.headers["WWW-Authenticate"] = 'Bearer realm="trio-supervisor"'
+        return response

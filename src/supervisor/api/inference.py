@@ -1,24 +1,31 @@
-"""The inference API (port 8080): ``/ping`` and ``/predictions``."""
+"""The inference API (port 8080): ``/ping``, ``/predictions`` and ``/explanations``."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 
+import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from handlers.protocol import InferItem
-from supervisor.api.common import json_response, make_app
+from handlers.protocol import InferItem, ReplyItem
+from supervisor.api.common import json_response
+from supervisor.batching import Job
 from supervisor.core import Supervisor
+from supervisor.errors import ModelNotFound, ModelVersionNotFound, SupervisorError
 
-__all__ = ["inference_app"]
+__all__ = ["RequestObserver", "add_inference_routes"]
 
 _FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+_RESERVED = frozenset({"url_path", "explain", "describe"})  # set by the server, never by clients
+
+RequestObserver = Callable[[str, str, int, float, float | None], None]
+"""Called once per answered request: model, version, status, latency s, queue s."""
 
 
-def inference_app(sup: Supervisor) -> QuartTrio:
-    """Build the inference app over a running supervisor."""
-    app = make_app("trio-supervisor-inference")
+def add_inference_routes(app: QuartTrio, sup: Supervisor, observe: RequestObserver | None) -> None:
+    """Add ``/ping``, ``/predictions/...`` and ``/explanations/...`` to ``app``."""
 
     @app.route("/ping", methods=["GET", "POST"])
     async def ping() -> Response:
@@ -27,39 +34,78 @@ def inference_app(sup: Supervisor) -> QuartTrio:
             return json_response({"status": "Unhealthy", "failedModels": failed}, 500)
         return json_response({"status": "Healthy"})
 
-    @app.route("/predictions/<model>", methods=["POST", "PUT"])
-    @app.route("/predictions/<model>/<version>", methods=["POST", "PUT"])
-    async def predict(model: str, version: str | None = None) -> Response:
-        item = await _item()
-        job = sup.submit(item, model, version)
-        reply = await job.wait()
-        if not reply.ok:
-            body = {
-                "code": reply.status,
-                "type": "InternalServerException",
-                "message": reply.message,
-            }
-            return json_response(body, reply.status)
-        response = Response(
-            reply.body, status=reply.status, content_type=reply.content_type or None
-        )
-        for key, value in reply.headers.items():
-            response.headers[key] = value
+    async def infer(model: str, version: str | None, extra: str, explain: bool) -> Response:
+        started = trio.current_time()
+        job: Job | None = None
+        try:
+            item = await _item(extra, explain)
+            job = sup.submit(item, model, version)
+            response = _response(await job.wait())
+        except (ModelNotFound, ModelVersionNotFound) as exc:
+            return json_response(exc.to_json(), exc.status)  # no metric series for made-up names
+        except SupervisorError as exc:
+            response = json_response(exc.to_json(), exc.status)
+        if observe is not None:
+            latency = trio.current_time() - started
+            served_by = job_version(sup, model, version)
+            observe(model, served_by, response.status_code, latency, _queue_time(job))
         return response
 
-    return app
+    for prefix, explain in (("predictions", False), ("explanations", True)):
+        _add_routes(app, prefix, explain, infer)
 
 
-async def _item() -> InferItem:
+Infer = Callable[[str, str | None, str, bool], Awaitable[Response]]
+
+
+def _add_routes(app: QuartTrio, prefix: str, explain: bool, infer: Infer) -> None:
+    methods = ["POST", "PUT"]
+
+    async def route(model: str, version: str | None = None, extra: str = "") -> Response:
+        return await infer(model, version, extra, explain)
+
+    route.__name__ = f"{prefix}_route"
+    app.add_url_rule(f"/{prefix}/<model>", view_func=route, methods=methods)
+    app.add_url_rule(f"/{prefix}/<model>/<version>", view_func=route, methods=methods)
+    app.add_url_rule(f"/{prefix}/<model>/<version>/<path:extra>", view_func=route, methods=methods)
+
+
+def _queue_time(job: Job | None) -> float | None:
+    if job is None or job.dispatched_at is None:
+        return None
+    return job.dispatched_at - job.enqueued_at
+
+
+def job_version(sup: Supervisor, model: str, version: str | None) -> str:
+    """The version that served (or would serve) a request, for metric labels."""
+    try:
+        return sup.pool(model, version).config.version
+    except SupervisorError:
+        return version or ""
+
+
+def _response(reply: ReplyItem) -> Response:
+    if not reply.ok:
+        body = {"code": reply.status, "type": "InternalServerException", "message": reply.message}
+        return json_response(body, reply.status)
+    response = Response(reply.body, status=reply.status, content_type=reply.content_type or None)
+    for key, value in reply.headers.items():
+        response.headers[key] = value
+    return response
+
+
+async def _item(extra: str, explain: bool) -> InferItem:
     """The request as the worker sees it: headers, and a body or form fields."""
-    headers = {k: v for k, v in request.headers.items()}
-    content_type = request.headers.get("Content-Type", "")
-    if content_type.split(";", 1)[0].strip().lower() in _FORM_TYPES:
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in _RESERVED}
+    headers["url_path"] = extra
+    if explain:
+        headers["explain"] = "True"
+    if request.mimetype in _FORM_TYPES:
         form = await request.form
         files = await request.files
         params = {name: ("text/plain", value.encode()) for name, value in form.items()}
         for name, upload in files.items():
             params[name] = (upload.content_type or "application/octet-stream", upload.read())
     else:
-        params = {"body": (content_type, await request.get_data())}
+        params = {"body": (request.headers.get("Content-Type", ""), await request.get_data())}
     return InferItem(uuid.uuid4().hex, headers, params)

@@ -1,24 +1,50 @@
-"""The management API (port 8081): list and describe models."""
+"""The management API (port 8081): register, scale, describe, unregister, list."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+import attrs
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from supervisor.api.common import json_response, make_app
-from supervisor.config import ModelConfig
+from supervisor.api.common import json_response
+from supervisor.api.describe import describe_model, model_url
+from supervisor.auth import Tokens, bearer_matches
+from supervisor.config import ServerConfig
 from supervisor.core import Supervisor
-from supervisor.stats import ExitStats, ModelStats, WorkerStats
+from supervisor.errors import (
+    Forbidden,
+    InvalidRequest,
+    MethodNotAllowed,
+    ModelUnavailable,
+    SupervisorError,
+    Unauthorized,
+    WorkerStartFailed,
+)
+from supervisor.registration import parse_registration, prepare_model
 
-__all__ = ["describe_model", "management_app"]
+__all__ = ["ManagementContext", "add_management_routes"]
+
+MODEL_API_OFF = "Model API is disabled; start the server with --enable-model-api to allow it."
 
 
-def management_app(sup: Supervisor) -> QuartTrio:
-    """Build the management app over a running supervisor."""
-    app = make_app("trio-supervisor-management")
+@attrs.frozen
+class ManagementContext:
+    """What the management routes work with."""
+
+    sup: Supervisor
+    config: ServerConfig
+    tokens: Tokens | None
+    scratch: Path
+
+
+def add_management_routes(app: QuartTrio, ctx: ManagementContext) -> None:
+    """Add every management route to ``app``."""
+    sup = ctx.sup
 
     @app.route("/models", methods=["GET"])
     async def list_models() -> Response:
@@ -27,19 +53,140 @@ def management_app(sup: Supervisor) -> QuartTrio:
         start = max(0, _int_arg("next_page_token", 0))
         names = sup.registry.names()
         page = names[start : start + limit]
-        body: dict[str, Any] = {
-            "models": [{"modelName": n, "modelUrl": _url(sup.pool(n).config)} for n in page]
-        }
+        models = [{"modelName": n, "modelUrl": model_url(sup.pool(n).config)} for n in page]
+        body: dict[str, Any] = {"models": models}
         if start + limit < len(names):
             body["nextPageToken"] = str(start + limit)
         return json_response(body)
 
+    @app.route("/models", methods=["POST"])
+    async def register() -> Response:
+        if not ctx.config.enable_model_api:
+            raise MethodNotAllowed(MODEL_API_OFF)
+        return await _register(ctx, await _params())
+
     @app.route("/models/<name>", methods=["GET"])
     @app.route("/models/<name>/<version>", methods=["GET"])
     async def describe(name: str, version: str | None = None) -> Response:
-        return json_response([describe_model(s) for s in sup.describe(name, version)])
+        stats = sup.describe(name, version)
+        body = [describe_model(s) for s in stats]
+        if _flag("customized") and version != "all":
+            body[0]["customizedMetadata"] = await _customized(sup, name, version)
+        return json_response(body)
 
-    return app
+    @app.route("/models/<name>", methods=["PUT"])
+    @app.route("/models/<name>/<version>", methods=["PUT"])
+    async def scale(name: str, version: str | None = None) -> Response:
+        return await _scale(sup, name, version or request.args.get("model_version"))
+
+    @app.route("/models/<name>", methods=["DELETE"])
+    @app.route("/models/<name>/<version>", methods=["DELETE"])
+    async def unregister(name: str, version: str | None = None) -> Response:
+        if not ctx.config.enable_model_api:
+            raise MethodNotAllowed(MODEL_API_OFF)
+        return await _unregister(sup, name, version)
+
+    @app.route("/models/<name>/<version>/set-default", methods=["PUT"])
+    async def set_default(name: str, version: str) -> Response:
+        sup.set_default(name, version)
+        message = f'Default version successfully updated for model "{name}" to "{version}"'
+        return json_response({"status": message})
+
+    @app.route("/token", methods=["GET"])
+    async def rotate_token() -> Response:
+        return _rotate(ctx.tokens)
+
+
+async def _params() -> Mapping[str, Any]:
+    params: dict[str, Any] = dict(request.args)
+    if request.mimetype == "application/json":
+        body = await request.get_json(force=True, silent=True)
+        if not isinstance(body, dict):
+            raise InvalidRequest("the JSON body must be an object of registration parameters")
+        params.update(body)
+    return params
+
+
+async def _register(ctx: ManagementContext, params: Mapping[str, Any]) -> Response:
+    reg = parse_registration(params)
+    config, files = await prepare_model(reg, ctx.config, ctx.scratch)
+    owned = files.directory if files.owned else None
+    try:
+        await ctx.sup.load_model(config, wait=False, owned_dir=owned)
+    except SupervisorError:
+        if owned is not None:
+            shutil.rmtree(owned, ignore_errors=True)
+        raise
+    label = f'Model "{config.name}" Version: {config.version}'
+    if config.workers == 0:
+        message = (
+            f"{label} registered with 0 initial workers. "
+            "Use scale workers API to add workers for the model."
+        )
+        return json_response({"status": message})
+    if not reg.synchronous:
+        return json_response({"status": "Processing worker updates..."}, 202)
+    try:
+        await ctx.sup.pool(config.name, config.version).wait_ready()
+    except WorkerStartFailed as exc:
+        await ctx.sup.unload(config.name, version=config.version)
+        why = f"Failed to start workers for model {config.name} version: {config.version}"
+        raise WorkerStartFailed(f"{why}: {exc.message}", log_tail=exc.log_tail) from None
+    return json_response({"status": f"{label} registered with {config.workers} initial workers"})
+
+
+async def _scale(sup: Supervisor, name: str, version: str | None) -> Response:
+    pool = sup.pool(name, version)
+    low = _int_arg("min_worker", 1)
+    high = _int_arg("max_worker", low)
+    if high < low:
+        raise InvalidRequest("max_worker cannot be less than min_worker.")
+    if pool.config.max_workers != high:
+        pool.config = attrs.evolve(pool.config, max_workers=high)
+    pool.scale(low)
+    if not _flag("synchronous"):
+        return json_response({"status": "Processing worker updates..."}, 202)
+    try:
+        await pool.wait_ready(low)
+    except WorkerStartFailed as exc:
+        raise WorkerStartFailed(
+            f"Failed to start workers for model {name} version: {pool.config.version}",
+            log_tail=exc.log_tail,
+        ) from None
+    suffix = f", version: {version}" if version else ""
+    return json_response({"status": f"Workers scaled to {low} for model: {name}{suffix}"})
+
+
+async def _unregister(sup: Supervisor, name: str, version: str | None) -> Response:
+    pool = sup.pool(name, version)
+    others = [p for p in sup.registry.versions(name) if p is not pool]
+    if others and sup.registry.is_default(pool):
+        raise Forbidden(f"Cannot remove default version for model {name}")
+    await sup.unload(name, version=pool.config.version)
+    return json_response({"status": f'Model "{name}" unregistered'})
+
+
+async def _customized(sup: Supervisor, name: str, version: str | None) -> Any:
+    pool = sup.pool(name, version)
+    if not pool.active_slots():
+        raise ModelUnavailable(
+            f'Model "{name}" has no worker to serve describe request. '
+            "Please use scale workers API to add workers."
+        )
+    reply = await sup.describe_handler(name, version)
+    return reply if isinstance(reply, dict) else {}
+
+
+def _rotate(tokens: Tokens | None) -> Response:
+    if tokens is None:
+        raise InvalidRequest("token authorization is disabled")
+    if not bearer_matches(request.headers.get("Authorization"), tokens.api):
+        raise Unauthorized('the API key ("API" in the key file) is required to rotate tokens')
+    try:
+        key = tokens.rotate(request.args.get("type", ""))
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
+    return json_response({"status": "Token regenerated", "key": key})
 
 
 def _int_arg(key: str, default: int) -> int:
@@ -49,74 +196,5 @@ def _int_arg(key: str, default: int) -> int:
         return default
 
 
-def _url(config: ModelConfig) -> str:
-    return config.model_dir or config.handler
-
-
-def _date(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
-def describe_model(stats: ModelStats) -> dict[str, Any]:
-    """A model's describe entry: TorchServe's fields plus supervision state."""
-    c = stats.config
-    body: dict[str, Any] = {
-        "modelName": c.name,
-        "modelVersion": c.version,
-        "modelUrl": _url(c),
-        "handler": c.handler,
-        "runtime": "python",
-        "state": stats.state,
-        "isDefault": stats.is_default,
-        "minWorkers": c.workers,
-        "maxWorkers": c.worker_limit,
-        "batchSize": c.batch_size,
-        "maxBatchDelay": round(c.max_batch_delay * 1000),
-        "responseTimeout": c.response_timeout,
-        "startupTimeout": c.startup_timeout,
-        "restartPolicy": {
-            "maxRestarts": c.restart.max_restarts,
-            "window": c.restart.window,
-            "backoffInitial": c.restart.backoff_initial,
-            "backoffMax": c.restart.backoff_max,
-            "healthyAfter": c.restart.healthy_after,
-        },
-        "restarts": stats.restarts,
-        "workers": [_worker(w) for w in stats.workers],
-        "jobQueueStatus": {
-            "remainingCapacity": stats.queue_capacity - stats.queue_depth,
-            "pendingRequests": stats.queue_depth,
-        },
-    }
-    if stats.failure:
-        body["failure"] = {"reason": stats.failure, "logTail": list(stats.failure_log_tail)}
-    return body
-
-
-def _worker(w: WorkerStats) -> dict[str, Any]:
-    return {
-        "id": w.id,
-        "pid": w.pid,
-        "incarnation": w.incarnation,
-        "state": w.state,
-        "status": "READY" if w.state in ("READY", "BUSY") else "UNLOADING",
-        "startTime": _date(w.started_at),
-        "restarts": w.restarts,
-        "batches": w.batches,
-        "gpu": False,
-        "lastExit": _exit(w.last_exit) if w.last_exit else None,
-        "logTail": list(w.log_tail),
-    }
-
-
-def _exit(e: ExitStats) -> dict[str, Any]:
-    return {
-        "incarnation": e.incarnation,
-        "pid": e.pid,
-        "reason": e.reason,
-        "exitCode": e.returncode if e.returncode is not None and e.returncode >= 0 else None,
-        "signal": e.signal,
-        "uptime": round(e.uptime, 3),
-        "time": _date(e.ended_at),
-        "logTail": list(e.log_tail[-20:]),
-    }
+def _flag(key: str) -> bool:
+    return request.args.get(key, "false").lower() in ("true", "1", "yes")

@@ -1,0 +1,78 @@
+"""Assembling the three apps (inference, management, metrics) for one server."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import attrs
+from quart import Response
+from quart_trio import QuartTrio
+
+from supervisor.api.common import json_response, make_app, require_token
+from supervisor.api.inference import add_inference_routes
+from supervisor.api.management import ManagementContext, add_management_routes
+from supervisor.api.metrics import metrics_app
+from supervisor.api.openapi import openapi_document
+from supervisor.auth import Tokens
+from supervisor.config import ServerConfig
+from supervisor.core import Supervisor
+from supervisor.metrics import Metrics
+
+__all__ = ["Apps", "build_apps"]
+
+_DESCRIPTION_PATHS = ("/", "/api-description")
+
+
+@attrs.frozen
+class Apps:
+    """The apps of one server, one per port."""
+
+    inference: QuartTrio
+    management: QuartTrio
+    metrics: QuartTrio
+
+
+def build_apps(
+    sup: Supervisor, config: ServerConfig, tokens: Tokens | None, metrics: Metrics, scratch: Path
+) -> Apps:
+    """Build the apps; with ``tokens``, the inference and management APIs need them."""
+    inference = make_app(
+        "trio-supervisor-inference",
+        max_request_size=config.max_request_size,
+        on_response=metrics.count_response,
+    )
+    if tokens is not None:
+        require_token(inference, tokens, "inference", {"/ping", *_DESCRIPTION_PATHS})
+    add_inference_routes(inference, sup, metrics.observe_request)
+    _add_description(inference, "inference")
+
+    management = make_app(
+        "trio-supervisor-management",
+        max_request_size=config.max_request_size,
+        on_response=metrics.count_response,
+    )
+    if tokens is not None:
+        require_token(management, tokens, "management", {"/token", *_DESCRIPTION_PATHS})
+    add_management_routes(management, ManagementContext(sup, config, tokens, scratch))
+    _add_description(management, "management")
+    metrics_port = metrics_app(metrics)
+    _add_description(metrics_port, "metrics")
+    return Apps(inference, management, metrics_port)
+
+
+def _add_description(app: QuartTrio, kind: str) -> None:
+    document = openapi_document(kind, _version())
+
+    async def describe_api() -> Response:
+        return json_response(document)
+
+    app.add_url_rule("/", "describe_root", describe_api, methods=["OPTIONS"])
+    app.add_url_rule("/api-description", "describe_api", describe_api, methods=["GET", "OPTIONS"])
+
+
+def _version() -> str:
+    try:
+        return version("trio-supervisor")
+    except PackageNotFoundError:
+        return "0.0.0"

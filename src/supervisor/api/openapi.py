@@ -1,0 +1,569 @@
+"""The OpenAPI 3.1 documents each port serves on ``OPTIONS /`` and ``/api-description``.
+
+Each port describes only its own routes. The documents are plain dicts built by
+small helpers (schemas, parameters, error responses), so that each operation reads
+as a few lines. OpenAPI 3.1 is used because its schemas are JSON Schema 2020-12:
+nullable fields (``lastExit``, ``exitCode``) are written ``type: [..., "null"]``.
+
+Security follows the server: predictions and explanations need the inference key,
+every management route needs the management key (``/token`` needs the API key),
+and ``/ping``, ``/metrics`` and the API description need none.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+__all__ = ["KINDS", "OPENAPI_VERSION", "openapi_document"]
+
+Json = dict[str, Any]
+
+KINDS = ("inference", "management", "metrics")
+"""The ports that have a document."""
+
+OPENAPI_VERSION = "3.1.0"
+
+_METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_ERROR_TEXT = {
+    400: "The request is invalid (a bad parameter or body), or the handler rejected it.",
+    401: "Token authorization failed: `Authorization: Bearer <key>` is missing or wrong.",
+    403: "The request is forbidden.",
+    404: "No such model, model version or route.",
+    405: "Method not allowed here, or the model API is disabled (`enable_model_api`).",
+    409: "A model with that name and version is already registered.",
+    413: "The request body is larger than `max_request_size`.",
+    500: "A worker died while serving the request or workers failed to start; "
+    "or an unexpected server error.",
+    503: "The model is FAILED, stopping or unloaded, has no worker or a full queue, "
+    "or the handler raised an exception.",
+    504: "The worker did not answer within `response_timeout`; it is being replaced.",
+    507: "Out of resources: the worker was killed by a SIGKILL the supervisor did not send "
+    "(e.g. the OOM killer), or the handler ran out of memory.",
+}
+
+_TAGS = {
+    "inference": "Health checks, predictions and explanations.",
+    "management": "Registering, describing, scaling and unregistering models.",
+    "metrics": "Prometheus metrics.",
+    "description": "This API description.",
+}
+
+_SECURITY_SCHEMES = {
+    "inference": {"inferenceToken": "The inference key from the key file."},
+    "management": {
+        "managementToken": "The management key from the key file.",
+        "apiToken": "The API key from the key file; it only rotates the other two keys.",
+    },
+    "metrics": {},
+}
+
+
+# -- schema helpers -----------------------------------------------------------------------
+
+
+def _ref(name: str) -> Json:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _t(kind: str, description: str = "", **extra: Any) -> Json:
+    schema: Json = {"type": kind, **extra}
+    if description:
+        schema["description"] = description
+    return schema
+
+
+def _array(items: Json, description: str = "") -> Json:
+    return _t("array", description, items=items)
+
+
+def _nullable(schema: Json) -> Json:
+    """The schema, or ``null``."""
+    if "$ref" in schema:
+        return {"anyOf": [schema, {"type": "null"}]}
+    return {**schema, "type": [schema["type"], "null"]}
+
+
+def _object(required: tuple[str, ...] | str = (), description: str = "", **props: Json) -> Json:
+    """An object with ``props``; ``required="all"`` requires every one of them."""
+    names = tuple(props) if required == "all" else required
+    schema = _t("object", description, properties=props)
+    if names:
+        schema["required"] = list(names)
+    return schema
+
+
+def _log_tail(what: str = "the worker") -> Json:
+    return _array(_t("string"), f"The last log lines of {what}.")
+
+
+# -- parameters, bodies and responses -----------------------------------------------------
+
+
+def _param(name: str, where: str, schema: Json, description: str, required: bool = False) -> Json:
+    return {
+        "name": name,
+        "in": where,
+        "required": required or where == "path",
+        "description": description,
+        "schema": schema,
+    }
+
+
+def _json(schema: Json) -> Json:
+    return {"application/json": {"schema": schema}}
+
+
+def _response(description: str, schema: Json | None = None) -> Json:
+    response: Json = {"description": description}
+    if schema is not None:
+        response["content"] = _json(schema)
+    return response
+
+
+def _status(description: str) -> Json:
+    """A success answered with ``{"status": "..."}``."""
+    return _response(description, _ref("Status"))
+
+
+def _error(code: int, description: str = "") -> Json:
+    response = _response(description or _ERROR_TEXT[code], _ref("Error"))
+    if code == 503:
+        response["headers"] = {
+            "Retry-After": {
+                "description": "Seconds to wait before retrying, when the server can tell.",
+                "schema": _t("integer", minimum=0),
+            }
+        }
+    return response
+
+
+def _errors(*codes: int) -> Json:
+    """The standard error response for each of ``codes``."""
+    return {str(code): _error(code) for code in codes}
+
+
+def _op(tag: str, op_id: str, summary: str, responses: Json, **fields: Any) -> Json:
+    """An operation; ``token`` names the security scheme it needs (and adds its 401)."""
+    token = fields.pop("token", None)
+    op: Json = {"tags": [tag], "operationId": op_id, "summary": summary, **fields}
+    op["responses"] = dict(responses)
+    if token:
+        op["security"] = [{token: []}]
+        op["responses"]["401"] = _error(401)
+    return op
+
+
+def _description_paths() -> Json:
+    """``OPTIONS /`` and ``GET|OPTIONS /api-description``: this document, no token."""
+    ok = {"200": _response("This OpenAPI document.", _t("object"))}
+
+    def op(op_id: str) -> Json:
+        return _op("description", op_id, "The OpenAPI description of this port.", ok)
+
+    return {
+        "/": {"options": op("describeApiRoot")},
+        "/api-description": {
+            "get": op("getApiDescription"),
+            "options": op("optionsApiDescription"),
+        },
+    }
+
+
+# -- inference ------------------------------------------------------------------------------
+
+_MODEL_NAME = _param("model_name", "path", _t("string"), "The model's name.")
+
+_INFER_BODY = {
+    "description": "Any content. A form body becomes one handler parameter per field or file; "
+    "any other body becomes the handler's `body` parameter, decoded by its Content-Type "
+    "(JSON is parsed, `text/*` becomes `str`, anything else stays bytes). Every request "
+    "header reaches the handler.",
+    "required": False,
+    "content": {
+        "multipart/form-data": {
+            "schema": _t("object", additionalProperties=_t("string", format="binary"))
+        },
+        "application/x-www-form-urlencoded": {
+            "schema": _t("object", additionalProperties=_t("string"))
+        },
+        "application/json": {"schema": {}},
+        "*/*": {"schema": _t("string", format="binary")},
+    },
+}
+
+_INFER_OK = {
+    "description": "The handler's result. Its status (200 unless the handler set another), "
+    "Content-Type and headers come from the handler: `bytes` are "
+    "`application/octet-stream`, `str` is `text/plain; charset=utf-8`, anything else JSON.",
+    "content": {"*/*": {"schema": {}}},
+}
+
+
+def _inference_paths() -> Json:
+    health = _ref("Health")
+    ping = {
+        "200": _response("Every model's default version is healthy.", health),
+        "500": _response("Some model's default version is FAILED (see `failedModels`).", health),
+    }
+    paths: Json = {
+        "/ping": {
+            method: _op("inference", f"ping{method.title()}", "Health check.", ping)
+            for method in ("get", "post")
+        }
+    }
+    for action in ("predictions", "explanations"):
+        paths.update(_infer_paths(action))
+    return paths
+
+
+def _infer_paths(action: str) -> Json:
+    """The three routes of ``/predictions`` or ``/explanations``, each with POST and PUT."""
+    version = _param("model_version", "path", _t("string"), "The model version.")
+    extra = _param(
+        "extra_path",
+        "path",
+        _t("string"),
+        "Further path segments (may contain `/`), passed to the handler as the request "
+        "header `url_path`; without them `url_path` is empty.",
+    )
+    verb = "Predict" if action == "predictions" else "Explain"
+    summary = (
+        "Run the model on the request (the default version unless one is named)."
+        if action == "predictions"
+        else "Ask the model to explain its prediction (the handler sees header `explain: True`)."
+    )
+    responses = {"200": _INFER_OK, **_errors(400, 404, 413, 500, 503, 504, 507)}
+    routes = {
+        "": ("", [_MODEL_NAME]),
+        "/{model_version}": ("Version", [_MODEL_NAME, version]),
+        "/{model_version}/{extra_path}": ("VersionPath", [_MODEL_NAME, version, extra]),
+    }
+    paths: Json = {}
+    for suffix, (id_suffix, params) in routes.items():
+        item: Json = {"parameters": params}
+        for method in ("post", "put"):
+            op_id = f"{verb.lower()}{id_suffix}{method.title()}"
+            item[method] = _op(
+                "inference",
+                op_id,
+                summary,
+                responses,
+                requestBody=_INFER_BODY,
+                token="inferenceToken",
+            )
+        paths[f"/{action}/{{model_name}}{suffix}"] = item
+    return paths
+
+
+# -- management -------------------------------------------------------------------------------
+
+_REGISTER_FIELDS = {
+    "url": _t("string", "A model archive or directory in the model store, or an allowed URL."),
+    "model_name": _t("string", "The model's name (default: from the archive's manifest)."),
+    "handler": _t("string", "The handler, `module[:function]` (default: from the manifest)."),
+    "batch_size": _t("integer", "The most requests in one batch.", minimum=1),
+    "max_batch_delay": _t("number", "Milliseconds to wait to fill a batch.", minimum=0),
+    "initial_workers": _t("integer", "Workers to start.", minimum=0),
+    "synchronous": _t("boolean", "Answer once the workers are up.", default=True),
+    "response_timeout": _t("number", "Seconds a worker may take per batch.", exclusiveMinimum=0),
+    "startup_timeout": _t("number", "Seconds a worker may take to load.", exclusiveMinimum=0),
+}
+
+_SCALE_PARAMS = [
+    _param("min_worker", "query", _t("integer", minimum=0, default=1), "Workers to keep running."),
+    _param("max_worker", "query", _t("integer", minimum=0), "The most workers (default: min)."),
+    _param("synchronous", "query", _t("boolean", default=False), "Answer once scaling is done."),
+    _param("timeout", "query", _t("number"), "Accepted for TorchServe compatibility; ignored."),
+]
+_VERSION_QUERY = _param(
+    "model_version", "query", _t("string"), "The version to scale (default: the default one)."
+)
+
+
+def _management_paths() -> Json:
+    return {
+        "/models": {"get": _list_op(), "post": _register_op()},
+        "/models/{model_name}": _model_item(versioned=False),
+        "/models/{model_name}/{model_version}": _model_item(versioned=True),
+        "/models/{model_name}/{model_version}/set-default": {
+            "parameters": [
+                _MODEL_NAME,
+                _param("model_version", "path", _t("string"), "A version."),
+            ],
+            "put": _mgmt(
+                "setDefaultVersion",
+                "Make this version the model's default.",
+                {"200": _status("The default version was changed."), **_errors(404)},
+            ),
+        },
+        "/token": {"get": _token_op()},
+    }
+
+
+def _mgmt(op_id: str, summary: str, responses: Json, **fields: Any) -> Json:
+    return _op("management", op_id, summary, responses, token="managementToken", **fields)
+
+
+def _list_op() -> Json:
+    params = [
+        _param("limit", "query", _t("integer", minimum=1, maximum=100, default=100), "Page size."),
+        _param("next_page_token", "query", _t("string"), "The previous page's `nextPageToken`."),
+    ]
+    ok = _response("One page of models, sorted by name.", _ref("ModelList"))
+    return _mgmt("listModels", "List models (default versions).", {"200": ok}, parameters=params)
+
+
+def _register_op() -> Json:
+    params = [
+        _param(name, "query", schema, "Register parameter; or send them as a JSON body.")
+        for name, schema in _REGISTER_FIELDS.items()
+    ]
+    body = {
+        "description": "The parameters as JSON, instead of the query string.",
+        "required": False,
+    }
+    body["content"] = _json(_ref("RegisterRequest"))
+    responses = {
+        "200": _status("Registered (with its workers up, or with none)."),
+        "202": _status("Registered; workers are starting (`synchronous=false`)."),
+        **_errors(400, 404, 405, 409),
+        "500": _error(500, "Workers failed to start; the registration was rolled back."),
+        **_errors(503, 507),
+    }
+    return _mgmt(
+        "registerModel", "Register a model.", responses, parameters=params, requestBody=body
+    )
+
+
+def _model_item(versioned: bool) -> Json:
+    """Describe, scale and unregister, for ``/models/{name}`` or ``/models/{name}/{version}``."""
+    params = [_MODEL_NAME]
+    suffix = ""
+    if versioned:
+        text = "The model version; `all` (describe only) means every version."
+        params.append(_param("model_version", "path", _t("string"), text))
+        suffix = "Version"
+    customized = _param(
+        "customized",
+        "query",
+        _t("boolean", default=False),
+        "Add the handler's own description (`customizedMetadata`); needs a worker.",
+    )
+    described = _response("The model's versions.", _array(_ref("ModelDescription")))
+    scale_ok = {
+        "200": _status("Scaled."),
+        "202": _status("Scaling started (`synchronous=false`)."),
+        "206": _status("Scaling is still in progress."),
+    }
+    forbidden = _error(403, "The default version cannot be removed while others exist.")
+    return {
+        "parameters": params,
+        "get": _mgmt(
+            f"describeModel{suffix}",
+            "Describe a model's default version, a given version, or all of them.",
+            {"200": described, **_errors(404, 503)},
+            parameters=[customized],
+        ),
+        "put": _mgmt(
+            f"scaleModel{suffix}",
+            "Scale a model's workers.",
+            {**scale_ok, **_errors(400, 404, 500)},
+            parameters=_SCALE_PARAMS if versioned else [*_SCALE_PARAMS, _VERSION_QUERY],
+        ),
+        "delete": _mgmt(
+            f"unregisterModel{suffix}",
+            "Unregister a model version.",
+            {"200": _status("Unregistered."), "403": forbidden, **_errors(404, 405)},
+        ),
+    }
+
+
+def _token_op() -> Json:
+    key_types = _t("string", enum=["inference", "management"])
+    kind = _param("type", "query", key_types, "Which key to replace.", required=True)
+    responses = {
+        "200": _response("The key was replaced.", _ref("TokenRotated")),
+        "400": _error(400, "`type` is missing or unknown, or token authorization is off."),
+    }
+    summary = "Replace the inference or the management key (needs the API key)."
+    return _op("management", "rotateToken", summary, responses, parameters=[kind], token="apiToken")
+
+
+# -- metrics ------------------------------------------------------------------------------------
+
+
+def _metrics_paths() -> Json:
+    text = {_METRICS_CONTENT_TYPE: {"schema": _t("string")}}
+    ok = {"description": "Prometheus text exposition format 0.0.4.", "content": text}
+    return {"/metrics": {"get": _op("metrics", "getMetrics", "Scrape metrics.", {"200": ok})}}
+
+
+# -- components ---------------------------------------------------------------------------------
+
+
+def _common_schemas() -> Json:
+    return {
+        "Error": _object(
+            ("code", "type", "message"),
+            code=_t("integer", "The HTTP status."),
+            type=_t("string", "The error type (TorchServe's name for the same case)."),
+            message=_t("string"),
+            logTail=_log_tail("the worker involved, if any"),
+        ),
+        "Status": _object("all", status=_t("string", "What was done.")),
+    }
+
+
+def _token_schema() -> Json:
+    return _object(
+        "all",
+        status=_t("string", "What was done."),
+        key=_t("string", "The new key (the key file is updated too)."),
+    )
+
+
+def _inference_schemas() -> Json:
+    return {
+        "Health": _object(
+            ("status",),
+            status=_t("string", enum=["Healthy", "Unhealthy"]),
+            failedModels=_array(_t("string"), "`name/version` of each FAILED default version."),
+        )
+    }
+
+
+def _management_schemas() -> Json:
+    listed = _object("all", modelName=_t("string"), modelUrl=_t("string"))
+    return {
+        "ModelList": _object(
+            ("models",),
+            models=_array(listed),
+            nextPageToken=_t("string", "Pass as `next_page_token` for the next page."),
+        ),
+        "TokenRotated": _token_schema(),
+        "RegisterRequest": {**_t("object", properties=_REGISTER_FIELDS), "required": ["url"]},
+        "ModelDescription": _model_schema(),
+        "RestartPolicy": _object(
+            "all",
+            maxRestarts=_t("integer", "Restarts allowed within `window` before FAILED."),
+            window=_t("number", "Seconds."),
+            backoffInitial=_t("number", "Seconds before the first restart."),
+            backoffMax=_t("number", "The longest backoff, in seconds."),
+            healthyAfter=_t("number", "Seconds of uptime that reset the backoff."),
+        ),
+        "Worker": _worker_schema(),
+        "WorkerExit": _object(
+            "all",
+            description="How the worker's previous incarnation ended.",
+            incarnation=_t("integer"),
+            pid=_nullable(_t("integer")),
+            reason=_t("string"),
+            exitCode=_nullable(_t("integer", "Null when killed by a signal.")),
+            signal=_nullable(_t("integer")),
+            uptime=_t("number", "Seconds."),
+            time=_t("string", format="date-time"),
+            logTail=_log_tail(),
+        ),
+    }
+
+
+def _model_schema() -> Json:
+    states = ["LOADING", "READY", "FAILED", "STOPPING", "STOPPED"]
+    required = ("modelName", "modelVersion", "modelUrl", "state", "workers", "jobQueueStatus")
+    return _object(
+        required,
+        modelName=_t("string"),
+        modelVersion=_t("string"),
+        modelUrl=_t("string", "The model directory, else the handler."),
+        handler=_t("string"),
+        runtime=_t("string"),
+        state=_t("string", enum=states),
+        isDefault=_t("boolean"),
+        minWorkers=_t("integer"),
+        maxWorkers=_t("integer"),
+        batchSize=_t("integer"),
+        maxBatchDelay=_t("integer", "Milliseconds."),
+        responseTimeout=_t("number", "Seconds."),
+        startupTimeout=_t("number", "Seconds."),
+        restartPolicy=_ref("RestartPolicy"),
+        restarts=_t("integer"),
+        workers=_array(_ref("Worker")),
+        jobQueueStatus=_object(
+            "all", remainingCapacity=_t("integer"), pendingRequests=_t("integer")
+        ),
+        failure=_object(
+            "all",
+            "Why the model is FAILED (present only then).",
+            reason=_t("string"),
+            logTail=_log_tail(),
+        ),
+        customizedMetadata=_t("object", "The handler's own description (`customized=true`)."),
+    )
+
+
+def _worker_schema() -> Json:
+    states = ["STARTING", "READY", "BUSY", "STOPPING", "DEAD"]
+    return _object(
+        ("id", "incarnation", "state", "status"),
+        id=_t("string"),
+        pid=_nullable(_t("integer")),
+        incarnation=_t("integer", "1 for the first process of this slot, then 2, 3, ..."),
+        state=_t("string", enum=states),
+        status=_t("string", "TorchServe's view of `state`.", enum=["READY", "UNLOADING"]),
+        startTime=_t("string", format="date-time"),
+        restarts=_t("integer"),
+        batches=_t("integer"),
+        gpu=_t("boolean"),
+        memoryUsage=_nullable(_t("integer", "Resident memory in bytes; null if unknown.")),
+        lastExit=_nullable(_ref("WorkerExit")),
+        logTail=_log_tail(),
+    )
+
+
+# -- the documents ------------------------------------------------------------------------------
+
+_BUILDERS = {
+    "inference": (_inference_paths, _inference_schemas),
+    "management": (_management_paths, _management_schemas),
+    "metrics": (_metrics_paths, lambda: {}),
+}
+
+
+def openapi_document(kind: str, version: str) -> dict[str, Any]:
+    """The OpenAPI document of one port.
+
+    Args:
+        kind: ``inference``, ``management`` or ``metrics``.
+        version: the server's version, shown as ``info.version``.
+
+    Returns:
+        A JSON-ready dict that shares nothing with other calls' results.
+
+    Raises:
+        ValueError: ``kind`` is not one of :data:`KINDS`.
+    """
+    if kind not in _BUILDERS:
+        raise ValueError(f"unknown API kind {kind!r}; expected one of {', '.join(KINDS)}")
+    paths, schemas = _BUILDERS[kind]
+    schemes = {
+        name: {"type": "http", "scheme": "bearer", "description": text}
+        for name, text in _SECURITY_SCHEMES[kind].items()
+    }
+    components: Json = {"schemas": {**_common_schemas(), **schemas()}}
+    if schemes:
+        components["securitySchemes"] = schemes
+    document = {
+        "openapi": OPENAPI_VERSION,
+        "info": {
+            "title": "trio-supervisor",
+            "version": version,
+            "summary": f"The {kind} API of trio-supervisor, a TorchServe-compatible model server.",
+            "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
+        },
+        "tags": [{"name": name, "description": _TAGS[name]} for name in (kind, "description")],
+        "paths": {**_description_paths(), **paths()},
+        "components": components,
+    }
+    return copy.deepcopy(document)  # the helpers reuse module-level parts

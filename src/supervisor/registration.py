@@ -1,0 +1,164 @@
+"""Turning a registration (``POST /models`` or a configured ``url``) into a model.
+
+The ``url`` is resolved (store name, or allowed remote URL downloaded into the
+store), unpacked, and its manifest read. Settings are layered, most specific
+first: the request's parameters, then the archive's ``model-config.yaml``, then
+the server's model defaults. (TorchServe lets the YAML win over the request,
+against its own documentation; see docs/torchserve-compat.md.)
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from supervisor.archive import ModelFiles, check_url, local_source, open_model
+from supervisor.config import ConfigError, ModelConfig, ServerConfig, model_config
+from supervisor.download import fetch
+from supervisor.errors import InvalidModel, InvalidRequest
+
+__all__ = ["Registration", "parse_registration", "prepare_model"]
+
+_INTS = ("batch_size", "initial_workers")
+_FLOATS = ("max_batch_delay", "response_timeout", "startup_timeout")
+
+
+@attrs.frozen
+class Registration:
+    """What a client asked to register (unset values are None).
+
+    Attributes:
+        url: the archive or directory name in the store, or an allowed URL.
+        model_name: overrides the manifest's ``modelName``.
+        handler: overrides the manifest's handler.
+        batch_size: the most requests per batch.
+        max_batch_delay: milliseconds, as in TorchServe's API.
+        initial_workers: workers to start.
+        synchronous: answer only when the workers are ready.
+        response_timeout: seconds.
+        startup_timeout: seconds.
+    """
+
+    url: str
+    model_name: str | None = None
+    handler: str | None = None
+    batch_size: int | None = None
+    max_batch_delay: float | None = None
+    initial_workers: int | None = None
+    synchronous: bool = True
+    response_timeout: float | None = None
+    startup_timeout: float | None = None
+
+
+def parse_registration(params: Mapping[str, Any]) -> Registration:
+    """Validate the parameters of ``POST /models`` (query string or JSON body).
+
+    Raises:
+        InvalidRequest: a missing url or a value of the wrong type.
+    """
+    if params.get("url") in (None, ""):
+        raise InvalidRequest("Parameter url is required.")
+    values: dict[str, Any] = {"url": str(params["url"])}
+    for key in ("model_name", "handler"):
+        if params.get(key):
+            values[key] = str(params[key])
+    for key, kind in [(k, int) for k in _INTS] + [(k, float) for k in _FLOATS]:
+        if params.get(key) not in (None, ""):
+            values[key] = _number(key, params[key], kind)
+    if "synchronous" in params:
+        values["synchronous"] = str(params["synchronous"]).lower() in ("true", "1", "yes")
+    return Registration(**values)
+
+
+def _number(key: str, raw: Any, kind: type[int] | type[float]) -> int | float:
+    try:
+        value = kind(raw)
+    except (TypeError, ValueError):
+        raise InvalidRequest(f"Parameter {key} must be a number, got {raw!r}") from None
+    return value
+
+
+async def prepare_model(
+    reg: Registration, server: ServerConfig, scratch: Path
+) -> tuple[ModelConfig, ModelFiles]:
+    """Fetch and unpack the model named by ``reg.url``; build its configuration.
+
+    Args:
+        reg: the registration.
+        server: allowed URLs, the model store, download bounds, model defaults.
+        scratch: where archives are unpacked.
+
+    Returns:
+        The model's configuration and its files (remove ``files.directory`` when
+        ``files.owned`` and the model is unloaded).
+    """
+    if check_url(reg.url, server.allowed_urls):
+        source = await fetch(
+            reg.url,
+            Path(server.model_store or scratch),
+            allowed_urls=server.allowed_urls,
+            max_bytes=server.max_download_size,
+            time_limit=server.download_timeout,
+        )
+    else:
+        source = local_source(reg.url, server.model_store)
+    files = await trio.to_thread.run_sync(open_model, source, scratch)
+    try:
+        return _model_config(reg, files, server), files
+    except BaseException:
+        if files.owned:
+            await trio.to_thread.run_sync(_remove, files.directory)
+        raise
+
+
+def _remove(directory: Path) -> None:
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def _model_config(reg: Registration, files: ModelFiles, server: ServerConfig) -> ModelConfig:
+    model = files.model
+    table: dict[str, Any] = {
+        "name": reg.model_name or model.get("modelName") or _stem(reg.url),
+        "version": str(model.get("modelVersion") or "1.0"),
+        "handler": reg.handler or files.handler(),
+        "model_dir": str(files.directory),
+    }
+    if not table["handler"]:
+        raise InvalidModel(f"no handler: give one, or put it in the manifest of {reg.url}")
+    table.update(_request_settings(reg))
+    try:
+        return model_config(table, server_defaults(server))
+    except ConfigError as exc:
+        raise InvalidRequest(str(exc)) from None
+
+
+def _request_settings(reg: Registration) -> dict[str, Any]:
+    settings: dict[str, Any] = {}
+    if reg.batch_size is not None:
+        settings["batch_size"] = reg.batch_size
+    if reg.max_batch_delay is not None:
+        settings["max_batch_delay"] = reg.max_batch_delay / 1000
+    if reg.initial_workers is not None:
+        settings["workers"] = reg.initial_workers
+    if reg.response_timeout is not None:
+        settings["response_timeout"] = reg.response_timeout
+    if reg.startup_timeout is not None:
+        settings["startup_timeout"] = reg.startup_timeout
+    return settings
+
+
+def server_defaults(server: ServerConfig) -> Mapping[str, Any]:
+    """The model defaults the server was configured with."""
+    return getattr(server, "defaults", {})
+
+
+def _stem(url: str) -> str:
+    name = Path(url.rstrip("/")).name
+    for suffix in (".tar.gz", ".tgz", ".mar", ".zip"):
+        name = name.removesuffix(suffix)
+    return name or "model"
