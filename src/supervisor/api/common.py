@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Collection
 from typing import Any
 
@@ -59,13 +60,13 @@ def make_app(
     app = QuartTrio(name)
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     app.config["MAX_CONTENT_LENGTH"] = max_request_size
-    if on_response is not None:
-        count = on_response
 
-        @app.after_request
-        async def _count(response: Response) -> Response:
-            count(response.status_code)
-            return response
+    @app.after_request
+    async def _finish(response: Response) -> Response:
+        response.headers.setdefault("x-request-id", str(uuid.uuid4()))  # as TorchServe does
+        if on_response is not None:
+            on_response(response.status_code)
+        return response
 
     @app.errorhandler(SupervisorError)
     async def _supervisor_error(error: SupervisorError) -> Response:

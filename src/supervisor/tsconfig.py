@@ -1,0 +1,498 @@
+"""TorchServe's configuration, read as-is: ``config.properties`` and ``model-config.yaml``.
+
+Pure: plain values in, the tables ``supervisor.config.load_config`` takes out
+(``read_properties`` is the one function that reads a file; nothing here
+imports trio). ``config.properties`` keys and where they go:
+
+============================= ==========================================================
+TorchServe key                ours
+============================= ==========================================================
+inference_address             server.inference_address (``http://H:P`` becomes ``H:P``)
+management_address            server.management_address (https and unix: ConfigError)
+metrics_address               server.metrics_address
+model_store                   server.model_store
+max_request_size              server.max_request_size (bytes)
+allowed_urls                  server.allowed_urls (comma-separated regular expressions)
+enable_model_api              server.enable_model_api
+disable_token_authorization   server.disable_token_authorization
+key_file                      server.key_file (ours; TorchServe has no such key)
+default_workers_per_model     defaults.workers (0, TorchServe's "one per GPU or CPU",
+                              leaves our default)
+NUM_WORKERS                   defaults.workers when default_workers_per_model is 0
+job_queue_size                defaults.job_queue_size
+default_response_timeout      defaults.response_timeout (seconds in both)
+default_startup_timeout       defaults.startup_timeout (seconds in both)
+load_models                   model tables: ``x.mar`` gives ``{"url": "x.mar"}``,
+                              ``n=x.mar`` ``{"name": "n", "url": "x.mar"}``, ``all`` one
+                              table per archive or directory in the store
+models                        per-model settings layered under those tables
+model_snapshot                its models are loaded instead of ``load_models``
+============================= ==========================================================
+
+Per-model keys, in the ``models`` JSON and in ``model-config.yaml``: ``minWorkers``
+-> ``workers``, ``maxWorkers`` -> ``max_workers``, ``batchSize`` -> ``batch_size``,
+``maxBatchDelay`` (milliseconds) -> ``max_batch_delay`` (seconds),
+``responseTimeout`` -> ``response_timeout``, ``startupTimeout`` ->
+``startup_timeout``, ``jobQueueSize`` -> ``job_queue_size``; the JSON's
+``marName`` -> ``url``; the YAML's ``maxRetryTimeoutInSec`` -> ``restart.window``.
+
+Every other key is ignored, as TorchServe ignores keys it does not know;
+``ignored_keys`` names them so that the caller can log them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+from urllib.parse import urlsplit
+
+import yaml
+
+from supervisor.archive import ARCHIVE_SUFFIXES
+from supervisor.config import MILLISECONDS, SECONDS, ConfigError, name_from_url
+
+__all__ = [
+    "ALL_MODELS",
+    "ignored_keys",
+    "model_yaml_settings",
+    "parse_properties",
+    "read_properties",
+    "server_settings",
+    "store_tables",
+    "substitute_env",
+    "with_model_params",
+]
+
+ALL_MODELS = "all"
+"""The ``load_models`` (and ``--models``) value that loads every model in the store."""
+
+_Table = dict[str, Any]
+_Convert = Callable[[str, Any], Any]
+
+_FILE = "config.properties"
+_YAML = "model-config.yaml"
+
+# TorchServe keys that exist there and have no effect here (JVM, Netty, TLS,
+# gRPC, CORS, metrics modes, GPUs, workflows, ...): logged, never an error.
+# fmt: off
+_UNSUPPORTED = frozenset((
+    "async_logging", "blacklist_env_vars", "certificate_file", "cors_allowed_headers",
+    "cors_allowed_methods", "cors_allowed_origin", "cpu_launcher_args", "cpu_launcher_enable",
+    "debug", "decode_input_request", "default_service_handler", "disable_system_metrics",
+    "enable_envvars_config", "enable_grpc_ssl", "enable_metrics_api", "grpc_inference_address",
+    "grpc_inference_port", "grpc_management_address", "grpc_management_port",
+    "initial_distribution_port", "initial_worker_port", "install_py_dep_per_model", "io_ratio",
+    "ipex_enable", "keystore", "keystore_pass", "keystore_type", "limit_max_image_pixels",
+    "max_response_size", "metric_time_interval", "metrics_config", "metrics_format",
+    "metrics_mode", "model_metrics_auto_detect", "model_server_home", "netty_client_threads",
+    "number_of_gpu", "number_of_netty_threads", "plugins_path", "prefer_direct_buffer",
+    "private_key_file", "python", "service_envelope", "snapshot_store", "system_metrics_cmd",
+    "token_expiration_min", "ts_header_key_sequence_end", "ts_header_key_sequence_id",
+    "ts_header_key_sequence_start", "ts_open_inference_protocol", "tsConfigFile",
+    "unregister_model_timeout", "use_env_allowed_urls", "use_native_io", "version", "vmargs",
+    "workflow_store"
+))
+# fmt: on
+
+
+# --- .properties syntax -----------------------------------------------------------
+
+_NEWLINE = re.compile(r"\r\n|\r|\n")
+_BLANK = " \t\f"
+# A key runs to the first unescaped "=", ":" or blank; the separator is blanks
+# with at most one "=" or ":" among them (java.util.Properties.load).
+_LINE = re.compile(r"((?:\\.|[^=: \t\f\\])*)[ \t\f]*(?:[=:][ \t\f]*)?(.*)", re.DOTALL)
+_ESCAPE = re.compile(r"\\(u[0-9A-Fa-f]{4}|u|.|$)", re.DOTALL)
+_ESCAPED = {"t": "\t", "n": "\n", "r": "\r", "f": "\f"}
+_ENV_REF = re.compile(r"\$\$([^$]+[^$])\$\$")  # TorchServe's $$NAME$$
+
+
+def parse_properties(text: str) -> dict[str, str]:
+    """Parse Java ``.properties`` text the way ``java.util.Properties.load`` does.
+
+    ``key=value``, ``key: value`` and ``key value``; ``#`` and ``!`` comment lines;
+    leading blanks are dropped; a line ending in an odd number of backslashes
+    continues on the next, whose leading blanks are dropped too. Escapes are
+    ``\\t``, ``\\n``, ``\\r``, ``\\f`` and ``\\uXXXX``; any other escaped character
+    stands for itself (``\\:``, ``\\=``, ``\\ ``, ``\\#``, ``\\\\``). A key given
+    twice keeps its last value. Values keep their trailing blanks.
+
+    Raises:
+        ConfigError: a malformed ``\\uXXXX`` escape.
+    """
+    props: dict[str, str] = {}
+    for line in _logical_lines(text):
+        if match := _LINE.fullmatch(line):
+            props[_unescape(match[1])] = _unescape(match[2])
+    return props
+
+
+def _logical_lines(text: str) -> Iterator[str]:
+    parts: list[str] = []
+    for natural in _NEWLINE.split(text):
+        line = natural.lstrip(_BLANK)
+        if not parts and (not line or line[0] in "#!"):
+            continue  # a comment never continues, but a continued line may start with '#'
+        if (len(line) - len(line.rstrip("\\"))) % 2:
+            parts.append(line[:-1])
+            continue
+        parts.append(line)
+        yield "".join(parts)
+        parts = []
+    if parts:
+        yield "".join(parts)
+
+
+def _unescape(raw: str) -> str:
+    return _ESCAPE.sub(_escaped, raw)
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = match[1]
+    if code == "u":
+        raise ConfigError(f"{_FILE}: malformed \\uxxxx escape in {match.string!r}")
+    if len(code) == 5:
+        return chr(int(code[1:], 16))
+    return _ESCAPED.get(code, code)
+
+
+def read_properties(path: str | Path) -> dict[str, str]:
+    """Read and parse a ``config.properties`` file (UTF-8, a superset of Java's ASCII).
+
+    Raises:
+        ConfigError: the file cannot be read, or it is malformed.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read TorchServe config {path}: {exc}") from None
+    return parse_properties(text)
+
+
+def substitute_env(props: Mapping[str, str], environ: Mapping[str, str]) -> dict[str, str]:
+    """Replace TorchServe's ``$$NAME$$`` references with values from ``environ``.
+
+    Raises:
+        ConfigError: a referenced variable is not set (TorchServe refuses to start too).
+    """
+    resolved: dict[str, str] = {}
+    for key, value in props.items():
+        for name in _ENV_REF.findall(value):
+            if name not in environ:
+                raise ConfigError(f"{_FILE} {key}: environment variable {name} is not set")
+        resolved[key] = _ENV_REF.sub(lambda m: environ[m[1]], value)
+    return resolved
+
+
+# --- values ---------------------------------------------------------------------
+
+
+def _int(where: str, value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    raise ConfigError(f"{where}: expected a whole number, got {value!r}")
+
+
+def _number(where: str, value: Any) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            pass
+    raise ConfigError(f"{where}: expected a number, got {value!r}")
+
+
+def _seconds(where: str, value: Any) -> float:
+    return _number(where, value) * SECONDS
+
+
+def _millis(where: str, value: Any) -> float:
+    return _number(where, value) * MILLISECONDS
+
+
+def _bool(where: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ConfigError(f"{where}: expected true or false, got {value!r}")
+
+
+def _text(where: str, value: Any) -> str:
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    raise ConfigError(f"{where}: expected a non-empty string, got {value!r}")
+
+
+def _regexes(where: str, value: Any) -> tuple[str, ...]:
+    patterns = tuple(p.strip() for p in _text(where, value).split(",") if p.strip())
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ConfigError(f"{where}: invalid regular expression {pattern!r}: {exc}") from None
+    return patterns
+
+
+def _address(where: str, value: Any) -> str:
+    """``http://HOST[:PORT]`` (or a bare ``HOST:PORT``) as our ``HOST:PORT``."""
+    text = _text(where, value)
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        scheme, rest = ("unix", text) if text.lower().startswith("unix:") else ("http", text)
+    if scheme.lower() != "http":
+        raise ConfigError(
+            f"{where}={text}: {scheme.lower()} listeners are not supported "
+            "(serve plain http and put TLS or a unix socket in a proxy); use http://HOST:PORT"
+        )
+    try:
+        parts = urlsplit(f"http://{rest}")
+        host, port = parts.hostname, parts.port or 80  # TorchServe's default for http
+    except ValueError as exc:
+        raise ConfigError(f"{where}={text}: {exc}") from None
+    if not host or parts.path not in ("", "/") or parts.query or parts.username:
+        raise ConfigError(f"{where}={text}: expected http://HOST:PORT")
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _object(where: str, value: Any) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+    return value
+
+
+def _json(where: str, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{where}: invalid JSON: {exc}") from None
+
+
+def _mapped(
+    source: Mapping[str, Any], keys: Mapping[str, tuple[str, _Convert]], where: str
+) -> _Table:
+    """The keys of ``source`` named in ``keys``, renamed and converted."""
+    return {
+        ours: convert(f"{where} {theirs}", source[theirs])
+        for theirs, (ours, convert) in keys.items()
+        if theirs in source
+    }
+
+
+_SERVER: dict[str, tuple[str, _Convert]] = {
+    "inference_address": ("inference_address", _address),
+    "management_address": ("management_address", _address),
+    "metrics_address": ("metrics_address", _address),
+    "model_store": ("model_store", _text),
+    "max_request_size": ("max_request_size", _int),
+    "allowed_urls": ("allowed_urls", _regexes),
+    "enable_model_api": ("enable_model_api", _bool),
+    "disable_token_authorization": ("disable_token_authorization", _bool),
+    "key_file": ("key_file", _text),
+}
+_DEFAULTS: dict[str, tuple[str, _Convert]] = {
+    "job_queue_size": ("job_queue_size", _int),
+    "default_response_timeout": ("response_timeout", _seconds),
+    "default_startup_timeout": ("startup_timeout", _seconds),
+}
+_MODEL: dict[str, tuple[str, _Convert]] = {
+    "minWorkers": ("workers", _int),
+    "maxWorkers": ("max_workers", _int),
+    "batchSize": ("batch_size", _int),
+    "maxBatchDelay": ("max_batch_delay", _millis),
+    "responseTimeout": ("response_timeout", _seconds),
+    "startupTimeout": ("startup_timeout", _seconds),
+    "jobQueueSize": ("job_queue_size", _int),
+}
+_JSON_MODEL = {**_MODEL, "marName": ("url", _text)}
+_USED = frozenset(
+    {*_SERVER, *_DEFAULTS, "default_workers_per_model", "NUM_WORKERS"}
+    | {"load_models", "models", "model_snapshot"}
+)
+
+
+# --- config.properties ------------------------------------------------------------
+
+
+def server_settings(
+    props: Mapping[str, str], *, store_entries: Sequence[str] = ()
+) -> tuple[_Table, _Table, list[_Table]]:
+    """Map parsed ``config.properties`` to ``load_config``'s tables.
+
+    Args:
+        props: the file's keys (``read_properties``, then ``substitute_env``).
+        store_entries: the names in the model store, directories ending in ``/``;
+            only ``load_models=all`` uses them.
+
+    Returns:
+        ``(server, defaults, models)`` for ``load_config(server=..., defaults=...,
+        models=...)``. Each model table has a ``url``, maybe a ``name`` and the
+        ``models`` JSON's settings for it; the list is empty when the file loads
+        no model.
+
+    Raises:
+        ConfigError: a value of the wrong type or form, naming the key.
+    """
+    server = _mapped(props, _SERVER, _FILE)
+    defaults = {**_workers(props), **_mapped(props, _DEFAULTS, _FILE)}
+    return server, defaults, _startup_models(props, store_entries)
+
+
+def ignored_keys(props: Mapping[str, str]) -> tuple[list[str], list[str]]:
+    """The keys ``server_settings`` does not use, sorted.
+
+    Returns:
+        ``(unsupported, unknown)``: TorchServe settings without an effect here, and
+        keys TorchServe does not know either (typos, or other tools' settings).
+    """
+    rest = sorted(set(props) - _USED)
+    return [k for k in rest if k in _UNSUPPORTED], [k for k in rest if k not in _UNSUPPORTED]
+
+
+def _workers(props: Mapping[str, str]) -> _Table:
+    # TorchServe reads 0 as "one worker per GPU, else per CPU" and then falls
+    # back on NUM_WORKERS; we keep our own default instead of guessing hardware.
+    for key in ("default_workers_per_model", "NUM_WORKERS"):
+        workers = _int(f"{_FILE} {key}", props[key]) if key in props else 0
+        if workers < 0:
+            raise ConfigError(f"{_FILE} {key}: expected 0 or more, got {workers}")
+        if workers:
+            return {"workers": workers}
+    return {}
+
+
+def _startup_models(props: Mapping[str, str], store_entries: Sequence[str]) -> list[_Table]:
+    if "model_snapshot" in props:  # TorchServe restores the snapshot and skips load_models
+        where = f"{_FILE} model_snapshot"
+        snapshot = _object(where, _json(where, props["model_snapshot"]))
+        return [e.table for e in _entries(f"{where} models", snapshot.get("models", {}))]
+    value = props.get("load_models", "").strip()
+    if value.lower() == ALL_MODELS:
+        tables = store_tables(store_entries)
+    else:
+        tables = [t for t in map(_url_table, value.split(",")) if t["url"]]
+    return with_model_params(tables, props)
+
+
+def _url_table(spec: str) -> _Table:
+    name, sep, url = spec.partition("=")
+    if not sep or "://" in name:  # a bare URL may have '=' in its query
+        name, url = "", spec
+    table: _Table = {"url": url.strip()}
+    if name.strip():
+        table["name"] = name.strip()
+    return table
+
+
+def store_tables(entries: Iterable[str]) -> list[_Table]:
+    """Model tables for ``load_models=all``: each archive and directory in the store.
+
+    Args:
+        entries: the names in the model store, directories ending in ``/``; hidden
+            names and files that are not archives are skipped, as TorchServe does.
+    """
+    return [
+        {"url": entry.rstrip("/")}
+        for entry in sorted(entries)
+        if not entry.startswith(".") and entry.endswith(("/", *ARCHIVE_SUFFIXES))
+    ]
+
+
+class _Entry(NamedTuple):
+    table: _Table  # our keys, with name, version and (from marName) url
+    default: bool
+
+
+def with_model_params(
+    tables: Iterable[Mapping[str, Any]], props: Mapping[str, str]
+) -> list[_Table]:
+    """Layer the ``models`` JSON of ``props`` under each url-loaded model table.
+
+    As in TorchServe the JSON only tunes models that are loaded otherwise; it
+    loads none itself. A table takes the JSON entry of its name (or, nameless,
+    of its ``marName`` or the url's stem): the version whose ``marName`` is the
+    table's url, else the ``defaultVersion`` one, else the only one. The entry
+    brings its ``version``; the table's own keys win.
+
+    Raises:
+        ConfigError: invalid JSON or a value of the wrong type.
+    """
+    where = f"{_FILE} models"
+    entries = _entries(where, _json(where, props["models"])) if "models" in props else []
+    return [{**_params_for(table, entries), **table} for table in tables]
+
+
+def _params_for(table: Mapping[str, Any], entries: list[_Entry]) -> _Table:
+    url, name = table.get("url"), table.get("name")
+    mine = [e for e in entries if e.table["name"] == (name or name_from_url(str(url)))]
+    if not name:
+        mine = [e for e in entries if e.table.get("url") == url] or mine
+    by_url = [e for e in mine if e.table.get("url") == url]
+    by_default = [e for e in mine if e.default]
+    for picked in (by_url, by_default, mine if len(mine) == 1 else []):
+        if picked:
+            return picked[0].table
+    return {}
+
+
+def _entries(where: str, data: Any) -> list[_Entry]:
+    """``{name: {version: {...}}}`` (the ``models`` JSON, a snapshot's models)."""
+    entries = []
+    for name, versions in _object(where, data).items():
+        for version, params in _object(f"{where} {name}", versions).items():
+            here = f"{where} {name} {version}"
+            params = _object(here, params)
+            table = {"name": name, "version": version, **_mapped(params, _JSON_MODEL, here)}
+            default = _bool(f"{here} defaultVersion", params.get("defaultVersion", False))
+            entries.append(_Entry(table, default))
+    return entries
+
+
+# --- model-config.yaml ------------------------------------------------------------
+
+
+def model_yaml_settings(yaml_text: str) -> tuple[_Table, _Table]:
+    """Map a model archive's ``model-config.yaml`` to model keys and handler config.
+
+    The frontend keys map as in the module docstring. ``maxRetryTimeoutInSec``
+    (TorchServe: keep restarting a failing worker, with backoff, until it has
+    been failing for this many seconds, then give up) becomes ``restart.window``,
+    our closest notion: more than ``restart.max_restarts`` restarts within
+    ``window`` seconds and the model is FAILED. The two are not the same
+    measure: with ``max_restarts`` fixed a longer window gives up sooner, not
+    later, so raise ``max_restarts`` with it where the difference matters.
+    ``deviceIds``, ``deviceType``, ``clientTimeoutInMills``, ``parallelType`` and
+    the rest are not mapped; they stay in the handler config.
+
+    Args:
+        yaml_text: the file's text (``yaml.safe_load`` only).
+
+    Returns:
+        ``(model keys, handler_config)``: the model keys for ``model_config`` and
+        the whole mapping, which TorchServe hands to the handler as
+        ``context.model_yaml_config``.
+
+    Raises:
+        ConfigError: invalid YAML, a top level that is not a mapping, or a value of
+            the wrong type.
+    """
+    try:
+        data = yaml.safe_load(yaml_text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{_YAML}: invalid YAML: {exc}") from None
+    data = _object(_YAML, {} if data is None else data)
+    table = _mapped(data, _MODEL, _YAML)
+    if "maxRetryTimeoutInSec" in data:
+        window = _seconds(f"{_YAML} maxRetryTimeoutInSec", data["maxRetryTimeoutInSec"])
+        table["restart"] = {"window": window}
+    return table, dict(data)
