@@ -87,7 +87,8 @@ async def test_register_synchronously_then_predict_and_unregister(server):
     )
     assert p.json()["echo"] == "hi"
     [desc] = (await server.describe("echo")).json()
-    unpacked = trio.Path(desc["modelUrl"])
+    assert desc["modelUrl"] == "echo.mar"
+    unpacked = trio.Path(desc["modelDir"])
     assert await (unpacked / "model_handler.py").exists()
     assert not Path(unpacked).is_relative_to(server.store)  # unpacked outside the store
     r = await server.client.delete(f"{server.endpoints.management}/models/echo")

@@ -1,19 +1,28 @@
 """``python -m supervisor``: the command line.
 
 ``serve`` runs the server. With no models configured it serves the built-in
-iris classifier. Flags override the TOML file given with ``--config``.
+iris classifier. Settings come in layers, later ones winning: a TorchServe
+``config.properties`` (``--ts-config``), then our TOML file (``--config``), then
+flags. Server and model-default keys win one by one (``restart`` keys too); a
+list of models replaces the lists below it (``--models`` over ``[[models]]``
+over ``load_models``).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import tomllib
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import trio
 
+from supervisor import tsconfig
+from supervisor.archive import ARCHIVE_SUFFIXES
 from supervisor.config import ConfigError, ServerConfig, load_config
 
 __all__ = ["main"]
@@ -45,6 +54,22 @@ _RESTART_FLAGS: tuple[tuple[str, type, str], ...] = (
 )
 
 
+_SERVER_FLAGS = (
+    "model_store",
+    "inference_address",
+    "management_address",
+    "metrics_address",
+    "shutdown_grace",
+)
+_SWITCHES = ("disable_token_authorization", "enable_model_api")
+_MODELS_HELP = (
+    "models to serve: NAME=HANDLER[@DIR] (a handler, module or module:Class, and an "
+    "optional model dir), or TorchServe's NAME=ARCHIVE, ARCHIVE and all (an archive "
+    "(.mar, .tar.gz, .tgz, .zip), a directory in the model store or a URL; all: every "
+    "one in the store)"
+)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m supervisor",
@@ -55,56 +80,117 @@ def _parser() -> argparse.ArgumentParser:
         "serve",
         help="run the server",
         description="Run the server. With no models configured it serves the built-in iris "
-        "classifier. Flags win over the --config file; durations are in seconds.",
+        "classifier. Settings are applied in this order, later ones winning: --ts-config "
+        "(TorchServe config.properties), then --config (TOML), then flags; a model list "
+        "replaces the ones before it. Durations are in seconds.",
+    )
+    _add_sources(serve)
+    _add_server_flags(serve)
+    for flag, kind, text in _MODEL_FLAGS + _RESTART_FLAGS:
+        serve.add_argument(f"--{flag}", type=kind, help=text)
+    return parser
+
+
+def _add_sources(serve: argparse.ArgumentParser) -> None:
+    serve.add_argument(
+        "--ts-config",
+        metavar="FILE",
+        help="TorchServe config.properties, applied first: --config and flags win over it",
     )
     serve.add_argument(
-        "--config", metavar="FILE", help="TOML config ([server], [defaults], [[models]])"
+        "--config",
+        metavar="FILE",
+        help="TOML config ([server], [defaults], [[models]]); wins over --ts-config",
     )
-    serve.add_argument(
-        "--model-store", metavar="DIR", help="directory that model dirs are found in"
-    )
-    serve.add_argument(
-        "--models",
-        nargs="+",
-        metavar="NAME=HANDLER[@DIR]",
-        help="models to serve: a handler (module, module:Class) and an optional model dir",
-    )
+    serve.add_argument("--model-store", metavar="DIR", help="directory that models are found in")
+    serve.add_argument("--models", nargs="+", metavar="SPEC", help=_MODELS_HELP)
+
+
+def _add_server_flags(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--inference-address", metavar="HOST:PORT", help="default 127.0.0.1:8080")
     serve.add_argument("--management-address", metavar="HOST:PORT", help="default 127.0.0.1:8081")
     serve.add_argument("--metrics-address", metavar="HOST:PORT", help="default 127.0.0.1:8082")
     serve.add_argument(
         "--shutdown-grace", type=float, metavar="S", help="drain time on SIGTERM (default 10)"
     )
+    serve.add_argument(
+        "--disable-token-auth",
+        "--dt",
+        dest="disable_token_authorization",
+        action="store_true",
+        help="serve without bearer tokens (TorchServe's flag; not recommended)",
+    )
+    serve.add_argument(
+        "--enable-model-api",
+        dest="enable_model_api",
+        action="store_true",
+        help="allow registering and unregistering models over HTTP",
+    )
     serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
-    for flag, kind, text in _MODEL_FLAGS + _RESTART_FLAGS:
-        serve.add_argument(f"--{flag}", type=kind, help=text)
-    return parser
-
-
-def _model_table(spec: str) -> dict[str, Any]:
-    name, sep, target = spec.partition("=")
-    if not sep or not name or not target:
-        raise ConfigError(f"--models expects NAME=HANDLER[@DIR], got {spec!r}")
-    handler, _, model_dir = target.partition("@")
-    table: dict[str, Any] = {"name": name, "handler": handler}
-    if model_dir:
-        table["model_dir"] = model_dir
-    return table
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
-    """Build the server config from the parsed ``serve`` flags (and ``--config``)."""
-    server = {
-        key: getattr(args, key)
-        for key in (
-            "model_store",
-            "inference_address",
-            "management_address",
-            "metrics_address",
-            "shutdown_grace",
+    """Build the server config from the parsed ``serve`` flags and their files.
+
+    Layers, later ones winning: ``--ts-config``, ``--config``, flags (see the
+    module docstring).
+    """
+    props = _ts_properties(args.ts_config)
+    file = _toml_sections(args.config)
+    flags = _server_flags(args)
+    store = _model_store(flags, file["server"], props)
+    specs = _specs(args.models)
+    entries = _store_entries(store) if _wants_all(props, specs) else []
+    ts_server, ts_defaults, ts_models = tsconfig.server_settings(props, store_entries=entries)
+    flag_models = _flag_models(specs, store, props, entries)
+    models: list[Any] = next(m for m in (flag_models, file["models"], ts_models) if m is not None)
+    return load_config(
+        server={**ts_server, **file["server"], **flags},
+        defaults=_layered(ts_defaults, file["defaults"], _default_flags(args)),
+        models=models,
+    )
+
+
+def _ts_properties(path: str | None) -> dict[str, str]:
+    """The ``--ts-config`` keys, ``$$ENV$$`` resolved; logs the ones without effect."""
+    if path is None:
+        return {}
+    props = tsconfig.substitute_env(tsconfig.read_properties(path), os.environ)
+    unsupported, unknown = tsconfig.ignored_keys(props)
+    if unsupported:
+        log.info(
+            "%s: ignoring TorchServe settings without effect here: %s", path, ", ".join(unsupported)
         )
-        if getattr(args, key) is not None
-    }
+    if unknown:
+        log.warning("%s: ignoring unknown keys (as TorchServe does): %s", path, ", ".join(unknown))
+    return props
+
+
+def _toml_sections(path: str | None) -> dict[str, Any]:
+    """The ``--config`` sections, read raw (``load_config`` validates their keys)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from None
+    unknown = sorted(set(data) - {"server", "defaults", "models"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown section(s) {', '.join(unknown)}")
+    for section in ("server", "defaults"):
+        if not isinstance(data.setdefault(section, {}), Mapping):
+            raise ConfigError(f"[{section}]: expected a table, got {data[section]!r}")
+    data.setdefault("models", None)
+    return data
+
+
+def _server_flags(args: argparse.Namespace) -> dict[str, Any]:
+    server = {key: getattr(args, key) for key in _SERVER_FLAGS if getattr(args, key) is not None}
+    server.update({key: True for key in _SWITCHES if getattr(args, key)})
+    return server
+
+
+def _default_flags(args: argparse.Namespace) -> dict[str, Any]:
     defaults: dict[str, Any] = {}
     for flag, _, _ in _MODEL_FLAGS:
         key = flag.replace("-", "_")
@@ -119,10 +205,91 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     }
     if restart:
         defaults["restart"] = restart
-    models: list[Mapping[str, Any]] | None = None
-    if args.models:
-        models = [_model_table(s) for s in args.models]
-    return load_config(args.config, server=server, defaults=defaults, models=models)
+    return defaults
+
+
+def _layered(*layers: Mapping[str, Any]) -> dict[str, Any]:
+    """Model defaults, later layers winning key by key (``restart`` keys too)."""
+    merged: dict[str, Any] = {}
+    restart: dict[str, Any] = {}
+    for layer in layers:
+        merged.update(layer)
+        if "restart" in layer:
+            if not isinstance(layer["restart"], Mapping):
+                raise ConfigError(f"defaults restart: expected a table, got {layer['restart']!r}")
+            restart.update(layer["restart"])
+    if restart:
+        merged["restart"] = restart
+    return merged
+
+
+def _model_store(
+    flags: Mapping[str, Any], file_server: Mapping[str, Any], props: Mapping[str, str]
+) -> str:
+    """The model store the layers settle on (needed early, to find models in it)."""
+    store = flags.get("model_store") or file_server.get("model_store") or props.get("model_store")
+    return str(store or "").strip()
+
+
+def _specs(models: Sequence[str] | None) -> list[str]:
+    """``--models`` specs; TorchServe also takes comma-separated ones."""
+    return [spec.strip() for arg in models or () for spec in arg.split(",") if spec.strip()]
+
+
+def _wants_all(props: Mapping[str, str], specs: Sequence[str]) -> bool:
+    values = [props.get("load_models", ""), *specs]
+    return any(value.strip().lower() == tsconfig.ALL_MODELS for value in values)
+
+
+def _store_entries(store: str) -> list[str]:
+    """The names in the model store, directories ending in ``/`` (to load all)."""
+    if not store:
+        raise ConfigError("loading all models needs a model store (--model-store or model_store)")
+    try:
+        with os.scandir(store) as found:
+            return [entry.name + "/" if entry.is_dir() else entry.name for entry in found]
+    except OSError as exc:
+        raise ConfigError(f"cannot list the model store {store}: {exc}") from None
+
+
+def _flag_models(
+    specs: Sequence[str], store: str, props: Mapping[str, str], entries: Sequence[str]
+) -> list[dict[str, Any]] | None:
+    if not specs:
+        return None
+    tables: list[dict[str, Any]] = []
+    for spec in specs:
+        if spec.lower() == tsconfig.ALL_MODELS:
+            tables += tsconfig.with_model_params(tsconfig.store_tables(entries), props)
+        else:
+            tables.append(_model_table(spec, store, props))
+    return tables
+
+
+def _model_table(spec: str, store: str, props: Mapping[str, str]) -> dict[str, Any]:
+    """One spec: ``NAME=HANDLER[@DIR]``, or TorchServe's ``NAME=ARCHIVE`` / ``ARCHIVE``."""
+    name, sep, target = spec.partition("=")
+    if not sep or "://" in name:  # a bare URL may have '=' in its query
+        name, target = "", spec
+    if _is_url(target, store):
+        table = {"name": name, "url": target} if name else {"url": target}
+        return tsconfig.with_model_params([table], props)[0]
+    if not name or not target:
+        raise ConfigError(
+            f"--models expects NAME=HANDLER[@DIR], NAME=ARCHIVE, ARCHIVE or all, got {spec!r}"
+        )
+    handler, _, model_dir = target.partition("@")
+    table = {"name": name, "handler": handler}
+    if model_dir:
+        table["model_dir"] = model_dir
+    return table
+
+
+def _is_url(target: str, store: str) -> bool:
+    """Whether a spec's target names an archive, a URL or a directory in the store."""
+    if "://" in target or target.endswith(ARCHIVE_SUFFIXES):
+        return True
+    return bool(store) and "/" not in target and os.path.isdir(os.path.join(store, target))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

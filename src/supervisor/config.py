@@ -148,6 +148,7 @@ class ServerConfig:
         max_download_size: the largest remote archive accepted, in bytes.
         read_timeout: seconds a client may take to send a request before it is dropped.
         keep_alive_timeout: seconds an idle keep-alive connection is kept open.
+        defaults: the model defaults (``[defaults]``), for models registered later.
     """
 
     inference_address: str = "127.0.0.1:8080"
@@ -165,6 +166,7 @@ class ServerConfig:
     max_download_size: int = attrs.field(default=1024 * MIB, validator=[_int, v.gt(0)])
     read_timeout: float = attrs.field(default=30 * SECONDS, validator=_positive)
     keep_alive_timeout: float = attrs.field(default=5 * SECONDS, validator=_positive)
+    defaults: Mapping[str, Any] = attrs.field(factory=dict)
 
 
 def _build(cls: type[Any], table: Mapping[str, Any], where: str) -> Any:
@@ -260,7 +262,8 @@ def load_config(
         built = (model_config(builtin, model_defaults),)
     _check_unique(built)
     server_table = {**_table(data.get("server", {}), "[server]"), **(server or {})}
-    config: ServerConfig = _build(ServerConfig, {**server_table, "models": built}, "server")
+    table = {**server_table, "models": built, "defaults": model_defaults}
+    config: ServerConfig = _build(ServerConfig, table, "server")
     return _resolve_model_dirs(config)
 
 

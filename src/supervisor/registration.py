@@ -18,9 +18,10 @@ import attrs
 import trio
 
 from supervisor.archive import ModelFiles, check_url, local_source, open_model
-from supervisor.config import ConfigError, ModelConfig, ServerConfig, model_config
+from supervisor.config import ConfigError, ModelConfig, ServerConfig, model_config, name_from_url
 from supervisor.download import fetch
 from supervisor.errors import InvalidModel, InvalidRequest
+from supervisor.tsconfig import model_yaml_settings
 
 __all__ = ["Registration", "parse_registration", "prepare_model"]
 
@@ -84,7 +85,10 @@ def _number(key: str, raw: Any, kind: type[int] | type[float]) -> int | float:
 
 
 async def prepare_model(
-    reg: Registration, server: ServerConfig, scratch: Path
+    reg: Registration,
+    server: ServerConfig,
+    scratch: Path,
+    base: Mapping[str, Any] | None = None,
 ) -> tuple[ModelConfig, ModelFiles]:
     """Fetch and unpack the model named by ``reg.url``; build its configuration.
 
@@ -92,6 +96,8 @@ async def prepare_model(
         reg: the registration.
         server: allowed URLs, the model store, download bounds, model defaults.
         scratch: where archives are unpacked.
+        base: the settings under the archive's ``model-config.yaml`` (the server's
+            model defaults when None).
 
     Returns:
         The model's configuration and its files (remove ``files.directory`` when
@@ -109,7 +115,8 @@ async def prepare_model(
         source = local_source(reg.url, server.model_store)
     files = await trio.to_thread.run_sync(open_model, source, scratch)
     try:
-        return _model_config(reg, files, server), files
+        layers = _layers(files, server.defaults if base is None else base)
+        return _model_config(reg, files, layers), files
     except BaseException:
         if files.owned:
             await trio.to_thread.run_sync(_remove, files.directory)
@@ -120,19 +127,33 @@ def _remove(directory: Path) -> None:
     shutil.rmtree(directory, ignore_errors=True)
 
 
-def _model_config(reg: Registration, files: ModelFiles, server: ServerConfig) -> ModelConfig:
+def _layers(files: ModelFiles, base: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with the archive's model-config.yaml on top (restart keys merged)."""
+    path = files.directory / str(files.model.get("configFile") or "model-config.yaml")
+    if not path.is_file():
+        return dict(base)
+    try:
+        keys, handler_config = model_yaml_settings(path.read_text())
+    except (ConfigError, OSError) as exc:
+        raise InvalidModel(f"{path.name}: {exc}") from None
+    restart = {**dict(base.get("restart", {})), **dict(keys.pop("restart", {}))}
+    return {**base, **keys, "restart": restart, "handler_config": handler_config}
+
+
+def _model_config(reg: Registration, files: ModelFiles, layers: Mapping[str, Any]) -> ModelConfig:
     model = files.model
     table: dict[str, Any] = {
-        "name": reg.model_name or model.get("modelName") or _stem(reg.url),
+        "name": reg.model_name or model.get("modelName") or name_from_url(reg.url),
         "version": str(model.get("modelVersion") or "1.0"),
         "handler": reg.handler or files.handler(),
         "model_dir": str(files.directory),
+        "url": reg.url,
     }
     if not table["handler"]:
         raise InvalidModel(f"no handler: give one, or put it in the manifest of {reg.url}")
     table.update(_request_settings(reg))
     try:
-        return model_config(table, server_defaults(server))
+        return model_config(table, layers)
     except ConfigError as exc:
         raise InvalidRequest(str(exc)) from None
 
@@ -150,15 +171,3 @@ def _request_settings(reg: Registration) -> dict[str, Any]:
     if reg.startup_timeout is not None:
         settings["startup_timeout"] = reg.startup_timeout
     return settings
-
-
-def server_defaults(server: ServerConfig) -> Mapping[str, Any]:
-    """The model defaults the server was configured with."""
-    return getattr(server, "defaults", {})
-
-
-def _stem(url: str) -> str:
-    name = Path(url.rstrip("/")).name
-    for suffix in (".tar.gz", ".tgz", ".mar", ".zip"):
-        name = name.removesuffix(suffix)
-    return name or "model"

@@ -45,6 +45,7 @@ __all__ = ["Endpoints", "serve"]
 log = logging.getLogger("supervisor.server")
 
 IRIS_EXAMPLE = "[5.1, 3.5, 1.4, 0.2]"
+_IDENTITY = frozenset({"name", "version", "handler", "url", "model_dir"})
 
 
 @attrs.frozen
@@ -114,15 +115,16 @@ async def _load_configured(
     sup: Supervisor, model: ModelConfig, config: ServerConfig, scratch: Path
 ) -> None:
     """Load a configured model; one given by ``url`` is fetched and unpacked first."""
-    url = getattr(model, "url", "")
-    if not url:
+    if not model.url:
         await sup.load_model(model, wait=False)
         return
-    reg = Registration(url=url, model_name=model.name, handler=model.handler or None)
+    reg = Registration(url=model.url, model_name=model.name, handler=model.handler or None)
+    own = attrs.asdict(model, recurse=False, filter=lambda a, _: a.name not in _IDENTITY)
+    own["restart"] = attrs.asdict(model.restart)
     try:
-        prepared, files = await prepare_model(reg, config, scratch)
+        prepared, files = await prepare_model(reg, config, scratch, base=own)
     except SupervisorError as exc:
-        log.error("model %s (%s) cannot be loaded: %s", model.name, url, exc.message)
+        log.error("model %s (%s) cannot be loaded: %s", model.name, model.url, exc.message)
         return
     await sup.load_model(prepared, wait=False, owned_dir=files.directory if files.owned else None)
 
@@ -168,7 +170,8 @@ async def _serve_app(
     hc.bind = [address]
     hc.graceful_timeout = config.shutdown_grace + 1.0
     hc.read_timeout = max(1, round(config.read_timeout))  # a client that stops sending is dropped
-    hc.keep_alive_timeout = config.keep_alive_timeout
+    # hypercorn closes a connection stalled in its headers only when this fires
+    hc.keep_alive_timeout = min(config.keep_alive_timeout, config.read_timeout)
     hc.accesslog = None
     hc.errorlog = logging.getLogger("hypercorn.error")
     async with trio.open_nursery() as nursery:

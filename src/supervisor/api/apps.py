@@ -40,6 +40,7 @@ def build_apps(
     inference = make_app(
         "trio-supervisor-inference",
         max_request_size=config.max_request_size,
+        read_timeout=config.read_timeout,
         on_response=metrics.count_response,
     )
     if tokens is not None:
@@ -50,6 +51,7 @@ def build_apps(
     management = make_app(
         "trio-supervisor-management",
         max_request_size=config.max_request_size,
+        read_timeout=config.read_timeout,
         on_response=metrics.count_response,
     )
     if tokens is not None:

@@ -20,6 +20,7 @@ _HTTP_TYPES = {
     400: "BadRequestException",
     404: "ResourceNotFoundException",
     405: "MethodNotAllowedException",
+    408: "RequestTimeoutException",
     413: "RequestEntityTooLargeException",
 }
 _HTTP_MESSAGES = {
@@ -39,6 +40,7 @@ def error_response(error: SupervisorError) -> Response:
     return json_response(error.to_json(), error.status)
 
 
+WWW_AUTHENTICATE = 'Bearer realm="trio-supervisor"'
 TOKEN_FAILED = (
     "Token Authorization failed. Token either incorrect, expired, or not provided correctly"
 )
@@ -48,6 +50,7 @@ def make_app(
     name: str,
     *,
     max_request_size: int = 6553500,
+    read_timeout: float = 30.0,
     on_response: Callable[[int], None] | None = None,
 ) -> QuartTrio:
     """A Quart-Trio app whose every error, ours or the framework's, is JSON.
@@ -55,11 +58,13 @@ def make_app(
     Args:
         name: the app's name.
         max_request_size: bodies larger than this get 413 before they are read.
+        read_timeout: a body that takes longer than this to arrive gets 408.
         on_response: called with the status of every response (for metrics).
     """
     app = QuartTrio(name)
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     app.config["MAX_CONTENT_LENGTH"] = max_request_size
+    app.config["BODY_TIMEOUT"] = read_timeout
 
     @app.after_request
     async def _finish(response: Response) -> Response:
@@ -70,7 +75,10 @@ def make_app(
 
     @app.errorhandler(SupervisorError)
     async def _supervisor_error(error: SupervisorError) -> Response:
-        return error_response(error)
+        response = error_response(error)
+        if error.status == 401:
+            response.headers["WWW-Authenticate"] = WWW_AUTHENTICATE
+        return response
 
     @app.errorhandler(HTTPException)
     async def _http_error(error: HTTPException) -> Response:
@@ -110,5 +118,5 @@ def require_token(app: QuartTrio, tokens: Tokens, kind: str, open_paths: Collect
             return None
         body = {"code": 401, "type": "InvalidKeyException", "message": TOKEN_FAILED}
         response = json_response(body, 401)
-        response.headers["WWW-Authenticate"] = 'Bearer realm="trio-supervisor"'
+        response.headers["WWW-Authenticate"] = WWW_AUTHENTICATE
         return response

@@ -14,8 +14,8 @@ __all__ = ["describe_model", "model_url"]
 
 
 def model_url(config: ModelConfig) -> str:
-    """The ``modelUrl`` shown for a model: its directory, else its handler."""
-    return config.model_dir or config.handler
+    """The ``modelUrl`` shown for a model: its url, else its directory, else its handler."""
+    return config.url or config.model_dir or config.handler
 
 
 def _date(epoch: float) -> str:
@@ -29,6 +29,7 @@ def describe_model(stats: ModelStats) -> dict[str, Any]:
         "modelName": c.name,
         "modelVersion": c.version,
         "modelUrl": model_url(c),
+        "modelDir": c.model_dir,
         "handler": c.handler,
         "runtime": "python",
         "state": stats.state,

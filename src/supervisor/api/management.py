@@ -13,7 +13,7 @@ from quart_trio import QuartTrio
 
 from supervisor.api.common import json_response
 from supervisor.api.describe import describe_model, model_url
-from supervisor.auth import Tokens, bearer_matches
+from supervisor.auth import Tokens, bearer_matches, write_key_file
 from supervisor.config import ServerConfig
 from supervisor.core import Supervisor
 from supervisor.errors import (
@@ -94,7 +94,10 @@ def add_management_routes(app: QuartTrio, ctx: ManagementContext) -> None:
 
     @app.route("/token", methods=["GET"])
     async def rotate_token() -> Response:
-        return _rotate(ctx.tokens)
+        response = _rotate(ctx.tokens)
+        if ctx.tokens is not None:
+            write_key_file(ctx.config.key_file, ctx.tokens)  # clients read keys from the file
+        return response
 
 
 async def _params() -> Mapping[str, Any]:
