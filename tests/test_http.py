@@ -292,3 +292,47 @@ async def test_concurrent_requests_are_all_answered(server, client):
         for _ in range(40):
             calls.start_soon(call)
     assert statuses == [(200, "versicolor")] * 40
+
+
+async def test_a_full_queue_answers_503_at_once_with_retry_after(nursery, handler_dir, client):
+    echo = ModelConfig(
+        name="echo",
+        handler="echo_handler",
+        model_dir=str(handler_dir("echo_handler", ECHO_HANDLER)),
+        job_queue_size=1,
+    )
+    shutdown = trio.Event()
+    endpoints = await nursery.start(
+        partial(serve, server_config(echo), shutdown=shutdown, handle_signals=False)
+    )
+    await wait_ready(client, endpoints, "echo")
+    url = f"{endpoints.inference}/predictions/echo"
+    text = {"Content-Type": "text/plain"}
+    statuses = []
+
+    async def call(body: bytes) -> None:
+        statuses.append((await client.post(url, content=body, headers=text)).status_code)
+
+    async with trio.open_nursery() as calls:
+        calls.start_soon(call, b"sleep 1")  # in flight
+        await wait_for_state(client, endpoints, lambda d: d["workers"][0]["state"] == "BUSY")
+        calls.start_soon(call, b"queued")  # waits in the queue of one
+        await wait_for_state(
+            client, endpoints, lambda d: d["jobQueueStatus"]["pendingRequests"] == 1
+        )
+        with trio.fail_after(0.5):  # refused at once, not after the busy batch
+            full = await client.post(url, content=b"refused", headers=text)
+    assert full.status_code == 503
+    assert full.headers["retry-after"] == "1"
+    assert "queue is full" in full.json()["message"]
+    assert sorted(statuses) == [200, 200]
+    shutdown.set()
+
+
+async def wait_for_state(client, endpoints, predicate) -> None:
+    with trio.fail_after(15):
+        while True:
+            [desc] = (await client.get(f"{endpoints.management}/models/echo")).json()
+            if predicate(desc):
+                return
+            await trio.sleep(0.02)

@@ -11,7 +11,7 @@ import httpx
 import pytest
 import trio
 
-from supervisor import ServerConfig
+from supervisor import ModelConfig, ServerConfig
 from supervisor.server import Endpoints, serve
 from tests.helpers import CRASH_AT_LOAD_HANDLER, ECHO_HANDLER, make_mar
 
@@ -203,3 +203,51 @@ async def test_customized_describe_and_explanations_and_url_path(server):
         f"{base}/predictions/described", content=b"x", headers={"explain": "True"}
     )
     assert r.json()["explain"] is None
+
+
+YAML_AWARE_HANDLER = """
+class YamlAware:
+    def initialize(self, context):
+        self.config = context.model_yaml_config
+
+    def handle(self, batch, context):
+        return [{"threshold": self.config.get("handler", {}).get("threshold"), "n": len(batch)}
+                for _ in batch]
+"""
+
+
+async def test_archives_listed_at_startup_load_with_their_model_config(nursery, tmp_path):
+    store = tmp_path / "store"
+    make_mar(
+        store,
+        "tuned",
+        YAML_AWARE_HANDLER,
+        extra={
+            "model-config.yaml": "batchSize: 4\nmaxBatchDelay: 50\nhandler:\n  threshold: 0.7\n"
+        },
+    )
+    config = ServerConfig(
+        inference_address=LOCAL,
+        management_address=LOCAL,
+        metrics_address=LOCAL,
+        model_store=str(store),
+        models=(ModelConfig(name="tuned", url="tuned.mar"),),
+        disable_token_authorization=True,
+        key_file=str(tmp_path / "key_file.json"),
+        shutdown_grace=2.0,
+    )
+    shutdown = trio.Event()
+    endpoints = await nursery.start(partial(serve, config, shutdown=shutdown, handle_signals=False))
+    async with httpx.AsyncClient(timeout=60) as client:
+        with trio.fail_after(30):
+            while True:
+                [desc] = (await client.get(f"{endpoints.management}/models/tuned")).json()
+                if desc["state"] != "LOADING":
+                    break
+                await trio.sleep(0.05)
+        assert desc["state"] == "READY"
+        assert desc["modelUrl"] == "tuned.mar"
+        assert (desc["batchSize"], desc["maxBatchDelay"]) == (4, 50)  # from model-config.yaml
+        r = await client.post(f"{endpoints.inference}/predictions/tuned", content=b"x")
+        assert r.json()["threshold"] == 0.7  # the whole YAML reaches the handler
+    shutdown.set()

@@ -103,10 +103,22 @@ class InvalidRequest(SupervisorError):
 
 
 class ModelUnavailable(SupervisorError):
-    """The model cannot take requests: FAILED, stopping, or its queue is full."""
+    """The model cannot take requests: FAILED, stopping, or its queue is full.
+
+    Args:
+        message: what is wrong.
+        log_tail: the last log lines of the worker involved, if any.
+        retry_after: seconds after which a retry may succeed (a ``Retry-After`` header).
+    """
 
     status = 503
     type_name = "ServiceUnavailableException"
+
+    def __init__(
+        self, message: str, *, log_tail: tuple[str, ...] = (), retry_after: int | None = None
+    ) -> None:
+        super().__init__(message, log_tail=log_tail)
+        self.retry_after = retry_after
 
 
 class WorkerStartFailed(SupervisorError):

@@ -120,7 +120,8 @@ class Pool:
         except trio.WouldBlock:
             raise ModelUnavailable(
                 f"Model {self.label} has {self.config.job_queue_size} requests waiting, its "
-                "queue is full; retry later or add workers"
+                "queue is full; retry later or add workers",
+                retry_after=1,
             ) from None
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise ModelUnavailable(f"Model {self.label} is stopping") from None

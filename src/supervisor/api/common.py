@@ -36,8 +36,14 @@ def json_response(body: Any, status: int = 200) -> Response:
 
 
 def error_response(error: SupervisorError) -> Response:
-    """The JSON error body and status for a supervisor error."""
-    return json_response(error.to_json(), error.status)
+    """The JSON error body, status and headers for a supervisor error."""
+    response = json_response(error.to_json(), error.status)
+    if error.status == 401:
+        response.headers["WWW-Authenticate"] = WWW_AUTHENTICATE
+    retry_after = getattr(error, "retry_after", None)
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    return response
 
 
 WWW_AUTHENTICATE = 'Bearer realm="trio-supervisor"'
@@ -75,10 +81,7 @@ def make_app(
 
     @app.errorhandler(SupervisorError)
     async def _supervisor_error(error: SupervisorError) -> Response:
-        response = error_response(error)
-        if error.status == 401:
-            response.headers["WWW-Authenticate"] = WWW_AUTHENTICATE
-        return response
+        return error_response(error)
 
     @app.errorhandler(HTTPException)
     async def _http_error(error: HTTPException) -> Response:

@@ -10,7 +10,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from handlers.protocol import InferItem, ReplyItem
-from supervisor.api.common import json_response
+from supervisor.api.common import error_response, json_response
 from supervisor.batching import Job
 from supervisor.core import Supervisor
 from supervisor.errors import ModelNotFound, ModelVersionNotFound, SupervisorError
@@ -42,9 +42,9 @@ def add_inference_routes(app: QuartTrio, sup: Supervisor, observe: RequestObserv
             job = sup.submit(item, model, version)
             response = _response(await job.wait())
         except (ModelNotFound, ModelVersionNotFound) as exc:
-            return json_response(exc.to_json(), exc.status)  # no metric series for made-up names
+            return error_response(exc)  # no metric series for made-up names
         except SupervisorError as exc:
-            response = json_response(exc.to_json(), exc.status)
+            response = error_response(exc)
         if observe is not None:
             latency = trio.current_time() - started
             served_by = job_version(sup, model, version)
