@@ -14,16 +14,14 @@ import argparse
 import logging
 import os
 import sys
-import tomllib
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import trio
 
 from supervisor import tsconfig
 from supervisor.archive import ARCHIVE_SUFFIXES
-from supervisor.config import ConfigError, ServerConfig, load_config
+from supervisor.config import ConfigError, ServerConfig, load_config, read_toml
 
 __all__ = ["main"]
 
@@ -136,7 +134,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     module docstring).
     """
     props = _ts_properties(args.ts_config)
-    file = _toml_sections(args.config)
+    file = read_toml(args.config)
     flags = _server_flags(args)
     store = _model_store(flags, file["server"], props)
     specs = _specs(args.models)
@@ -164,24 +162,6 @@ def _ts_properties(path: str | None) -> dict[str, str]:
     if unknown:
         log.warning("%s: ignoring unknown keys (as TorchServe does): %s", path, ", ".join(unknown))
     return props
-
-
-def _toml_sections(path: str | None) -> dict[str, Any]:
-    """The ``--config`` sections, read raw (``load_config`` validates their keys)."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            data = tomllib.loads(Path(path).read_text())
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"cannot read config {path}: {exc}") from None
-    unknown = sorted(set(data) - {"server", "defaults", "models"})
-    if unknown:
-        raise ConfigError(f"{path}: unknown section(s) {', '.join(unknown)}")
-    for section in ("server", "defaults"):
-        if not isinstance(data.setdefault(section, {}), Mapping):
-            raise ConfigError(f"[{section}]: expected a table, got {data[section]!r}")
-    data.setdefault("models", None)
-    return data
 
 
 def _server_flags(args: argparse.Namespace) -> dict[str, Any]:

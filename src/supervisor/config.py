@@ -239,21 +239,13 @@ def load_config(
     Returns:
         The validated configuration; the built-in model when none is configured.
     """
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            data = tomllib.loads(Path(path).read_text())
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"cannot read config {path}: {exc}") from None
-    unknown = sorted(set(data) - {"server", "defaults", "models"})
-    if unknown:
-        raise ConfigError(f"{path}: unknown section(s) {', '.join(unknown)}")
+    data = read_toml(path)
     file_defaults = _table(data.get("defaults", {}), "[defaults]")
     model_defaults = {**file_defaults, **(defaults or {})}
     if "restart" in file_defaults and defaults and "restart" in defaults:
         file_restart = _table(file_defaults["restart"], "[defaults.restart]")
         model_defaults["restart"] = {**file_restart, **defaults["restart"]}
-    tables = models if models is not None else data.get("models", [])
+    tables = models if models is not None else data.get("models") or []
     if not isinstance(tables, list):
         raise ConfigError(f"models: expected an array of tables ([[models]]), got {tables!r}")
     built = tuple(model_config(t, model_defaults) for t in tables)
@@ -265,6 +257,28 @@ def load_config(
     table = {**server_table, "models": built, "defaults": model_defaults}
     config: ServerConfig = _build(ServerConfig, table, "server")
     return _resolve_model_dirs(config)
+
+
+def read_toml(path: str | Path | None) -> dict[str, Any]:
+    """A config file's sections, checked: ``server`` and ``defaults`` tables, ``models``.
+
+    Returns:
+        ``{"server": {...}, "defaults": {...}, "models": [...] or None}`` (empty
+        tables and None when ``path`` is None).
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from None
+    unknown = sorted(set(data) - {"server", "defaults", "models"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown section(s) {', '.join(unknown)}")
+    for section in ("server", "defaults"):
+        _table(data.setdefault(section, {}), f"[{section}]")
+    data.setdefault("models", None)
+    return data
 
 
 def _resolve_model_dirs(config: ServerConfig) -> ServerConfig:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -37,23 +38,19 @@ def build_apps(
     sup: Supervisor, config: ServerConfig, tokens: Tokens | None, metrics: Metrics, scratch: Path
 ) -> Apps:
     """Build the apps; with ``tokens``, the inference and management APIs need them."""
-    inference = make_app(
-        "trio-supervisor-inference",
+    new_app = partial(
+        make_app,
         max_request_size=config.max_request_size,
         read_timeout=config.read_timeout,
         on_response=metrics.count_response,
     )
+    inference = new_app("trio-supervisor-inference")
     if tokens is not None:
         require_token(inference, tokens, "inference", {"/ping", *_DESCRIPTION_PATHS})
     add_inference_routes(inference, sup, metrics.observe_request)
     _add_description(inference, "inference")
 
-    management = make_app(
-        "trio-supervisor-management",
-        max_request_size=config.max_request_size,
-        read_timeout=config.read_timeout,
-        on_response=metrics.count_response,
-    )
+    management = new_app("trio-supervisor-management")
     if tokens is not None:
         require_token(management, tokens, "management", {"/token", *_DESCRIPTION_PATHS})
     add_management_routes(management, ManagementContext(sup, config, tokens, scratch))
