@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 import trio
 
 import supervisor
-from tests.helpers import ECHO_HANDLER, eventually, gone
+from tests.helpers import ECHO_HANDLER, eventually, gone, make_mar
 
 pytestmark = pytest.mark.slow
 
@@ -226,3 +227,56 @@ def test_help_explains_the_flags():
     )
     for flag in ("--config", "--model-store", "--models", "--workers", "--max-restarts"):
         assert flag in result.stdout
+
+
+async def test_a_torchserve_config_properties_file_runs_as_is(nursery, tmp_path):
+    store = tmp_path / "model-store"
+    make_mar(store, "echo", ECHO_HANDLER)
+    (tmp_path / "config.properties").write_text(
+        "# a TorchServe configuration, unchanged\n"
+        "inference_address=http://127.0.0.1:0\n"
+        "management_address=http://127.0.0.1:0\n"
+        "metrics_address=http://127.0.0.1:0\n"
+        f"model_store={store}\n"
+        "load_models=echo.mar\n"
+        "default_workers_per_model=2\n"
+        "number_of_netty_threads=4\n"
+        'models={"echo": {"1.0": {"defaultVersion": true, "marName": "echo.mar",\\\n'
+        '                          "batchSize": 2}}}\n'
+    )
+    server = ServeProcess(tmp_path, "--ts-config", str(tmp_path / "config.properties"))
+    await nursery.start(server.run)
+    await eventually(lambda: server.has("ready (pid") and server.find(LISTENING) is not None)
+    inference, management = server.find(LISTENING).group(1, 2)
+    async with httpx.AsyncClient(timeout=30) as client:
+        [desc] = (
+            await client.get(f"{management}/models/echo", headers=server.headers("management"))
+        ).json()
+        r = await client.post(
+            f"{inference}/predictions/echo",
+            content=b"hello",
+            headers={"Content-Type": "text/plain", **server.headers("inference")},
+        )
+    assert (desc["minWorkers"], desc["batchSize"], desc["modelUrl"]) == (2, 2, "echo.mar")
+    assert r.json()["echo"] == "hello"
+    assert server.has("number_of_netty_threads")  # said to be ignored, not an error
+    server.process.send_signal(signal.SIGTERM)
+    with trio.fail_after(20):
+        assert await server.process.wait() == 0
+
+
+def test_an_address_in_use_is_a_clear_error_not_a_traceback(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        result = subprocess.run(
+            [sys.executable, "-m", "supervisor", "serve", f"--inference-address={address}"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1
+    assert f"error: cannot listen on {address}: Address already in use" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -272,6 +272,12 @@ def _is_url(target: str, store: str) -> bool:
     return bool(store) and "/" not in target and os.path.isdir(os.path.join(store, target))
 
 
+def _leaves(error: BaseException) -> list[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+    return [error]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
@@ -285,7 +291,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from supervisor.server import serve
+    from supervisor.server import ListenError, serve
 
-    trio.run(serve, config)
-    return 0
+    failures: list[BaseException] = []
+    try:
+        trio.run(serve, config)
+    except* ListenError as group:
+        failures.extend(_leaves(group))
+    for failure in failures:
+        print(f"error: {failure}", file=sys.stderr)
+    return 1 if failures else 0

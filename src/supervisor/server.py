@@ -40,12 +40,16 @@ from supervisor.metrics import Metrics
 from supervisor.process import Launcher
 from supervisor.registration import Registration, prepare_model
 
-__all__ = ["Endpoints", "serve"]
+__all__ = ["Endpoints", "ListenError", "serve"]
 
 log = logging.getLogger("supervisor.server")
 
 IRIS_EXAMPLE = "[5.1, 3.5, 1.4, 0.2]"
 _IDENTITY = frozenset({"name", "version", "handler", "url", "model_dir"})
+
+
+class ListenError(OSError):
+    """A listener could not be opened (address in use, no permission, bad address)."""
 
 
 @attrs.frozen
@@ -175,10 +179,21 @@ async def _serve_app(
     hc.accesslog = None
     hc.errorlog = logging.getLogger("hypercorn.error")
     async with trio.open_nursery() as nursery:
-        binds: list[str] = await nursery.start(
-            partial(hypercorn_serve, app, hc, shutdown_trigger=shutdown.wait)
-        )
+        try:
+            binds: list[str] = await nursery.start(
+                partial(hypercorn_serve, app, hc, shutdown_trigger=shutdown.wait)
+            )
+        except* OSError as group:
+            exc = _first_leaf(group)
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise ListenError(f"cannot listen on {address}: {why}") from None
         task_status.started(binds[0])
+
+
+def _first_leaf(error: BaseException) -> BaseException:
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
 
 
 async def _drain_after_grace(sup: Supervisor, shutdown: trio.Event, grace: float) -> None:

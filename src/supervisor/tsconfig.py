@@ -257,7 +257,8 @@ def _address(where: str, value: Any) -> str:
         )
     try:
         parts = urlsplit(f"http://{rest}")
-        host, port = parts.hostname, parts.port or 80  # TorchServe's default for http
+        port = 80 if parts.port is None else parts.port  # TorchServe's default for http
+        host = parts.hostname
     except ValueError as exc:
         raise ConfigError(f"{where}={text}: {exc}") from None
     if not host or parts.path not in ("", "/") or parts.query or parts.username:
