@@ -13,12 +13,14 @@ Only 127.0.0.1 is contacted; every loop is bounded in count and time.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import httpx
@@ -29,12 +31,19 @@ BODY = b"[5.1, 3.5, 1.4, 0.2]"
 HEADERS = {"Content-Type": "application/json"}
 
 
-def start_server() -> tuple[subprocess.Popen[bytes], float]:
+def start_server(workdir: str) -> tuple[subprocess.Popen[bytes], float]:
     args = [sys.executable, "-m", "supervisor", "serve"]
     args += [f"--{k}-address=127.0.0.1:0" for k in ("inference", "management", "metrics")]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(args, cwd=workdir, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
     return proc, t0
+
+
+def inference_headers(workdir: str) -> dict[str, str]:
+    """The default config has token authorization on: read the key file."""
+    with open(os.path.join(workdir, "key_file.json")) as handle:
+        key = json.load(handle)["inference"]["key"]
+    return {**HEADERS, "Authorization": f"Bearer {key}"}
 
 
 def wait_listening(proc: subprocess.Popen[bytes], deadline: float) -> tuple[str, str]:
@@ -48,31 +57,36 @@ def wait_listening(proc: subprocess.Popen[bytes], deadline: float) -> tuple[str,
 
 def first_success(client: httpx.Client, url: str, deadline: float) -> float:
     while time.perf_counter() < deadline:
-        if client.post(url, content=BODY, headers=HEADERS).status_code == 200:
+        if client.post(url, content=BODY).status_code == 200:
             return time.perf_counter()
     raise TimeoutError("no successful prediction")
 
 
 def recovery(client: httpx.Client, url: str, worker_pid: int) -> tuple[float, int]:
     for _ in range(20):
-        client.post(url, content=BODY, headers=HEADERS)
+        client.post(url, content=BODY)
     killed_at = time.perf_counter()
     os.kill(worker_pid, signal.SIGKILL)
     failed = 0
     deadline = killed_at + 30
     while time.perf_counter() < deadline:
-        if client.post(url, content=BODY, headers=HEADERS).status_code == 200:
+        if client.post(url, content=BODY).status_code == 200:
             return time.perf_counter() - killed_at, failed
         failed += 1
     raise TimeoutError("no success after the kill")
 
 
 def one_run() -> dict[str, float]:
-    proc, t0 = start_server()
+    with tempfile.TemporaryDirectory() as workdir:
+        return _measure(workdir)
+
+
+def _measure(workdir: str) -> dict[str, float]:
+    proc, t0 = start_server(workdir)
     try:
         inference, _ = wait_listening(proc, t0 + 60)
         url = f"{inference}/predictions/iris"
-        with httpx.Client(timeout=30) as client:
+        with httpx.Client(timeout=30, headers=inference_headers(workdir)) as client:
             cold = first_success(client, url, t0 + 60) - t0
             time.sleep(1.0)  # let both processes settle before reading RSS
             sup_rss = psutil.Process(proc.pid).memory_info().rss
