@@ -437,13 +437,21 @@ async def test_allowed_urls_are_downloaded_and_served(nursery, tmp_path, client,
 
     r = await register(client, endpoints, archives.url("/echo.mar"), keys["management"])
     assert_error(r, 400, "DownloadArchiveException", "already exists")
+    # unregistering removes the download, so the same URL can be registered again
+    r = await client.delete(
+        f"{endpoints.management}/models/echo", headers=bearer(keys["management"])
+    )
+    assert r.status_code == 200
+    assert not (store / "echo.mar").exists()
+    r = await register(client, endpoints, archives.url("/echo.mar"), keys["management"])
+    assert r.status_code == 200, r.text
     r = await register(client, endpoints, archives.url("/redirect.mar"), keys["management"])
     assert_error(r, 400, "DownloadArchiveException", "redirect to a URL that is not allowed")
     assert "/redirected.mar" not in archives.hits
     for url in (f"http://localhost:{archives.port}/echo.mar", "file:///etc/passwd"):
         r = await register(client, endpoints, url, keys["management"])
         assert_error(r, 404, "ModelNotFoundException", "does not match any allowed URL(s)")
-    assert archives.hits == ["/echo.mar", "/redirect.mar"]
+    assert archives.hits == ["/echo.mar", "/echo.mar", "/redirect.mar"]  # refused URLs: no hit
     assert sorted(p.name for p in store.iterdir()) == ["echo.mar"]
 
 

@@ -44,11 +44,18 @@ class ModelFiles:
         directory: where the model's files are.
         manifest: ``MAR-INF/MANIFEST.json``'s contents ({} if there is none).
         owned: true when ``directory`` was made for this model and must be removed.
+        downloaded: the archive fetched into the model store for this model, if any.
     """
 
     directory: Path
     manifest: dict[str, Any]
     owned: bool
+    downloaded: Path | None = None
+
+    def leftovers(self) -> tuple[Path, ...]:
+        """What to remove when the model is unloaded: its unpacked copy and download."""
+        paths = (self.directory,) if self.owned else ()
+        return paths + ((self.downloaded,) if self.downloaded else ())
 
     @property
     def model(self) -> dict[str, Any]:

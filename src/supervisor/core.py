@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import logging
 import random
-import shutil
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from supervisor.batching import Job
 from supervisor.config import ModelConfig, ServerConfig
 from supervisor.pool import ModelState, Pool
 from supervisor.process import Launcher, ProcessLauncher
+from supervisor.registration import remove_paths
 from supervisor.registry import Registry
 from supervisor.stats import ModelStats
 
@@ -64,15 +64,15 @@ class Supervisor:
             await trio.sleep_forever()
 
     async def load_model(
-        self, config: ModelConfig, *, wait: bool = True, owned_dir: Path | None = None
+        self, config: ModelConfig, *, wait: bool = True, owned: Sequence[Path] = ()
     ) -> ModelStats:
         """Start a model's workers.
 
         Args:
             config: the model version to load.
             wait: return only when its workers are ready.
-            owned_dir: a directory made for this model (an unpacked archive),
-                removed when the model is unloaded or the supervisor stops.
+            owned: files and directories made for this model (an unpacked archive,
+                a downloaded one), removed when it is unloaded or the supervisor stops.
 
         Raises:
             ModelConflict: that name and version are already loaded.
@@ -83,7 +83,7 @@ class Supervisor:
         pool = Pool(config, self._launcher, random.Random(self._rng.random()))
         pool.on_batch = self._batch_observer(config)
         self.registry.add(pool)
-        await self._nursery.start(self._run_pool, pool, owned_dir)
+        await self._nursery.start(self._run_pool, pool, tuple(owned))
         log.info("loading model %s with %d worker(s)", pool.label, config.workers)
         if wait:
             await pool.wait_ready()
@@ -97,7 +97,7 @@ class Supervisor:
         return observe
 
     async def _run_pool(
-        self, pool: Pool, owned_dir: Path | None, *, task_status: trio.TaskStatus[Pool]
+        self, pool: Pool, owned: tuple[Path, ...], *, task_status: trio.TaskStatus[Pool]
     ) -> None:
         ended = self._ended[pool] = trio.Event()
         try:
@@ -105,9 +105,9 @@ class Supervisor:
         finally:
             if pool.state is not ModelState.FAILED:
                 self.registry.remove(pool)
-            if owned_dir is not None:
+            if owned:
                 with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(shutil.rmtree, owned_dir, True)
+                    await trio.to_thread.run_sync(remove_paths, owned)
             del self._ended[pool]
             ended.set()
 

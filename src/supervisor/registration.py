@@ -10,7 +10,7 @@ against its own documentation; see docs/torchserve-compat.md.)
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from supervisor.download import fetch
 from supervisor.errors import InvalidModel, InvalidRequest
 from supervisor.tsconfig import model_yaml_settings
 
-__all__ = ["Registration", "parse_registration", "prepare_model"]
+__all__ = ["Registration", "parse_registration", "prepare_model", "remove_paths"]
 
 _INTS = ("batch_size", "initial_workers")
 _FLOATS = ("max_batch_delay", "response_timeout", "startup_timeout")
@@ -100,11 +100,12 @@ async def prepare_model(
             model defaults when None).
 
     Returns:
-        The model's configuration and its files (remove ``files.directory`` when
-        ``files.owned`` and the model is unloaded).
+        The model's configuration and its files (remove ``files.leftovers()``
+        when the model is unloaded).
     """
+    downloaded = None
     if check_url(reg.url, server.allowed_urls):
-        source = await fetch(
+        source = downloaded = await fetch(
             reg.url,
             Path(server.model_store or scratch),
             allowed_urls=server.allowed_urls,
@@ -113,18 +114,28 @@ async def prepare_model(
         )
     else:
         source = local_source(reg.url, server.model_store)
-    files = await trio.to_thread.run_sync(open_model, source, scratch)
+    try:
+        files = await trio.to_thread.run_sync(open_model, source, scratch)
+    except BaseException:
+        if downloaded is not None:
+            await trio.to_thread.run_sync(remove_paths, (downloaded,))
+        raise
+    files = attrs.evolve(files, downloaded=downloaded)
     try:
         layers = _layers(files, server.defaults if base is None else base)
         return _model_config(reg, files, layers), files
     except BaseException:
-        if files.owned:
-            await trio.to_thread.run_sync(_remove, files.directory)
+        await trio.to_thread.run_sync(remove_paths, files.leftovers())
         raise
 
 
-def _remove(directory: Path) -> None:
-    shutil.rmtree(directory, ignore_errors=True)
+def remove_paths(paths: Sequence[Path]) -> None:
+    """Remove files and directory trees (missing ones are fine)."""
+    for path in paths:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _layers(files: ModelFiles, base: Mapping[str, Any]) -> dict[str, Any]:

@@ -130,7 +130,7 @@ async def _load_configured(
     except SupervisorError as exc:
         log.error("model %s (%s) cannot be loaded: %s", model.name, model.url, exc.message)
         return
-    await sup.load_model(prepared, wait=False, owned_dir=files.directory if files.owned else None)
+    await sup.load_model(prepared, wait=False, owned=files.leftovers())
 
 
 @contextlib.contextmanager

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
+import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
@@ -25,7 +25,7 @@ from supervisor.errors import (
     Unauthorized,
     WorkerStartFailed,
 )
-from supervisor.registration import parse_registration, prepare_model
+from supervisor.registration import parse_registration, prepare_model, remove_paths
 
 __all__ = ["ManagementContext", "add_management_routes"]
 
@@ -113,12 +113,10 @@ async def _params() -> Mapping[str, Any]:
 async def _register(ctx: ManagementContext, params: Mapping[str, Any]) -> Response:
     reg = parse_registration(params)
     config, files = await prepare_model(reg, ctx.config, ctx.scratch)
-    owned = files.directory if files.owned else None
     try:
-        await ctx.sup.load_model(config, wait=False, owned_dir=owned)
+        await ctx.sup.load_model(config, wait=False, owned=files.leftovers())
     except SupervisorError:
-        if owned is not None:
-            shutil.rmtree(owned, ignore_errors=True)
+        await trio.to_thread.run_sync(remove_paths, files.leftovers())
         raise
     label = f'Model "{config.name}" Version: {config.version}'
     if config.workers == 0:
