@@ -295,3 +295,22 @@ def test_relative_model_dir_without_a_store_is_resolved_against_the_cwd(tmp_path
     monkeypatch.chdir(tmp_path)
     config = load_config(models=[{"name": "m", "handler": "h", "model_dir": "models/m"}])
     assert config.models[0].model_dir == str(tmp_path / "models" / "m")
+
+
+@pytest.mark.parametrize(
+    "server",
+    [
+        {"disable_token_authorization": "false"},  # a string is not a switch
+        {"enable_model_api": "false"},
+        {"allowed_urls": ["http://ok/.*", "(unclosed"]},
+        {"allowed_urls": [5]},
+    ],
+)
+def test_security_settings_are_checked_strictly(server):
+    with pytest.raises(ConfigError):
+        load_config(server=server)
+
+
+def test_a_single_allowed_url_string_is_one_pattern():
+    config = load_config(server={"allowed_urls": r"https://models\.example\.com/.*"})
+    assert config.allowed_urls == (r"https://models\.example\.com/.*",)

@@ -22,6 +22,7 @@ Every value is validated when loaded; a mistake raises ``ConfigError`` naming it
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -62,6 +63,22 @@ _ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".mar", ".zip")
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or invalid."""
+
+
+def _patterns(value: Any) -> tuple[str, ...]:
+    """``allowed_urls`` as a tuple; a lone string is one pattern, not its characters."""
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def _regex(_instance: Any, attribute: Any, value: Any) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"{attribute.name}: each pattern must be a string, got {value!r}")
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(
+            f"{attribute.name}: {value!r} is not a regular expression: {exc}"
+        ) from None
 
 
 @attrs.frozen
@@ -157,10 +174,12 @@ class ServerConfig:
     model_store: str = ""
     models: tuple[ModelConfig, ...] = ()
     shutdown_grace: float = attrs.field(default=10 * SECONDS, validator=_non_negative)
-    enable_model_api: bool = False
-    disable_token_authorization: bool = False
-    key_file: str = "key_file.json"
-    allowed_urls: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    enable_model_api: bool = attrs.field(default=False, validator=v.instance_of(bool))
+    disable_token_authorization: bool = attrs.field(default=False, validator=v.instance_of(bool))
+    key_file: str = attrs.field(default="key_file.json", validator=v.instance_of(str))
+    allowed_urls: tuple[str, ...] = attrs.field(
+        default=(), converter=_patterns, validator=v.deep_iterable(_regex)
+    )
     max_request_size: int = attrs.field(default=6553500, validator=[_int, v.gt(0)])
     download_timeout: float = attrs.field(default=60 * SECONDS, validator=_positive)
     max_download_size: int = attrs.field(default=1024 * MIB, validator=[_int, v.gt(0)])

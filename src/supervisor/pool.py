@@ -188,7 +188,8 @@ class Pool:
             if self.state in (ModelState.FAILED, ModelState.STOPPED, ModelState.STOPPING):
                 why = self.failure or self.state.value
                 raise WorkerStartFailed(
-                    f"Failed to start workers for model {self.label}: {why}",
+                    f"Failed to start workers for model {self.config.name} "
+                    f"version: {self.config.version}: {why}",
                     log_tail=self.failure_log_tail,
                 )
             await self._changed.wait()

@@ -33,12 +33,13 @@ from quart_trio import QuartTrio
 
 from supervisor.api.apps import Apps, build_apps
 from supervisor.auth import Tokens, remove_key_file, write_key_file
-from supervisor.config import DEFAULT_MODEL, ModelConfig, ServerConfig
+from supervisor.config import DEFAULT_MODEL, ModelConfig, ServerConfig, name_from_url
 from supervisor.core import Supervisor, open_supervisor
 from supervisor.errors import SupervisorError, WorkerStartFailed
 from supervisor.metrics import Metrics
+from supervisor.pool import Pool
 from supervisor.process import Launcher
-from supervisor.registration import Registration, prepare_model
+from supervisor.registration import Registration, prepare_model, remove_paths
 
 __all__ = ["Endpoints", "ListenError", "serve"]
 
@@ -100,15 +101,14 @@ async def _serve_with(
     shutdown: trio.Event,
     task_status: trio.TaskStatus[Endpoints],
 ) -> None:
-    for model in config.models:
-        await _load_configured(sup, model, config, scratch)
+    pools = [await _load_configured(sup, model, config, scratch) for model in config.models]
     metrics = Metrics(sup.statistics)
     sup.on_batch = metrics.observe_batch
     apps = build_apps(sup, config, tokens, metrics, scratch)
     async with trio.open_nursery() as helpers:
         async with trio.open_nursery() as listeners:
             endpoints = await _start_listeners(listeners, apps, config, shutdown)
-            helpers.start_soon(_announce, sup, config, endpoints, tokens)
+            helpers.start_soon(_announce, [p for p in pools if p], endpoints, tokens)
             helpers.start_soon(_drain_after_grace, sup, shutdown, config.shutdown_grace)
             task_status.started(endpoints)
         helpers.cancel_scope.cancel()  # the listeners have drained
@@ -117,20 +117,34 @@ async def _serve_with(
 
 async def _load_configured(
     sup: Supervisor, model: ModelConfig, config: ServerConfig, scratch: Path
-) -> None:
-    """Load a configured model; one given by ``url`` is fetched and unpacked first."""
+) -> Pool | None:
+    """Load a configured model; one given by ``url`` is fetched and unpacked first.
+
+    Returns:
+        The model's pool, or None if it could not be loaded (the reason is logged).
+    """
     if not model.url:
         await sup.load_model(model, wait=False)
-        return
-    reg = Registration(url=model.url, model_name=model.name, handler=model.handler or None)
+        return sup.pool(model.name, model.version)
+    # a name that is only the archive's file name gives way to the manifest's modelName
+    named = model.name != name_from_url(model.url)
+    reg = Registration(
+        url=model.url, model_name=model.name if named else None, handler=model.handler or None
+    )
     own = attrs.asdict(model, recurse=False, filter=lambda a, _: a.name not in _IDENTITY)
     own["restart"] = attrs.asdict(model.restart)
     try:
         prepared, files = await prepare_model(reg, config, scratch, base=own)
     except SupervisorError as exc:
         log.error("model %s (%s) cannot be loaded: %s", model.name, model.url, exc.message)
-        return
-    await sup.load_model(prepared, wait=False, owned=files.leftovers())
+        return None
+    try:
+        await sup.load_model(prepared, wait=False, owned=files.leftovers())
+    except SupervisorError as exc:
+        await trio.to_thread.run_sync(remove_paths, files.leftovers())
+        log.error("model %s (%s) cannot be loaded: %s", model.name, model.url, exc.message)
+        return None
+    return sup.pool(prepared.name, prepared.version)
 
 
 @contextlib.contextmanager
@@ -205,20 +219,15 @@ async def _drain_after_grace(sup: Supervisor, shutdown: trio.Event, grace: float
         pool.stop(f"is stopping: the server is shutting down and {grace:g} s of grace are over")
 
 
-async def _announce(
-    sup: Supervisor, config: ServerConfig, endpoints: Endpoints, tokens: Tokens | None
-) -> None:
+async def _announce(pools: list[Pool], endpoints: Endpoints, tokens: Tokens | None) -> None:
     log.info(
         "listening: inference %s, management %s, metrics %s",
         endpoints.inference,
         endpoints.management,
         endpoints.metrics,
     )
-    for model in config.models:
-        try:
-            pool = sup.pool(model.name, model.version)
-        except SupervisorError:
-            continue  # it could not be loaded; already logged
+    for pool in pools:
+        model = pool.config
         try:
             await pool.wait_ready()
         except WorkerStartFailed as exc:

@@ -55,7 +55,9 @@ def build_apps(
         require_token(management, tokens, "management", {"/token", *_DESCRIPTION_PATHS})
     add_management_routes(management, ManagementContext(sup, config, tokens, scratch))
     _add_description(management, "management")
-    metrics_port = metrics_app(metrics)
+    metrics_port = metrics_app(
+        metrics, max_request_size=config.max_request_size, read_timeout=config.read_timeout
+    )
     _add_description(metrics_port, "metrics")
     return Apps(inference, management, metrics_port)
 

@@ -129,10 +129,9 @@ async def _register(ctx: ManagementContext, params: Mapping[str, Any]) -> Respon
         return json_response({"status": "Processing worker updates..."}, 202)
     try:
         await ctx.sup.pool(config.name, config.version).wait_ready()
-    except WorkerStartFailed as exc:
-        await ctx.sup.unload(config.name, version=config.version)
-        why = f"Failed to start workers for model {config.name} version: {config.version}"
-        raise WorkerStartFailed(f"{why}: {exc.message}", log_tail=exc.log_tail) from None
+    except WorkerStartFailed:
+        await ctx.sup.unload(config.name, version=config.version)  # rolled back, as TorchServe
+        raise
     return json_response({"status": f"{label} registered with {config.workers} initial workers"})
 
 
@@ -147,13 +146,7 @@ async def _scale(sup: Supervisor, name: str, version: str | None) -> Response:
     pool.scale(low)
     if not _flag("synchronous"):
         return json_response({"status": "Processing worker updates..."}, 202)
-    try:
-        await pool.wait_ready(low)
-    except WorkerStartFailed as exc:
-        raise WorkerStartFailed(
-            f"Failed to start workers for model {name} version: {pool.config.version}",
-            log_tail=exc.log_tail,
-        ) from None
+    await pool.wait_ready(low)  # WorkerStartFailed carries the reason and the log tail
     suffix = f", version: {version}" if version else ""
     return json_response({"status": f"Workers scaled to {low} for model: {name}{suffix}"})
 

@@ -15,9 +15,16 @@ from supervisor.metrics import Metrics
 __all__ = ["metrics_app"]
 
 
-def metrics_app(metrics: Metrics) -> QuartTrio:
+def metrics_app(
+    metrics: Metrics, *, max_request_size: int = 6553500, read_timeout: float = 30.0
+) -> QuartTrio:
     """Build the metrics app; its own responses count in ``Requests2XX`` and kin too."""
-    app = make_app("trio-supervisor-metrics", on_response=metrics.count_response)
+    app = make_app(
+        "trio-supervisor-metrics",
+        max_request_size=max_request_size,
+        read_timeout=read_timeout,
+        on_response=metrics.count_response,
+    )
 
     @app.route("/metrics", methods=["GET"])
     async def scrape() -> Response:

@@ -476,7 +476,7 @@ def _model_schema() -> Json:
         required,
         modelName=_t("string"),
         modelVersion=_t("string"),
-        modelUrl=_t("string", "The model directory, else the handler."),
+        modelUrl=_t("string", "The registration url, else the model directory, else the handler."),
         handler=_t("string"),
         runtime=_t("string"),
         state=_t("string", enum=states),
