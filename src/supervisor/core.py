@@ -26,6 +26,8 @@ import trio
 from handlers.protocol import InferItem, ReplyItem
 from supervisor.batching import Job
 from supervisor.config import ModelConfig, ServerConfig
+from supervisor.devices import device_for, visible_gpus
+from supervisor.errors import InvalidRequest
 from supervisor.pool import ModelState, Pool
 from supervisor.process import Launcher, ProcessLauncher
 from supervisor.registration import remove_paths
@@ -80,7 +82,12 @@ class Supervisor:
                 (the model stays registered, FAILED, so that describe explains it).
         """
         assert self._nursery is not None, "the supervisor is not running"
-        pool = Pool(config, self._launcher, random.Random(self._rng.random()))
+        gpus = await trio.to_thread.run_sync(visible_gpus)
+        try:
+            device_for(0, config.handler_config, gpus)
+        except ValueError as exc:
+            raise InvalidRequest(f"model {config.name}: {exc}") from None
+        pool = Pool(config, self._launcher, random.Random(self._rng.random()), gpus)
         pool.on_batch = self._batch_observer(config)
         self.registry.add(pool)
         await self._nursery.start(self._run_pool, pool, tuple(owned))

@@ -16,13 +16,14 @@ import enum
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import trio
 
 from handlers.protocol import InferItem
 from supervisor.batching import Job, fill_batch, take_first
 from supervisor.config import ModelConfig
+from supervisor.devices import Device, device_for
 from supervisor.errors import (
     InvalidRequest,
     ModelUnavailable,
@@ -60,9 +61,14 @@ class Pool:
     """
 
     def __init__(
-        self, config: ModelConfig, launcher: Launcher, rng: random.Random | None = None
+        self,
+        config: ModelConfig,
+        launcher: Launcher,
+        rng: random.Random | None = None,
+        gpus: Sequence[str] = (),
     ) -> None:
         self.config = config
+        self.gpus = tuple(gpus)
         self.state = ModelState.LOADING
         self.failure: str | None = None
         self.failure_log_tail: tuple[str, ...] = ()
@@ -216,8 +222,9 @@ class Pool:
 
     def _add_slot(self) -> None:
         assert self._nursery is not None
+        device = device_for(self._slot_count, self.config.handler_config, self.gpus)
         self._slot_count += 1
-        slot = Slot(self, f"w{self._slot_count}")
+        slot = Slot(self, f"w{self._slot_count}", device)
         self.slots.append(slot)
         self._nursery.start_soon(slot.run)
 
@@ -291,9 +298,10 @@ class Slot:
         slot_id: the slot's id, kept by every incarnation.
     """
 
-    def __init__(self, pool: Pool, slot_id: str) -> None:
+    def __init__(self, pool: Pool, slot_id: str, device: Device | None = None) -> None:
         self.pool = pool
         self.id = slot_id
+        self.device = device or Device(gpu_id=None)
         self.incarnation = 0
         self.restarts = 0
         self.worker: Worker | None = None
@@ -370,6 +378,8 @@ class Slot:
             worker_id=self.id,
             incarnation=self.incarnation,
             launcher=self.pool.launcher,
+            env=dict(self.device.env),
+            gpu_id=self.device.gpu_id,
         )
         self.worker = worker
         async with trio.open_nursery() as nursery:
@@ -467,6 +477,7 @@ class Slot:
             batches=w.batches if w else 0,
             last_exit=self.last_exit,
             log_tail=w.log.lines(20) if w else (),
+            gpu=self.device.physical,
         )
 
 

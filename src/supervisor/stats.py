@@ -40,6 +40,8 @@ class WorkerStats:
     batches: int
     last_exit: ExitStats | None
     log_tail: tuple[str, ...]
+    gpu: str | None = None
+    """The GPU the worker has (as ``CUDA_VISIBLE_DEVICES`` names it), if any."""
 
 
 @attrs.frozen

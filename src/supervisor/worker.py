@@ -105,7 +105,8 @@ class Worker:
         worker_id: the slot's id, stable across incarnations.
         incarnation: 1 for the first process of the slot, then 2, 3, ...
         launcher: starts the process.
-        env: extra environment for the process.
+        env: extra environment for the process (``CUDA_VISIBLE_DEVICES``).
+        gpu_id: the GPU the handler should use (None on CPU).
     """
 
     def __init__(
@@ -116,6 +117,7 @@ class Worker:
         incarnation: int,
         launcher: Launcher,
         env: dict[str, str] | None = None,
+        gpu_id: int | None = None,
     ) -> None:
         self.config = config
         self.id = worker_id
@@ -130,6 +132,7 @@ class Worker:
         self.ending = trio.Event()
         self._launcher = launcher
         self._env = env or {}
+        self.gpu_id = gpu_id
         self._proc: WorkerProcess | None = None
         self._t0 = trio.current_time()
         self._scope = trio.CancelScope()
@@ -239,7 +242,7 @@ class Worker:
             "handler": c.handler,
             "model_dir": c.model_dir,
             "batch_size": c.batch_size,
-            "gpu_id": None,
+            "gpu_id": self.gpu_id,
             "config": dict(c.handler_config),
         }
 
