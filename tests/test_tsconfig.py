@@ -706,3 +706,23 @@ def test_cli_help_states_the_precedence(capsys, monkeypatch):
     assert "--ts-config (TorchServe config.properties), then --config (TOML), then flags" in text
     for flag in ("--ts-config", "--disable-token-auth", "--enable-model-api", "NAME=ARCHIVE"):
         assert flag in text
+
+
+def test_model_config_yaml_sets_the_restart_policy():
+    from supervisor.config import model_config
+    from supervisor.tsconfig import model_yaml_settings
+
+    keys, _ = model_yaml_settings(
+        "maxRetryTimeoutInSec: 120\nrestartPolicy:\n  maxRestarts: 9\n  backoffMax: 4\n"
+    )
+    config = model_config({"name": "m", "handler": "h", **keys})
+    assert (config.restart.window, config.restart.max_restarts) == (120.0, 9)
+    assert config.restart.backoff_max == 4
+
+
+def test_unknown_restart_policy_keys_are_refused():
+    from supervisor.config import ConfigError
+    from supervisor.tsconfig import model_yaml_settings
+
+    with pytest.raises(ConfigError, match="restartPolicy: unknown key"):
+        model_yaml_settings("restartPolicy:\n  retries: 3\n")

@@ -493,7 +493,35 @@ def model_yaml_settings(yaml_text: str) -> tuple[_Table, _Table]:
         raise ConfigError(f"{_YAML}: invalid YAML: {exc}") from None
     data = _object(_YAML, {} if data is None else data)
     table = _mapped(data, _MODEL, _YAML)
+    restart: dict[str, Any] = {}
     if "maxRetryTimeoutInSec" in data:
         window = _seconds(f"{_YAML} maxRetryTimeoutInSec", data["maxRetryTimeoutInSec"])
-        table["restart"] = {"window": window}
+        restart["window"] = window
+    restart.update(_restart_policy(data.get("restartPolicy")))
+    if restart:
+        table["restart"] = restart
     return table, dict(data)
+
+
+_RESTART_KEYS = {
+    "maxRestarts": "max_restarts",
+    "window": "window",
+    "backoffInitial": "backoff_initial",
+    "backoffMax": "backoff_max",
+    "backoffFactor": "backoff_factor",
+    "jitter": "jitter",
+    "healthyAfter": "healthy_after",
+}
+
+
+def _restart_policy(section: Any) -> dict[str, Any]:
+    """Our own ``restartPolicy`` mapping in model-config.yaml (camelCase keys)."""
+    if section is None:
+        return {}
+    where = f"{_YAML} restartPolicy"
+    section = _object(where, section)
+    unknown = sorted(set(section) - set(_RESTART_KEYS))
+    if unknown:
+        known = ", ".join(sorted(_RESTART_KEYS))
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {known}")
+    return {_RESTART_KEYS[key]: value for key, value in section.items()}
