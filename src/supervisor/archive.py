@@ -10,7 +10,8 @@ A registration ``url`` is one of:
 
 Archives are unpacked into a fresh directory of their own, refusing absolute
 paths, ``..``, links and oversized contents; the caller removes the directory
-when the model is unloaded.
+when the model is unloaded. An archive holding nothing but one folder (a
+``torch-model-archiver --archive-format tgz`` one) is unpacked from that folder.
 """
 
 from __future__ import annotations
@@ -112,10 +113,25 @@ def open_model(source: Path, scratch: Path) -> ModelFiles:
     directory = Path(tempfile.mkdtemp(prefix="model-", dir=scratch))
     try:
         unpack(source, directory)
+        _hoist_single_folder(directory)
         return ModelFiles(directory, read_manifest(directory), owned=True)
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)
         raise
+
+
+def _hoist_single_folder(directory: Path) -> None:
+    """Make a lone top-level folder the root, as TorchServe does.
+
+    ``torch-model-archiver --archive-format tgz`` puts every file under
+    ``<model-name>/``; an archive with a manifest at its root is left alone.
+    """
+    entries = list(directory.iterdir())
+    if len(entries) != 1 or not entries[0].is_dir() or (directory / "MAR-INF").exists():
+        return
+    inner = entries[0].rename(directory.with_name(directory.name + ".root"))
+    directory.rmdir()
+    inner.rename(directory)
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:

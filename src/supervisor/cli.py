@@ -19,7 +19,7 @@ from typing import Any
 
 import trio
 
-from supervisor import tsconfig
+from supervisor import archiver, tsconfig
 from supervisor.archive import ARCHIVE_SUFFIXES
 from supervisor.config import ConfigError, ServerConfig, load_config, read_toml
 
@@ -86,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_server_flags(serve)
     for flag, kind, text in _MODEL_FLAGS + _RESTART_FLAGS:
         serve.add_argument(f"--{flag}", type=kind, help=text)
+    _add_archive(commands)
     return parser
 
 
@@ -125,6 +126,67 @@ def _add_server_flags(serve: argparse.ArgumentParser) -> None:
         help="allow registering and unregistering models over HTTP",
     )
     serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+
+
+def _add_archive(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``archive``: torch-model-archiver's flags (see supervisor.archiver)."""
+    archive = commands.add_parser(
+        "archive",
+        help="build a model archive (.mar) as torch-model-archiver does",
+        description="Build a model archive with torch-model-archiver's flags and layout. "
+        "A handler that is not a file here (a module name) is recorded as given.",
+    )
+    archive.add_argument("--model-name", required=True, help="the model's name")
+    archive.add_argument("-v", "--version", required=True, help="the model's version")
+    archive.add_argument(
+        "--handler", required=True, help="a handler file, a module or a TorchServe default"
+    )
+    archive.add_argument("--serialized-file", metavar="FILE", help="the weights")
+    archive.add_argument("--model-file", metavar="FILE", help="the file defining the model")
+    archive.add_argument(
+        "--extra-files", metavar="A,B,DIR", help="comma-separated files, dirs (merged) or globs"
+    )
+    archive.add_argument(
+        "--runtime", choices=archiver.RUNTIMES, default="python", help="default: python"
+    )
+    archive.add_argument(
+        "--export-path", metavar="DIR", default=".", help="where to write it (default: here)"
+    )
+    archive.add_argument(
+        "--archive-format",
+        choices=tuple(archiver.FORMATS),
+        default="default",
+        help="default: NAME.mar (deflated zip); zip-store: NAME.mar, not compressed; "
+        "tgz: NAME.tar.gz; no-archive: a NAME/ directory",
+    )
+    archive.add_argument("-f", "--force", action="store_true", help="overwrite an existing one")
+    archive.add_argument("-r", "--requirements-file", metavar="FILE", help="requirements.txt")
+    archive.add_argument("-c", "--config-file", metavar="FILE", help="model-config.yaml")
+
+
+def _archive(args: argparse.Namespace) -> int:
+    extra = tuple(p.strip() for p in (args.extra_files or "").split(",") if p.strip())
+    spec = archiver.ArchiveSpec(
+        model_name=args.model_name,
+        version=args.version,
+        handler=args.handler,
+        serialized_file=args.serialized_file,
+        model_file=args.model_file,
+        extra_files=extra,
+        runtime=args.runtime,
+        export_path=args.export_path,
+        archive_format=args.archive_format,
+        force=args.force,
+        requirements_file=args.requirements_file,
+        config_file=args.config_file,
+    )
+    try:
+        path = archiver.build(spec)
+    except archiver.ArchiverError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"archived {spec.model_name} {spec.version} to {path}")
+    return 0
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -281,6 +343,8 @@ def _leaves(error: BaseException) -> list[BaseException]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
+    if args.command == "archive":
+        return _archive(args)
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
