@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import psutil
@@ -75,24 +75,37 @@ def gone(pid: int) -> bool:
 def make_mar(
     store: Path,
     name: str,
-    handler_source: str,
+    handler_source: str | None,
     *,
     version: str = "1.0",
     module: str = "model_handler",
-    extra: dict[str, str] | None = None,
+    extra: Mapping[str, str | bytes] | None = None,
+    manifest_model: Mapping[str, str] | None = None,
 ) -> Path:
-    """Write ``<name>.mar`` into ``store``: a manifest, a handler module, extra files."""
+    """Write ``<name>.mar`` into ``store``: a manifest, a handler module, extra files.
+
+    ``handler_source`` None writes no handler module (for a built-in handler named
+    in ``manifest_model``); ``extra`` files may be text or bytes (weights, images);
+    ``manifest_model`` adds to (or overrides) the manifest's ``model`` section, e.g.
+    ``{"serializedFile": "model.pt", "handler": "image_classifier"}``.
+    """
     store.mkdir(parents=True, exist_ok=True)
     manifest = {
         "createdOn": "21/11/2026 12:00:00",
         "runtime": "python",
-        "model": {"modelName": name, "modelVersion": version, "handler": f"{module}.py"},
+        "model": {
+            "modelName": name,
+            "modelVersion": version,
+            "handler": f"{module}.py",
+            **(manifest_model or {}),
+        },
         "archiverVersion": "0.12.0",
     }
     path = store / f"{name}.mar"
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("MAR-INF/MANIFEST.json", json.dumps(manifest))
-        archive.writestr(f"{module}.py", handler_source)
-        for file_name, text in (extra or {}).items():
-            archive.writestr(file_name, text)
+        if handler_source is not None:
+            archive.writestr(f"{module}.py", handler_source)
+        for file_name, content in (extra or {}).items():
+            archive.writestr(file_name, content)
     return path

@@ -206,3 +206,10 @@ def test_giant_unterminated_write_keeps_the_pending_buffer_small(size):
         tail.feed(b"z" * size)
     assert len(tail._partial) <= 100
     assert tail.lines() == ("z" * 100 + MARK,)
+
+
+def test_ignored_lines_are_returned_but_not_kept():
+    tail = LogTail(max_lines=2, ignore=("[METRICS]",))
+    lines = tail.feed(b"Traceback: boom\n[METRICS] HandlerTime.ms:3\n[METRICS] x:1\n")
+    assert lines == ["Traceback: boom", "[METRICS] HandlerTime.ms:3", "[METRICS] x:1"]
+    assert tail.lines() == ("Traceback: boom",)

@@ -1,8 +1,12 @@
 """The worker side of trio-supervisor: the model author's API.
 
 Handlers follow TorchServe's contract: a class with ``initialize(context)`` and
-``handle(batch, context)``, or a module-level ``handle(batch, context)``. This
-package never imports the supervisor, trio, Quart or Hypercorn.
+``handle(batch, context)``, or a module-level ``handle(batch, context)``.
+``handlers.torch_handler.BaseHandler`` is TorchServe's default handler, the
+built-ins (``handlers.builtin``) stand in for TorchServe's by name, and a handler
+written for TorchServe (``from ts.torch_handler.base_handler import ...``) runs
+unchanged (``handlers.torchserve``). This package never imports the supervisor,
+trio, Quart or Hypercorn, and imports torch only when a handler is initialised.
 """
 
 from __future__ import annotations

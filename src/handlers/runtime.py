@@ -21,7 +21,8 @@ import threading
 import traceback
 from typing import Any
 
-from handlers.base import Context, HandlerFunction, PredictionException, decode_param, load_handler
+from handlers.base import HandlerFunction, PredictionException, decode_param, load_handler
+from handlers.context import Context
 from handlers.protocol import (
     Decoder,
     InferItem,
@@ -33,8 +34,9 @@ from handlers.protocol import (
     encode,
     encode_reply,
 )
+from handlers.torchserve import install_torchserve_names
 
-__all__ = ["main"]
+__all__ = ["main", "read_manifest", "run_batch", "serialise"]
 
 
 class Channel:
@@ -114,15 +116,17 @@ def _load(header: dict[str, Any], channel: Channel) -> tuple[HandlerFunction, Co
     if model_dir:
         sys.path.insert(0, model_dir)
         os.chdir(model_dir)
-    context = Context(
-        model_name=str(header["model_name"]),
-        model_version=str(header["model_version"]),
-        model_dir=model_dir,
-        batch_size=int(header["batch_size"]),
-        gpu_id=header.get("gpu_id"),
-        model_yaml_config=dict(header.get("config") or {}),
-    )
+    install_torchserve_names()
     try:
+        context = Context(
+            model_name=str(header["model_name"]),
+            model_version=str(header["model_version"]),
+            model_dir=model_dir,
+            batch_size=int(header["batch_size"]),
+            gpu_id=header.get("gpu_id"),
+            model_yaml_config=dict(header.get("config") or {}),
+            manifest=read_manifest(model_dir),
+        )
         handle = load_handler(str(header["handler"]), context)
     except Exception as exc:
         traceback.print_exc()
@@ -133,6 +137,22 @@ def _load(header: dict[str, Any], channel: Channel) -> tuple[HandlerFunction, Co
     print(f"worker: loaded {context.model_name} with {header['handler']}", flush=True)
     channel.send(encode(Message(Kind.READY, {"pid": os.getpid()})))
     return handle, context
+
+
+def read_manifest(model_dir: str) -> dict[str, Any] | None:
+    """``MAR-INF/MANIFEST.json`` of the model directory, or None if there is none.
+
+    Raises:
+        ValueError: the manifest is not a JSON object.
+    """
+    path = os.path.join(model_dir, "MAR-INF", "MANIFEST.json") if model_dir else ""
+    if not (path and os.path.isfile(path)):
+        return None
+    with open(path, encoding="utf-8") as file:
+        manifest = json.load(file)
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path} is not a JSON object")
+    return manifest
 
 
 def run_batch(handle: HandlerFunction, context: Context, items: list[InferItem]) -> list[ReplyItem]:
@@ -183,7 +203,9 @@ def _fail_all(items: list[InferItem], status: int, message: str) -> list[ReplyIt
 
 def _reply(item: InferItem, result: Any, context: Context, idx: int) -> ReplyItem:
     headers = dict(context.get_response_headers(idx))
-    content_type = headers.pop("Content-Type", "")
+    content_type = ""
+    for key in [k for k in headers if k.lower() == "content-type"]:
+        content_type = headers.pop(key)
     try:
         body, default_type = serialise(result)
     except (TypeError, ValueError) as exc:

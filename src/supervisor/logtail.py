@@ -20,11 +20,19 @@ class LogTail:
         max_lines: the most lines kept.
         max_bytes: the most bytes kept, over all kept lines.
         max_line_bytes: longer lines are cut to this length (and marked).
+        ignore: lines starting with one of these are returned but not kept
+            (routine output, such as a handler's metric lines, must not push
+            the lines that explain a failure out of the tail).
     """
 
     def __init__(
-        self, max_lines: int = 200, max_bytes: int = 64 * 1024, max_line_bytes: int = 4096
+        self,
+        max_lines: int = 200,
+        max_bytes: int = 64 * 1024,
+        max_line_bytes: int = 4096,
+        ignore: tuple[str, ...] = (),
     ) -> None:
+        self._ignore = ignore
         self._lines: deque[str] = deque()
         self._size = 0
         self._partial = bytearray()
@@ -72,6 +80,8 @@ class LogTail:
         return text + " [...line cut]" if cut else text
 
     def _push(self, line: str) -> None:
+        if self._ignore and line.startswith(self._ignore):
+            return
         # Sizes are counted in UTF-8 bytes: the bound is on bytes, not characters.
         self._lines.append(line)
         self._size += len(line.encode())

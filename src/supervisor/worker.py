@@ -127,7 +127,7 @@ class Worker:
         self.started_at = time.time()
         self.ready_at: float | None = None
         self.exit: ExitRecord | None = None
-        self.log = LogTail(config.log_lines, config.log_bytes)
+        self.log = LogTail(config.log_lines, config.log_bytes, ignore=("[METRICS]",))
         self.dead = trio.Event()
         self.ending = trio.Event()
         self._launcher = launcher
