@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import shutil
+from functools import partial
 
+import httpx
 import pytest
+import trio
 
-from supervisor import InvalidRequest, ModelConfig, open_supervisor
+from supervisor import InvalidRequest, ModelConfig, ServerConfig, open_supervisor
 from supervisor.devices import Device, device_for, parse_visible, visible_gpus
+from supervisor.server import serve
 
 
 def test_visible_devices_are_parsed_from_the_environment_value():
@@ -32,12 +36,16 @@ def test_device_ids_index_the_visible_gpus():
 
 def test_cpu_models_and_machines_without_gpus_get_none():
     assert device_for(0, {}, ()) == Device(gpu_id=None)
-    assert device_for(0, {"deviceType": "cpu"}, ("0",)) == Device(gpu_id=None)
+    cpu = device_for(0, {"deviceType": "cpu"}, ("0",))
+    assert cpu.gpu_id is None
+    assert cpu.env == {"CUDA_VISIBLE_DEVICES": ""}  # a CPU model sees no GPU at all
 
 
 def test_a_device_id_that_is_not_visible_is_an_error():
     with pytest.raises(ValueError, match="deviceIds names GPU 3"):
         device_for(0, {"deviceIds": [3]}, ("0", "1"))
+    with pytest.raises(ValueError, match="deviceIds names GPU -1"):
+        device_for(0, {"deviceIds": [-1]}, ("0", "1"))
 
 
 DEVICE_REPORTER = """
@@ -109,3 +117,28 @@ class OnGpu:
         assert reply.ok, reply.message
         assert b'"device": "cuda:0"' in reply.body
         assert b'"sum": 8.0' in reply.body
+
+
+@pytest.mark.slow
+async def test_a_bad_device_id_skips_that_model_not_the_server(fake_gpus, handler_dir, nursery):
+    model_dir = str(handler_dir("reporter", DEVICE_REPORTER))
+    good = ModelConfig(name="good", handler="reporter", model_dir=model_dir)
+    bad = ModelConfig(
+        name="bad", handler="reporter", model_dir=model_dir, handler_config={"deviceIds": [5]}
+    )
+    config = ServerConfig(
+        inference_address="127.0.0.1:0",
+        management_address="127.0.0.1:0",
+        metrics_address="127.0.0.1:0",
+        models=(good, bad),
+        disable_token_authorization=True,
+        shutdown_grace=1.0,
+    )
+    shutdown = trio.Event()
+    endpoints = await nursery.start(partial(serve, config, shutdown=shutdown, handle_signals=False))
+    async with httpx.AsyncClient(timeout=30) as client:
+        r = await client.post(f"{endpoints.inference}/predictions/good", content=b"x")
+        assert r.status_code == 200
+        r = await client.post(f"{endpoints.inference}/predictions/bad", content=b"x")
+        assert r.status_code == 404
+    shutdown.set()

@@ -6,7 +6,8 @@ take the model's ``deviceIds`` (indices into the visible GPUs; all of them when
 absent) round-robin. Each worker sees only its own GPU: its
 ``CUDA_VISIBLE_DEVICES`` names that one device, so inside the worker it is
 ``cuda:0`` and the handler's ``gpu_id`` is 0. A model whose ``deviceType`` is
-``cpu``, or a machine without GPUs, gets ``gpu_id`` None and no GPU at all.
+``cpu`` gets ``gpu_id`` None and an empty ``CUDA_VISIBLE_DEVICES`` (no GPU at
+all); on a machine without GPUs ``gpu_id`` is None and the environment is left alone.
 """
 
 from __future__ import annotations
@@ -67,8 +68,10 @@ def device_for(
     Raises:
         ValueError: ``deviceIds`` names a GPU that is not visible.
     """
-    if not visible or str(handler_config.get("deviceType", "")).lower() == "cpu":
+    if not visible:
         return Device(gpu_id=None)
+    if str(handler_config.get("deviceType", "")).lower() == "cpu":
+        return Device(gpu_id=None, env={"CUDA_VISIBLE_DEVICES": ""})  # hide every GPU
     ids = handler_config.get("deviceIds")
     chosen = list(visible) if not ids else [_pick(visible, i) for i in ids]
     physical = chosen[worker_number % len(chosen)]
@@ -77,7 +80,10 @@ def device_for(
 
 def _pick(visible: Sequence[str], index: Any) -> str:
     try:
-        return visible[int(index)]
+        position = int(index)
+        if position < 0:
+            raise IndexError(position)
+        return visible[position]
     except (ValueError, TypeError, IndexError):
         raise ValueError(
             f"deviceIds names GPU {index!r}, but the visible GPUs are {list(visible)}"

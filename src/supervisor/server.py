@@ -124,7 +124,11 @@ async def _load_configured(
         The model's pool, or None if it could not be loaded (the reason is logged).
     """
     if not model.url:
-        await sup.load_model(model, wait=False)
+        try:
+            await sup.load_model(model, wait=False)
+        except SupervisorError as exc:
+            log.error("model %s cannot be loaded: %s", model.name, exc.message)
+            return None
         return sup.pool(model.name, model.version)
     # a name that is only the archive's file name gives way to the manifest's modelName
     named = model.name != name_from_url(model.url)
