@@ -424,6 +424,7 @@ def test_model_yaml_maps_frontend_keys_and_keeps_everything_for_the_handler():
         "response_timeout": 30,
         "startup_timeout": 600,
         "job_queue_size": 16,
+        "client_timeout": pytest.approx(5.0),  # clientTimeoutInMills: 5000
         "restart": {"window": 120},
     }
     assert handler_config["deviceIds"] == [0, 1]

@@ -9,13 +9,15 @@ jobs waiting is under load: it takes what is queued and then waits up to
 
 from __future__ import annotations
 
+import math
+
 import attrs
 import trio
 
 from handlers.protocol import InferItem, ReplyItem
-from supervisor.errors import SupervisorError
+from supervisor.errors import DeadlineExceeded, SupervisorError
 
-__all__ = ["Job", "fill_batch", "take_first"]
+__all__ = ["Job", "fill_batch", "live", "take_first"]
 
 
 @attrs.define(eq=False)
@@ -25,11 +27,13 @@ class Job:
     Attributes:
         item: what the worker gets.
         enqueued_at: ``trio.current_time()`` when it was queued.
+        deadline: ``trio.current_time()`` after which the answer is no longer wanted.
         reply: the worker's answer, once there is one.
         error: the failure, if it failed instead.
     """
 
     item: InferItem
+    deadline: float = math.inf
     enqueued_at: float = attrs.field(factory=trio.current_time)
     reply: ReplyItem | None = None
     error: SupervisorError | None = None
@@ -54,12 +58,36 @@ class Job:
             self._done.set()
 
     async def wait(self) -> ReplyItem:
-        """Wait for the answer; return the reply or raise the error."""
-        await self._done.wait()
+        """Wait for the answer (until the deadline); return the reply or raise the error.
+
+        If the caller is cancelled (its client went away), the job is given up:
+        a worker that has not taken it yet never will.
+        """
+        try:
+            with trio.move_on_at(self.deadline):
+                await self._done.wait()
+        except BaseException:
+            if not self.answered:
+                self.fail(DeadlineExceeded("the client went away before the answer"))
+            raise
+        if not self.answered:
+            self.fail(DeadlineExceeded("the request's deadline passed before it was answered"))
         if self.error is not None:
             raise self.error
         assert self.reply is not None
         return self.reply
+
+    def expired(self, now: float) -> bool:
+        """Whether the job should not go to a worker any more (answered or too late)."""
+        if not self.answered and now >= self.deadline:
+            self.fail(DeadlineExceeded("the request's deadline passed before a worker took it"))
+        return self.answered
+
+
+def live(batch: list[Job]) -> list[Job]:
+    """The jobs of ``batch`` that still want an answer; late ones are answered 504."""
+    now = trio.current_time()
+    return [job for job in batch if not job.expired(now)]
 
 
 async def take_first(receive: trio.MemoryReceiveChannel[Job]) -> tuple[Job, bool]:

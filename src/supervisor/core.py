@@ -13,6 +13,7 @@ it tears them down at once. Either way no worker process survives.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -139,9 +140,18 @@ class Supervisor:
         item = InferItem(uuid.uuid4().hex, dict(headers or {}), {"body": (content_type, body)})
         return await self.submit(item, name, version).wait()
 
-    def submit(self, item: InferItem, name: str, version: str | None = None) -> Job:
-        """Queue a request for ``name``; await ``.wait()`` on the returned job."""
-        return self.registry.get(name, version).submit(item)
+    def submit(
+        self, item: InferItem, name: str, version: str | None = None, deadline: float = math.inf
+    ) -> Job:
+        """Queue a request for ``name``; await ``.wait()`` on the returned job.
+
+        Args:
+            item: the request.
+            name: the model.
+            version: the model version (the default one if None).
+            deadline: ``trio.current_time()`` after which the answer is not wanted.
+        """
+        return self.registry.get(name, version).submit(item, deadline)
 
     async def describe_handler(self, name: str, version: str | None = None) -> Any:
         """Ask a live worker's handler to describe itself (``describe_handle()``).

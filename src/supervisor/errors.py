@@ -14,6 +14,7 @@
     ├── MethodNotAllowed           405  turned off (model registration without the flag)
     ├── ModelUnavailable           503  FAILED, stopping, or its queue is full
     ├── WorkerStartFailed          500  a worker could not load the model
+    ├── DeadlineExceeded           504  the request's own deadline passed
     └── WorkerFailure                   a request's worker failed while serving it
         ├── WorkerDied             500  (507 when killed by SIGKILL, e.g. the OOM killer)
         └── WorkerTimeout          504  no reply within response_timeout
@@ -27,6 +28,7 @@ from __future__ import annotations
 import signal
 
 __all__ = [
+    "DeadlineExceeded",
     "DownloadFailed",
     "Forbidden",
     "InvalidModel",
@@ -191,3 +193,10 @@ class Unauthorized(SupervisorError):
 
     status = 401
     type_name = "InvalidKeyException"
+
+
+class DeadlineExceeded(SupervisorError):
+    """The request's deadline passed before it was answered; it never reaches a worker later."""
+
+    status = 504
+    type_name = "RequestTimeoutException"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -21,7 +22,7 @@ from collections.abc import Callable, Sequence
 import trio
 
 from handlers.protocol import InferItem
-from supervisor.batching import Job, fill_batch, take_first
+from supervisor.batching import Job, fill_batch, live, take_first
 from supervisor.config import ModelConfig
 from supervisor.devices import Device, device_for
 from supervisor.errors import (
@@ -112,7 +113,7 @@ class Pool:
         """Wait until every slot has ended and the pool's task has returned."""
         await self._finished.wait()
 
-    def submit(self, item: InferItem) -> Job:
+    def submit(self, item: InferItem, deadline: float = math.inf) -> Job:
         """Queue one request; the returned job is answered exactly once.
 
         Raises:
@@ -120,7 +121,9 @@ class Pool:
                 its queue is full.
         """
         self._check_available()
-        job = Job(item)
+        if self.config.client_timeout:
+            deadline = min(deadline, trio.current_time() + self.config.client_timeout)
+        job = Job(item, deadline)
         try:
             self._send.send_nowait(job)
         except trio.WouldBlock:
@@ -442,6 +445,9 @@ class Slot:
             raise
 
     async def _dispatch(self, worker: Worker, batch: list[Job]) -> None:
+        batch = live(batch)  # drop jobs whose client left or whose deadline passed
+        if not batch:
+            return
         now = trio.current_time()
         for job in batch:
             job.dispatched_at = now

@@ -314,6 +314,7 @@ _MODEL: dict[str, tuple[str, _Convert]] = {
     "responseTimeout": ("response_timeout", _seconds),
     "startupTimeout": ("startup_timeout", _seconds),
     "jobQueueSize": ("job_queue_size", _int),
+    "clientTimeoutInMills": ("client_timeout", _millis),
 }
 _JSON_MODEL = {**_MODEL, "marName": ("url", _text)}
 _USED = frozenset(
@@ -472,7 +473,7 @@ def model_yaml_settings(yaml_text: str) -> tuple[_Table, _Table]:
     ``window`` seconds and the model is FAILED. The two are not the same
     measure: with ``max_restarts`` fixed a longer window gives up sooner, not
     later, so raise ``max_restarts`` with it where the difference matters.
-    ``deviceIds``, ``deviceType``, ``clientTimeoutInMills``, ``parallelType`` and
+    ``deviceIds``, ``deviceType``, ``parallelType`` and
     the rest are not mapped; they stay in the handler config.
 
     Args:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -13,7 +14,12 @@ from handlers.protocol import InferItem, ReplyItem
 from supervisor.api.common import error_response, json_response
 from supervisor.batching import Job
 from supervisor.core import Supervisor
-from supervisor.errors import ModelNotFound, ModelVersionNotFound, SupervisorError
+from supervisor.errors import (
+    InvalidRequest,
+    ModelNotFound,
+    ModelVersionNotFound,
+    SupervisorError,
+)
 
 __all__ = ["RequestObserver", "add_inference_routes"]
 
@@ -38,8 +44,9 @@ def add_inference_routes(app: QuartTrio, sup: Supervisor, observe: RequestObserv
         started = trio.current_time()
         job: Job | None = None
         try:
+            deadline = _deadline(started)
             item = await _item(extra, explain)
-            job = sup.submit(item, model, version)
+            job = sup.submit(item, model, version, deadline)
             response = _response(await job.wait())
         except (ModelNotFound, ModelVersionNotFound) as exc:
             return error_response(exc)  # no metric series for made-up names
@@ -68,6 +75,23 @@ def _add_routes(app: QuartTrio, prefix: str, explain: bool, infer: Infer) -> Non
     app.add_url_rule(f"/{prefix}/<model>", view_func=route, methods=methods)
     app.add_url_rule(f"/{prefix}/<model>/<version>", view_func=route, methods=methods)
     app.add_url_rule(f"/{prefix}/<model>/<version>/<path:extra>", view_func=route, methods=methods)
+
+
+DEADLINE_HEADER = "X-Client-Timeout-Ms"
+"""A request header: milliseconds the client will wait for the answer."""
+
+
+def _deadline(started: float) -> float:
+    raw = request.headers.get(DEADLINE_HEADER)
+    if raw is None:
+        return math.inf
+    try:
+        millis = float(raw)
+    except ValueError:
+        millis = -1.0
+    if not millis > 0:
+        raise InvalidRequest(f"{DEADLINE_HEADER} must be a positive number of milliseconds")
+    return started + millis / 1000
 
 
 def _queue_time(job: Job | None) -> float | None:
