@@ -11,6 +11,7 @@ import trio
 
 from supervisor import InvalidRequest, ModelConfig, ServerConfig, open_supervisor
 from supervisor.devices import Device, device_for, parse_visible, visible_gpus
+from supervisor.pool import threads_per_worker
 from supervisor.server import serve
 
 
@@ -142,3 +143,38 @@ async def test_a_bad_device_id_skips_that_model_not_the_server(fake_gpus, handle
         r = await client.post(f"{endpoints.inference}/predictions/bad", content=b"x")
         assert r.status_code == 404
     shutdown.set()
+
+
+THREAD_REPORTER = """
+import os
+
+class Threads:
+    def handle(self, batch, context):
+        return [{"omp": os.environ.get("OMP_NUM_THREADS"), "pid": os.getpid()} for _ in batch]
+"""
+
+
+def test_threads_are_the_cores_shared_among_the_workers():
+    assert threads_per_worker(16, 4) == 4
+    assert threads_per_worker(2, 3) == 1  # never zero
+    assert threads_per_worker(8, 0) == 8
+
+
+@pytest.mark.slow
+async def test_workers_get_their_share_of_the_cores(handler_dir, monkeypatch):
+    import os
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    model_dir = str(handler_dir("threads", THREAD_REPORTER))
+    async with open_supervisor() as sup:
+        await sup.load_model(
+            ModelConfig(name="t", handler="threads", model_dir=model_dir, workers=2)
+        )
+        reply = await sup.predict("t", b"x")
+        share = threads_per_worker(os.cpu_count() or 1, 2)
+        assert f'"omp": "{share}"'.encode() in reply.body
+        await sup.load_model(
+            ModelConfig(name="fixed", handler="threads", model_dir=model_dir, torch_threads=3)
+        )
+        reply = await sup.predict("fixed", b"x")
+        assert b'"omp": "3"' in reply.body  # configured wins

@@ -101,6 +101,8 @@ class ModelConfig:
         job_queue_size: requests that may wait for a worker; more get 503 at once.
         client_timeout: seconds a request may wait for its answer (0: no limit); a
             request past it gets 504 and is never handed to a worker afterwards.
+        torch_threads: torch's intra-op threads per worker; 0 shares the machine's
+            cores among all the workers running on it.
         response_timeout: the longest a worker may take on one batch, in seconds.
         startup_timeout: the longest a worker may take to load the model, in seconds.
         heartbeat_interval: seconds between heartbeats to an idle or busy worker.
@@ -123,6 +125,7 @@ class ModelConfig:
     max_batch_delay: float = attrs.field(default=10 * MILLISECONDS, validator=_non_negative)
     job_queue_size: int = attrs.field(default=100, validator=[_int, v.ge(1)])
     client_timeout: float = attrs.field(default=0.0, validator=_non_negative)
+    torch_threads: int = attrs.field(default=0, validator=[_int, v.ge(0)])
     response_timeout: float = attrs.field(default=120 * SECONDS, validator=_positive)
     startup_timeout: float = attrs.field(default=120 * SECONDS, validator=_positive)
     heartbeat_interval: float = attrs.field(default=1 * SECONDS, validator=_positive)

@@ -88,7 +88,13 @@ class Supervisor:
             device_for(0, config.handler_config, gpus)
         except ValueError as exc:
             raise InvalidRequest(f"model {config.name}: {exc}") from None
-        pool = Pool(config, self._launcher, random.Random(self._rng.random()), gpus)
+        pool = Pool(
+            config,
+            self._launcher,
+            random.Random(self._rng.random()),
+            gpus,
+            machine_workers=self.worker_count,
+        )
         pool.on_batch = self._batch_observer(config)
         self.registry.add(pool)
         await self._nursery.start(self._run_pool, pool, tuple(owned))
@@ -185,6 +191,10 @@ class Supervisor:
         if ended is not None:
             await ended.wait()  # workers gone and the model's files removed
         self.registry.remove(pool)
+
+    def worker_count(self) -> int:
+        """How many workers run (or are starting) on this machine, all models together."""
+        return sum(len(pool.active_slots()) for pool in self.registry)
 
     def set_default(self, name: str, version: str) -> None:
         """Route requests without a version to ``version`` of ``name``."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import enum
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -42,6 +43,11 @@ __all__ = ["ModelState", "Pool", "Slot"]
 log = logging.getLogger("supervisor.pool")
 
 
+def threads_per_worker(cpus: int, workers: int) -> int:
+    """Each worker's share of the cores: oversubscribed torch threads thrash."""
+    return max(1, cpus // max(1, workers))
+
+
 class ModelState(enum.Enum):
     """The life of a model version."""
 
@@ -67,9 +73,11 @@ class Pool:
         launcher: Launcher,
         rng: random.Random | None = None,
         gpus: Sequence[str] = (),
+        machine_workers: Callable[[], int] | None = None,
     ) -> None:
         self.config = config
         self.gpus = tuple(gpus)
+        self._machine_workers = machine_workers
         self.state = ModelState.LOADING
         self.failure: str | None = None
         self.failure_log_tail: tuple[str, ...] = ()
@@ -171,6 +179,14 @@ class Pool:
         if workers == 0:
             self._fail_queued(ModelUnavailable(self._no_worker_message()))
         self._notify()
+
+    def thread_env(self) -> dict[str, str]:
+        """The thread settings for a new worker: its share of the cores, unless set."""
+        if "OMP_NUM_THREADS" in os.environ and not self.config.torch_threads:
+            return {}  # the operator chose
+        workers = self._machine_workers() if self._machine_workers else len(self.active_slots())
+        threads = self.config.torch_threads or threads_per_worker(os.cpu_count() or 1, workers)
+        return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
     def active_slots(self) -> list[Slot]:
         """The slots that take work (not stopping after a scale-down)."""
@@ -381,7 +397,7 @@ class Slot:
             worker_id=self.id,
             incarnation=self.incarnation,
             launcher=self.pool.launcher,
-            env=dict(self.device.env),
+            env={**self.device.env, **self.pool.thread_env()},
             gpu_id=self.device.gpu_id,
         )
         self.worker = worker
