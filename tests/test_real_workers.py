@@ -261,3 +261,27 @@ def test_model_config_is_frozen():
     config = ModelConfig(name="m", handler="h")
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         config.workers = 3  # type: ignore[misc]
+
+
+async def test_a_warm_spare_takes_over_the_moment_a_worker_dies(handler_dir):
+    config = echo_model(handler_dir, warm_spare=True)
+    async with open_supervisor() as sup:
+        await sup.load_model(config)
+        await eventually(lambda: sup.describe("echo")[0].spare_pid is not None)
+        spare = sup.describe("echo")[0].spare_pid
+        first = sup.describe("echo")[0].workers[0].pid
+        os.kill(first, signal.SIGKILL)
+        killed_at = trio.current_time()
+        while True:  # back to back, as a client would
+            try:
+                reply = await sup.predict("echo", b"hi", content_type="text/plain")
+                break
+            except WorkerDied:
+                continue
+        took = trio.current_time() - killed_at
+        assert f'"pid": {spare}'.encode() in reply.body  # served by the spare, no new process
+        assert took < 1.0
+        worker = sup.describe("echo")[0].workers[0]
+        assert (worker.pid, worker.incarnation) == (spare, 2)
+        await eventually(lambda: sup.describe("echo")[0].spare_pid not in (None, spare))
+    assert gone(spare)

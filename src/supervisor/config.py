@@ -103,6 +103,8 @@ class ModelConfig:
             request past it gets 504 and is never handed to a worker afterwards.
         torch_threads: torch's intra-op threads per worker; 0 shares the machine's
             cores among all the workers running on it.
+        warm_spare: keep one standby worker with the model loaded, which takes over
+            the moment a worker dies (then another is started in the background).
         response_timeout: the longest a worker may take on one batch, in seconds.
         startup_timeout: the longest a worker may take to load the model, in seconds.
         heartbeat_interval: seconds between heartbeats to an idle or busy worker.
@@ -126,6 +128,7 @@ class ModelConfig:
     job_queue_size: int = attrs.field(default=100, validator=[_int, v.ge(1)])
     client_timeout: float = attrs.field(default=0.0, validator=_non_negative)
     torch_threads: int = attrs.field(default=0, validator=[_int, v.ge(0)])
+    warm_spare: bool = attrs.field(default=False, validator=v.instance_of(bool))
     response_timeout: float = attrs.field(default=120 * SECONDS, validator=_positive)
     startup_timeout: float = attrs.field(default=120 * SECONDS, validator=_positive)
     heartbeat_interval: float = attrs.field(default=1 * SECONDS, validator=_positive)

@@ -35,6 +35,7 @@ from supervisor.errors import (
 )
 from supervisor.policy import Backoff, Intensity, decide
 from supervisor.process import Launcher
+from supervisor.spare import Spare, SpareKeeper
 from supervisor.stats import ExitStats, ModelStats, WorkerStats
 from supervisor.worker import ExitRecord, NotDelivered, Worker, WorkerState
 
@@ -78,6 +79,7 @@ class Pool:
         self.config = config
         self.gpus = tuple(gpus)
         self._machine_workers = machine_workers
+        self.spares = SpareKeeper(self) if config.warm_spare else None
         self.state = ModelState.LOADING
         self.failure: str | None = None
         self.failure_log_tail: tuple[str, ...] = ()
@@ -107,6 +109,8 @@ class Pool:
                 self._nursery = nursery
                 for _ in range(self.config.workers):
                     self._add_slot()
+                if self.spares is not None:
+                    nursery.start_soon(self.spares.run, nursery)
                 self._notify()
                 task_status.started(self)
                 await self._unloaded.wait()
@@ -198,6 +202,8 @@ class Pool:
             self._set_state(ModelState.STOPPING)
         self._send.close()
         self._unloaded.set()
+        if self.spares is not None:
+            self.spares.stop()
         self._fail_queued(ModelUnavailable(f"Model {self.label} {reason}"))
         for slot in self.slots:
             slot.stop()
@@ -237,6 +243,7 @@ class Pool:
             queue_capacity=self.config.job_queue_size,
             requests=self.requests,
             loaded_at=self.loaded_at,
+            spare_pid=self.spares.ready.worker.pid if self.spares and self.spares.ready else None,
         )
 
     def _add_slot(self) -> None:
@@ -278,6 +285,8 @@ class Pool:
                 f"Model {self.label} is FAILED: {self.failure}", log_tail=record.log_tail
             )
         )
+        if self.spares is not None:
+            self.spares.stop()
         for slot in self.slots:
             slot.stop()
 
@@ -392,6 +401,9 @@ class Slot:
 
     async def _incarnate(self) -> ExitRecord:
         self.incarnation += 1
+        spare = self.pool.spares.take() if self.pool.spares and self.incarnation > 1 else None
+        if spare is not None:
+            return await self._take_over(spare)
         worker = Worker(
             self.pool.config,
             worker_id=self.id,
@@ -417,6 +429,31 @@ class Slot:
                 )
                 await self._serve(worker)
                 worker.stop()
+        assert worker.exit is not None
+        self.last_exit = _exit_stats(worker)
+        self.pool._notify()
+        return worker.exit
+
+    async def _take_over(self, spare: Spare) -> ExitRecord:
+        """Serve with the warm spare (already loaded) as this slot's next incarnation."""
+        worker = spare.worker
+        worker.adopt(self.id, self.incarnation)
+        self.device = spare.device
+        self.worker = worker
+        self.pool._notify()
+        log.info(
+            "warm spare (pid %s) took over %s %s#%d",
+            worker.pid,
+            self.pool.label,
+            self.id,
+            self.incarnation,
+        )
+        try:
+            await self._serve(worker)
+        finally:
+            worker.stop()
+            with trio.CancelScope(shield=True):
+                await worker.dead.wait()
         assert worker.exit is not None
         self.last_exit = _exit_stats(worker)
         self.pool._notify()

@@ -59,3 +59,5 @@ class ModelStats:
     queue_capacity: int
     requests: int
     loaded_at: float
+    spare_pid: int | None = None
+    """The pid of the ready warm spare, if the model keeps one and it is ready."""

@@ -156,6 +156,11 @@ class Worker:
         c = self.config
         return f"{c.name}/{c.version} {self.id}#{self.incarnation}"
 
+    def adopt(self, worker_id: str, incarnation: int) -> None:
+        """Take a slot's name: a warm spare becomes that slot's next incarnation."""
+        self.id = worker_id
+        self.incarnation = incarnation
+
     @property
     def batches(self) -> int:
         """How many batches this incarnation was given."""

@@ -48,6 +48,7 @@ def describe_model(stats: ModelStats) -> dict[str, Any]:
             "healthyAfter": c.restart.healthy_after,
         },
         "restarts": stats.restarts,
+        "warmSpare": {"enabled": c.warm_spare, "pid": stats.spare_pid},
         "workers": [_worker(w) for w in stats.workers],
         "jobQueueStatus": {
             "remainingCapacity": stats.queue_capacity - stats.queue_depth,
