@@ -26,24 +26,44 @@ import time
 import httpx
 import psutil
 
-LISTENING = re.compile(r"listening: inference (\S+), management (\S+)")
+LISTENING = re.compile(r"listening: inference ([^,\s]+), management ([^,\s]+)")
 BODY = b"[5.1, 3.5, 1.4, 0.2]"
 HEADERS = {"Content-Type": "application/json"}
 
 
-def start_server(workdir: str) -> tuple[subprocess.Popen[bytes], float]:
+def start_server(workdir: str, warm_spare: bool) -> tuple[subprocess.Popen[bytes], float]:
     args = [sys.executable, "-m", "supervisor", "serve"]
+    if warm_spare:
+        config = os.path.join(workdir, "spare.toml")
+        with open(config, "w") as handle:
+            handle.write("[defaults]\nwarm_spare = true\n")
+        args += ["--config", config]
     args += [f"--{k}-address=127.0.0.1:0" for k in ("inference", "management", "metrics")]
     t0 = time.perf_counter()
     proc = subprocess.Popen(args, cwd=workdir, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
     return proc, t0
 
 
-def inference_headers(workdir: str) -> dict[str, str]:
+def headers(workdir: str, kind: str) -> dict[str, str]:
     """The default config has token authorization on: read the key file."""
     with open(os.path.join(workdir, "key_file.json")) as handle:
-        key = json.load(handle)["inference"]["key"]
+        key = json.load(handle)[kind]["key"]
     return {**HEADERS, "Authorization": f"Bearer {key}"}
+
+
+def describe(url: str, workdir: str) -> dict:
+    return httpx.get(f"{url}/models/iris", headers=headers(workdir, "management")).json()[0]
+
+
+def serving_worker(management: str, workdir: str, warm_spare: bool) -> int:
+    """The serving worker's pid (once the spare, if any, is ready too)."""
+    deadline = time.perf_counter() + 60
+    while time.perf_counter() < deadline:
+        desc = describe(management, workdir)
+        if not warm_spare or desc["warmSpare"]["pid"]:
+            return int(desc["workers"][0]["pid"])
+        time.sleep(0.05)
+    raise TimeoutError("the warm spare did not become ready")
 
 
 def wait_listening(proc: subprocess.Popen[bytes], deadline: float) -> tuple[str, str]:
@@ -76,21 +96,21 @@ def recovery(client: httpx.Client, url: str, worker_pid: int) -> tuple[float, in
     raise TimeoutError("no success after the kill")
 
 
-def one_run() -> dict[str, float]:
+def one_run(warm_spare: bool) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as workdir:
-        return _measure(workdir)
+        return _measure(workdir, warm_spare)
 
 
-def _measure(workdir: str) -> dict[str, float]:
-    proc, t0 = start_server(workdir)
+def _measure(workdir: str, warm_spare: bool) -> dict[str, float]:
+    proc, t0 = start_server(workdir, warm_spare)
     try:
-        inference, _ = wait_listening(proc, t0 + 60)
+        inference, management = wait_listening(proc, t0 + 60)
         url = f"{inference}/predictions/iris"
-        with httpx.Client(timeout=30, headers=inference_headers(workdir)) as client:
+        with httpx.Client(timeout=30, headers=headers(workdir, "inference")) as client:
             cold = first_success(client, url, t0 + 60) - t0
             time.sleep(1.0)  # let both processes settle before reading RSS
             sup_rss = psutil.Process(proc.pid).memory_info().rss
-            [worker] = psutil.Process(proc.pid).children()
+            worker = psutil.Process(serving_worker(management, workdir, warm_spare))
             worker_rss = worker.memory_info().rss
             took, failed = recovery(client, url, worker.pid)
         return {
@@ -108,7 +128,9 @@ def _measure(workdir: str) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
-    runs = [one_run() for _ in range(parser.parse_args().runs)]
+    parser.add_argument("--warm-spare", action="store_true", help="keep a loaded standby worker")
+    args = parser.parse_args()
+    runs = [one_run(args.warm_spare) for _ in range(args.runs)]
     print(f"{'metric':<20} {'median':>10} {'min':>10} {'max':>10}")
     for key in runs[0]:
         values = [r[key] for r in runs]
