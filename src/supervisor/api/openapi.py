@@ -477,6 +477,7 @@ def _model_schema() -> Json:
         modelName=_t("string"),
         modelVersion=_t("string"),
         modelUrl=_t("string", "The registration url, else the model directory, else the handler."),
+        modelDir=_t("string", "Where the model's files are (an unpacked copy for archives)."),
         handler=_t("string"),
         runtime=_t("string"),
         state=_t("string", enum=states),
@@ -489,6 +490,12 @@ def _model_schema() -> Json:
         startupTimeout=_t("number", "Seconds."),
         restartPolicy=_ref("RestartPolicy"),
         restarts=_t("integer"),
+        warmSpare=_object(
+            "all",
+            "The standby worker (`pid` null while none is ready).",
+            enabled=_t("boolean"),
+            pid=_nullable(_t("integer")),
+        ),
         workers=_array(_ref("Worker")),
         jobQueueStatus=_object(
             "all", remainingCapacity=_t("integer"), pendingRequests=_t("integer")
@@ -516,6 +523,7 @@ def _worker_schema() -> Json:
         restarts=_t("integer"),
         batches=_t("integer"),
         gpu=_t("boolean"),
+        gpuId=_nullable(_t("string", "The GPU, as CUDA_VISIBLE_DEVICES names it.")),
         memoryUsage=_nullable(_t("integer", "Resident memory in bytes; null if unknown.")),
         lastExit=_nullable(_ref("WorkerExit")),
         logTail=_log_tail(),
