@@ -45,8 +45,13 @@ log = logging.getLogger("supervisor.pool")
 
 
 def threads_per_worker(cpus: int, workers: int) -> int:
-    """Each worker's share of the cores: oversubscribed torch threads thrash."""
-    return max(1, cpus // max(1, workers))
+    """Each worker's share of the cores, one core left to the supervisor.
+
+    Oversubscribed torch threads thrash; and the supervisor itself needs most of
+    a core under load (bench/run.py: batch-8 MLP rows/s rose 27% on 2 cores with
+    1 thread instead of 2).
+    """
+    return max(1, (cpus - 1) // max(1, workers))
 
 
 class ModelState(enum.Enum):
