@@ -22,6 +22,7 @@ import shutil
 import tarfile
 import tempfile
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,7 +31,7 @@ import attrs
 
 from supervisor.errors import InvalidModel, InvalidRequest, ModelNotFound
 
-__all__ = ["ARCHIVE_SUFFIXES", "ModelFiles", "check_url", "local_source", "unpack"]
+__all__ = ["ARCHIVE_SUFFIXES", "ModelFiles", "check_url", "local_source", "remove_paths", "unpack"]
 
 ARCHIVE_SUFFIXES = (".mar", ".zip", ".tar.gz", ".tgz")
 MAX_UNPACKED_BYTES = 8 << 30
@@ -198,3 +199,12 @@ def _untar(archive: Path, target: Path) -> None:
             if not (member.isfile() or member.isdir()):
                 raise InvalidModel(f"only files and directories are allowed: {member.name!r}")
         tf.extractall(target, filter="data")
+
+
+def remove_paths(paths: Sequence[Path]) -> None:
+    """Remove files and directory trees (missing ones are fine)."""
+    for path in paths:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)

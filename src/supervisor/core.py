@@ -25,13 +25,13 @@ import orjson
 import trio
 
 from handlers.protocol import InferItem, ReplyItem
+from supervisor.archive import remove_paths
 from supervisor.batching import Job
 from supervisor.config import ModelConfig, ServerConfig
 from supervisor.devices import device_for, visible_gpus
 from supervisor.errors import InvalidRequest
 from supervisor.pool import ModelState, Pool
 from supervisor.process import Launcher, ProcessLauncher
-from supervisor.registration import remove_paths
 from supervisor.registry import Registry
 from supervisor.stats import ModelStats
 

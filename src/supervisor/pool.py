@@ -197,6 +197,17 @@ class Pool:
         threads = self.config.torch_threads or threads_per_worker(os.cpu_count() or 1, workers)
         return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
+    def new_worker(self, worker_id: str, incarnation: int, device: Device) -> Worker:
+        """A worker incarnation for this model on ``device`` (not started yet)."""
+        return Worker(
+            self.config,
+            worker_id=worker_id,
+            incarnation=incarnation,
+            launcher=self.launcher,
+            env={**device.env, **self.thread_env()},
+            gpu_id=device.gpu_id,
+        )
+
     def active_slots(self) -> list[Slot]:
         """The slots that take work (not stopping after a scale-down)."""
         return [s for s in self.slots if not s.stopping]
@@ -409,14 +420,7 @@ class Slot:
         spare = self.pool.spares.take() if self.pool.spares and self.incarnation > 1 else None
         if spare is not None:
             return await self._take_over(spare)
-        worker = Worker(
-            self.pool.config,
-            worker_id=self.id,
-            incarnation=self.incarnation,
-            launcher=self.pool.launcher,
-            env={**self.device.env, **self.pool.thread_env()},
-            gpu_id=self.device.gpu_id,
-        )
+        worker = self.pool.new_worker(self.id, self.incarnation, self.device)
         self.worker = worker
         async with trio.open_nursery() as nursery:
             try:
@@ -434,6 +438,10 @@ class Slot:
                 )
                 await self._serve(worker)
                 worker.stop()
+        return self._ended(worker)
+
+    def _ended(self, worker: Worker) -> ExitRecord:
+        """Record how the incarnation ended; the restart loop decides what follows."""
         assert worker.exit is not None
         self.last_exit = _exit_stats(worker)
         self.pool._notify()
@@ -459,10 +467,7 @@ class Slot:
             worker.stop()
             with trio.CancelScope(shield=True):
                 await worker.dead.wait()
-        assert worker.exit is not None
-        self.last_exit = _exit_stats(worker)
-        self.pool._notify()
-        return worker.exit
+        return self._ended(worker)
 
     async def _serve(self, worker: Worker) -> None:
         async with trio.open_nursery() as nursery:

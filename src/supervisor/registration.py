@@ -9,21 +9,20 @@ against its own documentation; see docs/torchserve-compat.md.)
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
 import trio
 
-from supervisor.archive import ModelFiles, check_url, local_source, open_model
+from supervisor.archive import ModelFiles, check_url, local_source, open_model, remove_paths
 from supervisor.config import ConfigError, ModelConfig, ServerConfig, model_config, name_from_url
 from supervisor.download import fetch
 from supervisor.errors import InvalidModel, InvalidRequest
 from supervisor.tsconfig import model_yaml_settings
 
-__all__ = ["Registration", "parse_registration", "prepare_model", "remove_paths"]
+__all__ = ["Registration", "parse_registration", "prepare_model"]
 
 _INTS = ("batch_size", "initial_workers")
 _FLOATS = ("max_batch_delay", "response_timeout", "startup_timeout")
@@ -127,15 +126,6 @@ async def prepare_model(
     except BaseException:
         await trio.to_thread.run_sync(remove_paths, files.leftovers())
         raise
-
-
-def remove_paths(paths: Sequence[Path]) -> None:
-    """Remove files and directory trees (missing ones are fine)."""
-    for path in paths:
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
 
 
 def _layers(files: ModelFiles, base: Mapping[str, Any]) -> dict[str, Any]:

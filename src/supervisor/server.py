@@ -32,6 +32,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from quart_trio import QuartTrio
 
 from supervisor.api.apps import Apps, build_apps
+from supervisor.archive import remove_paths
 from supervisor.auth import Tokens, remove_key_file, write_key_file
 from supervisor.config import DEFAULT_MODEL, ModelConfig, ServerConfig, name_from_url
 from supervisor.core import Supervisor, open_supervisor
@@ -39,7 +40,7 @@ from supervisor.errors import SupervisorError, WorkerStartFailed
 from supervisor.metrics import Metrics
 from supervisor.pool import Pool
 from supervisor.process import Launcher
-from supervisor.registration import Registration, prepare_model, remove_paths
+from supervisor.registration import Registration, prepare_model
 
 __all__ = ["Endpoints", "ListenError", "serve"]
 

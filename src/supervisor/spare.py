@@ -86,14 +86,7 @@ class SpareKeeper:
     async def _start(self, nursery: trio.Nursery) -> Spare | None:
         self.started += 1
         device = device_for(self.started - 1, self.pool.config.handler_config, self.pool.gpus)
-        worker = Worker(
-            self.pool.config,
-            worker_id="spare",
-            incarnation=self.started,
-            launcher=self.pool.launcher,
-            env={**device.env, **self.pool.thread_env()},
-            gpu_id=device.gpu_id,
-        )
+        worker = self.pool.new_worker("spare", self.started, device)
         try:
             await nursery.start(worker.run)
         except WorkerStartFailed as exc:

@@ -13,6 +13,7 @@ from quart_trio import QuartTrio
 
 from supervisor.api.common import json_response
 from supervisor.api.describe import describe_model, model_url
+from supervisor.archive import remove_paths
 from supervisor.auth import Tokens, bearer_matches, write_key_file
 from supervisor.config import ServerConfig
 from supervisor.core import Supervisor
@@ -25,7 +26,7 @@ from supervisor.errors import (
     Unauthorized,
     WorkerStartFailed,
 )
-from supervisor.registration import parse_registration, prepare_model, remove_paths
+from supervisor.registration import parse_registration, prepare_model
 
 __all__ = ["ManagementContext", "add_management_routes"]
 
