@@ -225,3 +225,25 @@ async def test_chaos_under_load(nursery, tmp_path, handler_dir, how, seconds):
     assert data["faults"] >= seconds // 2 - 1
     assert data["succeeded"] > data["sent"] * 0.9
     report(f"chaos-{how.name.lower()}-{seconds}s", data)
+
+
+@pytest.mark.parametrize("run", range(3))
+async def test_sigkill_of_the_supervisor_under_load_leaves_no_process(
+    nursery, tmp_path, handler_dir, run
+):
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+        chaos = await start_chaos(nursery, tmp_path, handler_dir, client)
+        ledger = Ledger(client, chaos.urls[0], chaos.server.headers("inference"))
+        stop = trio.Event()
+        async with trio.open_nursery() as load:
+            load.start_soon(lambda: ledger.drive("echo", WORK, concurrency=32, stop=stop))
+            load.start_soon(lambda: ledger.drive("steady", b"ok", concurrency=4, stop=stop))
+            await eventually(lambda: len(ledger.outcomes) > 200, within=30)
+            seen = descendants(chaos.pid)
+            assert len(seen) == 3
+            assert chaos.server.process is not None
+            chaos.server.process.kill()
+            await chaos.server.process.wait()
+            stop.set()
+        await eventually(lambda: not still_alive(seen), within=2.0)
