@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import orjson
 import trio
 from quart import Response, request
 from quart_trio import QuartTrio
@@ -104,7 +105,10 @@ def add_management_routes(app: QuartTrio, ctx: ManagementContext) -> None:
 async def _params() -> Mapping[str, Any]:
     params: dict[str, Any] = dict(request.args)
     if request.mimetype == "application/json":
-        body = await request.get_json(force=True, silent=True)
+        try:  # Quart's get_json(silent=True) still raises on bytes that are not UTF-8
+            body = orjson.loads(await request.get_data())
+        except orjson.JSONDecodeError:
+            body = None
         if not isinstance(body, dict):
             raise InvalidRequest("the JSON body must be an object of registration parameters")
         params.update(body)
