@@ -32,6 +32,8 @@ from hypercorn.trio import serve as hypercorn_serve
 from quart_trio import QuartTrio
 
 from supervisor.api.apps import Apps, build_apps
+from supervisor.api.fastpath import FastRoutes
+from supervisor.api.lean import LeanLimits, serve_lean
 from supervisor.archive import remove_paths
 from supervisor.auth import Tokens, remove_key_file, write_key_file
 from supervisor.config import DEFAULT_MODEL, ModelConfig, ServerConfig, name_from_url
@@ -106,9 +108,10 @@ async def _serve_with(
     metrics = Metrics(sup.statistics)
     sup.on_batch = metrics.observe_batch
     apps = build_apps(sup, config, tokens, metrics, scratch)
+    fast = FastRoutes(sup, tokens, metrics.observe_request, metrics.count_response)
     async with trio.open_nursery() as helpers:
         async with trio.open_nursery() as listeners:
-            endpoints = await _start_listeners(listeners, apps, config, shutdown)
+            endpoints = await _start_listeners(listeners, apps, fast, config, shutdown)
             helpers.start_soon(_announce, [p for p in pools if p], endpoints, tokens)
             helpers.start_soon(_drain_after_grace, sup, shutdown, config.shutdown_grace)
             task_status.started(endpoints)
@@ -169,16 +172,49 @@ def _key_file(config: ServerConfig) -> Iterator[Tokens | None]:
 
 
 async def _start_listeners(
-    nursery: trio.Nursery, apps: Apps, config: ServerConfig, shutdown: trio.Event
+    nursery: trio.Nursery, apps: Apps, fast: FastRoutes, config: ServerConfig, shutdown: trio.Event
 ) -> Endpoints:
-    urls = []
+    if config.lean_http:
+        urls = [await nursery.start(_serve_lean, apps.inference, fast, config, shutdown)]
+    else:
+        urls = [
+            await nursery.start(
+                _serve_app, apps.inference, config.inference_address, config, shutdown
+            )
+        ]
     for app, address in (
-        (apps.inference, config.inference_address),
         (apps.management, config.management_address),
         (apps.metrics, config.metrics_address),
     ):
         urls.append(await nursery.start(_serve_app, app, address, config, shutdown))
     return Endpoints(*urls)
+
+
+async def _serve_lean(
+    app: QuartTrio,
+    fast: FastRoutes,
+    config: ServerConfig,
+    shutdown: trio.Event,
+    *,
+    task_status: trio.TaskStatus[str],
+) -> None:
+    limits = LeanLimits(
+        max_request_size=config.max_request_size,
+        read_timeout=config.read_timeout,
+        keep_alive_timeout=config.keep_alive_timeout,
+        graceful_timeout=config.shutdown_grace + 1.0,
+    )
+    address = config.inference_address
+    async with trio.open_nursery() as nursery:
+        try:
+            url = await nursery.start(
+                partial(serve_lean, app, fast.route, address, limits, shutdown)
+            )
+        except* OSError as group:
+            exc = _first_leaf(group)
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise ListenError(f"cannot listen on {address}: {why}") from None
+        task_status.started(url)
 
 
 async def _serve_app(
