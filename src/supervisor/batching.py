@@ -10,6 +10,7 @@ jobs waiting is under load: it takes what is queued and then waits up to
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import attrs
 import trio
@@ -30,6 +31,9 @@ class Job:
         deadline: ``trio.current_time()`` after which the answer is no longer wanted.
         reply: the worker's answer, once there is one.
         error: the failure, if it failed instead.
+        dispatched_at: ``trio.current_time()`` when it went to a worker.
+        gone: says whether the client has gone away (checked before dispatch);
+            a job whose client is gone is dropped.
     """
 
     item: InferItem
@@ -38,6 +42,7 @@ class Job:
     reply: ReplyItem | None = None
     error: SupervisorError | None = None
     dispatched_at: float | None = None
+    gone: Callable[[], bool] | None = None
     _done: trio.Event = attrs.field(factory=trio.Event)
 
     @property
@@ -64,8 +69,11 @@ class Job:
         a worker that has not taken it yet never will.
         """
         try:
-            with trio.move_on_at(self.deadline):
+            if self.deadline == math.inf:
                 await self._done.wait()
+            else:
+                with trio.move_on_at(self.deadline):
+                    await self._done.wait()
         except BaseException:
             if not self.answered:
                 self.fail(DeadlineExceeded("the client went away before the answer"))
@@ -79,8 +87,12 @@ class Job:
 
     def expired(self, now: float) -> bool:
         """Whether the job should not go to a worker any more (answered or too late)."""
-        if not self.answered and now >= self.deadline:
+        if self.answered:
+            return True
+        if now >= self.deadline:
             self.fail(DeadlineExceeded("the request's deadline passed before a worker took it"))
+        elif self.gone is not None and self.gone():
+            self.fail(DeadlineExceeded("the client went away before a worker took it"))
         return self.answered
 
 

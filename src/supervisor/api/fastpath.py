@@ -86,10 +86,8 @@ class FastRoutes:
             deadline = _deadline(head, started)
             item = _item(exchange, request_id.hex, extra or "", prefix == "explanations")
             job = self.sup.submit(item, model, version, deadline)
-            reply = await _wait(exchange, job)
-            if reply is None:
-                return None  # the client went away; its job was given up
-            answer = _answer(reply)
+            job.gone = exchange.client_gone  # dropped before dispatch if the client left
+            answer = _answer(await job.wait())
         except (ModelNotFound, ModelVersionNotFound) as exc:
             return self._finish(_error(exc), request_id)  # no metric series for made-up names
         except SupervisorError as exc:
@@ -109,34 +107,9 @@ class FastRoutes:
         return answer
 
 
-async def _wait(exchange: Exchange, job: Job) -> ReplyItem | None:
-    """The job's reply, or None if the client went away first (the job is given up).
-
-    Raises:
-        SupervisorError: the job failed.
-    """
-    reply: ReplyItem | None = None
-    failure: SupervisorError | None = None
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_cancel_on_disconnect, exchange, nursery.cancel_scope)
-        try:
-            reply = await job.wait()
-        except SupervisorError as exc:
-            failure = exc
-        nursery.cancel_scope.cancel()
-    if failure is not None:
-        raise failure
-    return reply
-
-
 def _queued(job: Job) -> float:
     assert job.dispatched_at is not None
     return job.dispatched_at - job.enqueued_at
-
-
-async def _cancel_on_disconnect(exchange: Exchange, scope: trio.CancelScope) -> None:
-    await exchange.until_disconnect()
-    scope.cancel()
 
 
 def _deadline(head: RequestHead, started: float) -> float:

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote
@@ -85,6 +87,10 @@ class Exchange:
         self.body = body
         self.peer = conn.peer
 
+    def client_gone(self) -> bool:
+        """Whether the client has closed its side (checked without blocking)."""
+        return self._conn.client_gone()
+
     async def until_disconnect(self) -> None:
         """Return when the client closes its side of the connection.
 
@@ -126,85 +132,102 @@ class _Server:
         self.limits = limits
         self.local = local
         self.closing = False
-        self.idle: set[trio.CancelScope] = set()
-        self.connections = 0
+        self.connections: set[_Connection] = set()
         self.all_closed = trio.Event()
 
     async def handle(self, stream: trio.SocketStream) -> None:
-        self.connections += 1
+        conn = _Connection(self, stream)
+        self.connections.add(conn)
         try:
-            await _Connection(self, stream).serve()
+            await conn.serve()
         finally:
+            conn.peeker.close()
             await trio.aclose_forcefully(stream)
-            self.connections -= 1
+            self.connections.discard(conn)
             if self.closing and not self.connections:
                 self.all_closed.set()
 
     def close(self) -> None:
         self.closing = True
-        for scope in self.idle:
-            scope.cancel()
+        for conn in self.connections:
+            if conn.phase == _IDLE:
+                conn.scope.cancel()
         if not self.connections:
             self.all_closed.set()
 
 
+_IDLE, _HEAD, _BODY, _BUSY, _WRITING = range(5)
+
+
 class _Connection:
+    """One client connection: requests one after the other, under one cancel scope.
+
+    The scope's deadline follows what the connection waits for: the keep-alive
+    timeout between requests, the read timeout while a request arrives or a
+    response is taken, none while the request is being answered.
+    """
+
     def __init__(self, server: _Server, stream: trio.SocketStream) -> None:
         self.server = server
         self.stream = stream
         self.buffer = bytearray()
         self.limits = server.limits
+        self.scope = trio.CancelScope()
+        self.phase = _IDLE
+        sock = stream.socket
+        self.peeker = socket.fromfd(sock.fileno(), sock.family, sock.type)
         try:
-            peer = stream.socket.getpeername()
+            peer = sock.getpeername()
             self.peer: Peer = (str(peer[0]), int(peer[1]))
         except OSError:
             self.peer = ("", 0)
 
+    def _enter(self, phase: int, timeout: float) -> None:
+        self.phase = phase
+        self.scope.deadline = trio.current_time() + timeout if timeout < math.inf else math.inf
+
     async def serve(self) -> None:
         try:
-            while not self.server.closing:
-                head = await self._next_head()
-                if head is None:
-                    return
-                body = await self._body(head)
-                if body is None or not await self._respond(head, body):
-                    return
+            with self.scope:
+                await self._requests()
+            if self.scope.cancelled_caught and self.phase == _BODY:
+                await self._error(408, "the request body did not arrive in time")
         except ProtocolError as exc:
             await self._error(exc.status, exc.message)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
 
-    async def _next_head(self) -> RequestHead | None:
-        """The next request's head; None when the client is done or too slow."""
-        if not self.buffer:
-            with trio.move_on_after(self.limits.keep_alive_timeout) as idle:
-                self.server.idle.add(idle)
-                try:
-                    if not await self._receive():
-                        return None
-                finally:
-                    self.server.idle.discard(idle)
-            if idle.cancelled_caught:
-                return None
-        end = self.buffer.find(b"\r\n\r\n")
-        if end < 0:
-            with trio.move_on_after(self.limits.read_timeout):
-                end = await self._read_until_head_end()
-            if end < 0:
-                return None  # too slow: dropped without an answer, as Hypercorn does
-        data = bytes(self.buffer[:end])
-        del self.buffer[: end + 4]
-        return http1.parse_head(data)
+    async def _requests(self) -> None:
+        limits = self.limits
+        while not self.server.closing:
+            if not self.buffer:
+                self._enter(_IDLE, limits.keep_alive_timeout)
+                if not await self._receive():
+                    return
+            self._enter(_HEAD, limits.read_timeout)
+            head = await self._head()
+            if head is None:
+                return
+            self._enter(_BODY, limits.read_timeout)
+            body = await self._body(head)
+            if body is None:
+                return
+            self._enter(_BUSY, math.inf)
+            if not await self._respond(head, body):
+                return
 
-    async def _read_until_head_end(self) -> int:
-        end = -1
+    async def _head(self) -> RequestHead | None:
+        """The next request's head; None if the client closed first."""
+        end = self.buffer.find(b"\r\n\r\n")
         while end < 0:
             if len(self.buffer) > http1.MAX_HEAD:
                 raise ProtocolError(431, "the request head is larger than 64 KiB")
             if not await self._receive():
-                return -1
+                return None
             end = self.buffer.find(b"\r\n\r\n")
-        return end
+        data = bytes(self.buffer[:end])
+        del self.buffer[: end + 4]
+        return http1.parse_head(data)
 
     async def _receive(self) -> bool:
         data = await self.stream.receive_some(65536)
@@ -212,20 +235,17 @@ class _Connection:
         return bool(data)
 
     async def _body(self, head: RequestHead) -> bytes | None:
-        """The whole body; None (answered already) if it is too big or too slow."""
+        """The whole body; None if the client closed first."""
         limit = self.limits.max_request_size
         if head.content_length is not None and head.content_length > limit:
             raise ProtocolError(413, f"the request body is larger than {limit} bytes")
         if not head.has_body:
             return b""
         if head.expect_continue and not self.buffer:
-            await self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        with trio.move_on_after(self.limits.read_timeout):
-            if head.chunked:
-                return await self._chunked_body(limit)
-            return await self._sized_body(head.content_length or 0)
-        await self._error(408, "the request body did not arrive in time")
-        return None
+            await self.stream.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if head.chunked:
+            return await self._chunked_body(limit)
+        return await self._sized_body(head.content_length or 0)
 
     async def _sized_body(self, size: int) -> bytes | None:
         while len(self.buffer) < size:
@@ -252,21 +272,31 @@ class _Connection:
             return await _asgi(self.server, exchange)
         answer = await handler(exchange)
         keep = exchange.keep_alive
-        if answer is not None:
-            await self.write(
-                http1.response_head(
-                    answer.status, answer.headers, content_length=len(answer.body), keep_alive=keep
-                )
-                + answer.body
+        if answer is None:
+            return keep
+        self._enter(_WRITING, self.limits.read_timeout)
+        await self.stream.send_all(
+            http1.response_head(
+                answer.status, answer.headers, content_length=len(answer.body), keep_alive=keep
             )
+            + answer.body
+        )
         return keep
 
     async def write(self, data: bytes) -> None:
-        """Send ``data``; a client that does not take it within the timeout is dropped."""
-        with trio.move_on_after(self.limits.read_timeout) as scope:
-            await self.stream.send_all(data)
-        if scope.cancelled_caught:
-            raise trio.BrokenResourceError("the client did not take the response in time")
+        """Send part of a response; a client that does not take it in time is dropped."""
+        self._enter(_WRITING, self.limits.read_timeout)
+        await self.stream.send_all(data)
+        self._enter(_BUSY, math.inf)
+
+    def client_gone(self) -> bool:
+        """Whether the client has closed the connection (a peek, without blocking)."""
+        try:
+            return self.peeker.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
 
     async def until_eof(self) -> None:
         """Read (keeping the bytes) until the client closes or the connection breaks."""
@@ -281,8 +311,11 @@ class _Connection:
         body = http_error_body(status, message)
         headers = [(b"content-type", b"application/json")]
         data = http1.response_head(status, headers, content_length=len(body), keep_alive=False)
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await self.write(data + body)
+        with (
+            trio.move_on_after(self.limits.read_timeout),
+            contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+        ):
+            await self.stream.send_all(data + body)
 
 
 async def serve_lean(
