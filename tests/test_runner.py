@@ -13,7 +13,14 @@ import psutil
 import pytest
 import trio
 
-from supervisor.readyfile import FAILED, READY, ModelOutcome, ReadyReport
+from supervisor.readyfile import (
+    FAILED,
+    READY,
+    ModelOutcome,
+    ReadyReport,
+    remove_ready_file,
+    write_ready_file,
+)
 from supervisor.runner import ModelServerRunner
 from supervisor.runner_state import (
     Endpoint,
@@ -112,6 +119,16 @@ def test_ready_report_round_trips_through_json():
     assert ReadyReport.from_json(report.to_json()) == report
     with pytest.raises(ValueError, match="not a ready file"):
         ReadyReport.from_json(b"[]")
+
+
+def test_the_ready_file_is_written_whole_and_removed(tmp_path):
+    path = tmp_path / "ready.json"
+    write_ready_file(path, REPORT)
+    assert ReadyReport.from_json(path.read_bytes()) == REPORT
+    assert [p.name for p in tmp_path.iterdir()] == ["ready.json"]  # no temporary left
+    remove_ready_file(path)
+    remove_ready_file(path)  # gone already: no error
+    assert not path.exists()
 
 
 def test_serve_command_puts_the_runners_own_flags_last(tmp_path):
@@ -268,3 +285,13 @@ def test_sync_runner_stop_before_start_is_harmless():
     assert runner.state is RunnerState.END
     with pytest.raises(RunnerStateError):
         runner.start()
+
+
+async def test_a_server_that_cannot_be_launched_aborts_the_runner(tmp_path):
+    async with ModelServerRunner(python=str(tmp_path / "no-python")) as runner:
+        await runner.start()
+        assert runner.state is RunnerState.ABORTED
+        with pytest.raises(ServerStartFailed, match="cannot launch") as caught:
+            await runner.wait_until_running(trio.current_time() + 5)
+    assert caught.value.failure.kind is FailureKind.SPAWN
+    assert runner.pid is None
