@@ -148,7 +148,7 @@ async def test_an_update_under_load_switches_without_a_failed_request(
     assert r.status_code == 200, r.text
     assert r.json() == {
         "status": 'Model "m" Version: 2.0 registered with 1 initial workers; '
-        "1 canaries passed; default version 2.0 (was 1.0); version 1.0 retired"
+        "1 canary passed; default version 2.0 (was 1.0); version 1.0 retired"
     }
     await load.until(lambda sent: sum(s[0] > switched_at for s in sent) >= 20)
     load.stop.set()
@@ -211,7 +211,7 @@ async def test_set_default_runs_the_canaries_it_is_given(server: Server) -> None
     assert r.status_code == 200, r.text
     assert r.json() == {
         "status": 'Default version successfully updated for model "m" to "3.0"; '
-        "1 canaries passed; version 1.0 retired"
+        "1 canary passed; version 1.0 retired"
     }
     assert await server.versions() == [("3.0", True)]
 

@@ -175,7 +175,8 @@ def _outcome(result: UpdateResult, *, switch: bool = True) -> str:
     """What a safe update did beyond TorchServe's answer (nothing when there was nothing)."""
     parts = []
     if result.canaries:
-        parts.append(f"{len(result.canaries)} canaries passed")
+        count = len(result.canaries)
+        parts.append(f"{count} {'canary' if count == 1 else 'canaries'} passed")
     if switch and result.previous is not None:
         parts.append(f"default version {result.version} (was {result.previous})")
     if result.retired:
