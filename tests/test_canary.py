@@ -51,6 +51,8 @@ def test_bodies_and_their_default_content_types(tmp_path):
         ([{"body_file": "/etc/passwd"}], "body_file must be a relative"),
         ([{"body_file": "missing.bin"}], "body_file missing.bin"),
         ([{"body": "x"}] * (MAX_CANARIES + 1), f"at most {MAX_CANARIES} canaries"),
+        ([{"body": 2**70}], "canary 1: Integer exceeds 64-bit range"),
+        ([{"body": "x", "expect_json": [2**70]}], "canary 1: Integer exceeds 64-bit range"),
     ],
 )
 def test_bad_lists_are_refused_with_the_reason(tmp_path, data, message):

@@ -96,6 +96,7 @@ async def test_promote_switches_atomically_and_retires_the_old_version(
         await sup.load_model(model("1.0", job_queue_size=10))
         await sup.load_model(model("2.0", job_queue_size=10), canaries=[SAYS_PING])
         old, new = sup.pool("m", "1.0"), sup.pool("m", "2.0")
+        assert [r.passed for r in await sup.check("m", "2.0")] == [True]
         before = [sup.submit(request(n), "m") for n in range(3)]  # queued on 1.0
         result = await sup.promote("m", "2.0", retire_old=True)
         after = sup.submit(request(3), "m")
@@ -106,8 +107,8 @@ async def test_promote_switches_atomically_and_retires_the_old_version(
         assert sup.pool("m") is new
         v1, v2 = launcher.processes
         assert v1.batches == [["r0"], ["r1"], ["r2"]]  # all queued before the switch
-        assert len(v2.batches) == 2  # the canary, then the request sent after the switch
-        assert v2.batches[1] == ["r3"]
+        assert len(v2.batches) == 3  # two canaries (check, promote), then the request after
+        assert v2.batches[2] == ["r3"]
         with pytest.raises(ModelVersionNotFound):
             sup.pool("m", "1.0")
 

@@ -87,6 +87,7 @@ async def server(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Server]
     archive(store, "m2bad.mar", "2.0", GARBLING_HANDLER, canaries=[canary("2.0")])
     archive(store, "m2broken.mar", "2.0", CRASH_AT_LOAD_HANDLER)
     archive(store, "m3.mar", "3.0", VERSIONED_HANDLER)
+    archive(store, "m4.mar", "4.0", VERSIONED_HANDLER, canaries={"body": "not a list"})
     (store / "smoke3.json").write_text(json.dumps([canary("3.0")]))
     config = ServerConfig(
         inference_address=LOCAL,
@@ -230,6 +231,12 @@ async def test_a_registration_with_failing_canaries_is_rolled_back(server: Serve
     assert r.status_code == 400
     r = await server.register(url="m3.mar", canaries="../smoke3.json")
     assert r.status_code == 400
+    r = await server.register(url="m4.mar")
+    assert r.status_code == 400
+    assert r.json()["type"] == "InvalidModelException"
+    assert r.json()["message"] == (
+        "model m version 4.0: canaries.json: canaries must be a JSON list of objects"
+    )
     assert await server.versions() == [("1.0", True)]
 
 

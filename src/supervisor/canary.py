@@ -183,7 +183,7 @@ def _entry(index: int, entry: Any, base: Path | None) -> Canary:
         body=body,
         content_type=_text(where, entry, "content_type") or content_type,
         expect_status=_status(where, entry.get("expect_status", 200)),
-        expect_json=orjson.dumps(entry["expect_json"]).decode() if "expect_json" in entry else None,
+        expect_json=_json(where, entry["expect_json"]).decode() if "expect_json" in entry else None,
         expect_contains=_text(where, entry, "expect_contains"),
         name=_text(where, entry, "name") or where,
     )
@@ -199,7 +199,14 @@ def _body(where: str, entry: Mapping[str, Any], base: Path | None) -> tuple[byte
     body = entry["body"]
     if isinstance(body, str):
         return body.encode(), "text/plain"
-    return orjson.dumps(body), "application/json"
+    return _json(where, body), "application/json"
+
+
+def _json(where: str, value: Any) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError as exc:  # e.g. an integer beyond 64 bits
+        raise CanaryError(f"{where}: {exc}") from None
 
 
 def _file(where: str, name: str, base: Path | None) -> bytes:
