@@ -11,6 +11,7 @@ from handlers.protocol import InferItem, ReplyItem
 from supervisor.config import ModelConfig, ServerConfig, load_config
 from supervisor.core import Supervisor, open_supervisor
 from supervisor.errors import (
+    CanaryFailed,
     InvalidRequest,
     ModelConflict,
     ModelNotFound,
@@ -26,6 +27,7 @@ from supervisor.policy import RestartPolicy
 
 __all__ = [
     "DISTRIBUTION",
+    "CanaryFailed",
     "InferItem",
     "InvalidRequest",
     "ModelConfig",

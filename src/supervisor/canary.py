@@ -1,125 +1,241 @@
-"""Canary requests: the sample requests ``validate`` sends to a freshly loaded model.
+"""Canary requests: what to send to a model version, and whether its answer passes.
 
-A canary file is JSON: a list of objects, or one object per line (JSON lines;
-blank lines are skipped). Each object is one request:
+A canary list is JSON: a list of objects, each one request and what its answer
+must be::
 
-=================  ============================================================
-``name``           a label for the report (default ``canary N``)
-``body``           the body: a string is sent as UTF-8 text (``text/plain``),
-                   any other JSON value as JSON (``application/json``)
-``body_file``      instead of ``body``: a file whose bytes are the body
-                   (``application/octet-stream``); a relative path is relative
-                   to the canary file
-``content_type``   the ``Content-Type`` to send instead of the default
-``expect_status``  the status that counts as success (default 200)
-=================  ============================================================
+    [
+      {"name": "smoke", "body": {"x": [1, 2]}, "expect_status": 200,
+       "expect_json": {"y": 3}},
+      {"body": "hello", "content_type": "text/plain", "expect_contains": "hello"},
+      {"body_file": "kitten.jpg", "content_type": "image/jpeg"}
+    ]
 
-Unknown keys are errors, so that a typo cannot turn a canary into a different one.
+``body`` is sent as UTF-8 text when it is a string (``text/plain`` unless
+``content_type`` says otherwise) and as JSON otherwise (``application/json``);
+``body_file`` names a file beside the canary file (``application/octet-stream``).
+An answer passes when its status is ``expect_status`` (200 by default) and, if
+given, its JSON equals ``expect_json`` and its text contains ``expect_contains``.
+
+This module is pure: it parses and judges, and never talks to a worker.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
+import orjson
 
-__all__ = ["Canary", "CanaryError", "parse_canaries", "read_canaries"]
+__all__ = [
+    "ARCHIVE_FILE",
+    "MAX_CANARIES",
+    "Canary",
+    "CanaryError",
+    "CanaryResult",
+    "judge",
+    "parse_canaries",
+    "read_canaries",
+]
 
-_KEYS = frozenset({"name", "body", "body_file", "content_type", "expect_status"})
+ARCHIVE_FILE = "canaries.json"
+"""The canary list a model archive (or model directory) may carry at its root."""
+
+MAX_CANARIES = 100
+"""The most canaries one list may hold."""
+
+BODY_EXCERPT = 1000
+"""How many characters of a failed canary's answer an error report shows."""
+
+_KEYS = frozenset(
+    {"name", "body", "body_file", "content_type", "expect_status", "expect_json", "expect_contains"}
+)
 
 
 class CanaryError(ValueError):
-    """The canary file is unreadable or malformed."""
+    """A canary list that cannot be used (bad JSON, unknown keys, a missing file)."""
 
 
 @attrs.frozen
 class Canary:
-    """One canary request.
+    """One canary request and the answer it expects.
 
     Attributes:
-        name: its label in the report.
         body: the request body.
-        content_type: the ``Content-Type`` header.
-        expect_status: the status that counts as success.
+        content_type: the request's ``Content-Type``.
+        expect_status: the status the answer must have.
+        expect_json: JSON text the answer, parsed as JSON, must equal (None: any).
+        expect_contains: text the answer must contain (None: any).
+        name: a label for reports (``canary N`` when the list gives none).
     """
 
-    name: str
     body: bytes
-    content_type: str
+    content_type: str = "application/json"
     expect_status: int = 200
+    expect_json: str | None = None
+    expect_contains: str | None = None
+    name: str = ""
 
 
-def read_canaries(path: str | Path) -> list[Canary]:
-    """Read a canary file (``body_file`` paths are relative to it).
+@attrs.frozen
+class CanaryResult:
+    """How one canary fared.
+
+    Attributes:
+        index: its place in the list, from 1.
+        canary: what was sent.
+        status: the answer's HTTP status.
+        body: the answer's body (an error's message when no worker answered).
+        reason: why it failed; empty when it passed.
+        latency: seconds from sending to the answer.
+    """
+
+    index: int
+    canary: Canary
+    status: int
+    body: bytes
+    reason: str = ""
+    latency: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        """Whether the answer was the expected one."""
+        return not self.reason
+
+    def to_json(self) -> dict[str, Any]:
+        """A report of the result, with at most ``BODY_EXCERPT`` characters of the body."""
+        return {
+            "index": self.index,
+            "name": self.canary.name,
+            "passed": self.passed,
+            "status": self.status,
+            "body": self.body.decode("utf-8", "replace")[:BODY_EXCERPT],
+            "reason": self.reason,
+            "latencyMs": round(self.latency * 1000, 3),
+        }
+
+
+def judge(canary: Canary, status: int, body: bytes) -> str:
+    """Why the answer ``status``/``body`` fails ``canary``, or "" if it passes."""
+    if status != canary.expect_status:
+        return f"status {status}, expected {canary.expect_status}"
+    if canary.expect_json is not None:
+        try:
+            answer = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return "the answer is not JSON"
+        if answer != orjson.loads(canary.expect_json):
+            return f"the answer differs from the expected JSON {canary.expect_json}"
+    wanted = canary.expect_contains
+    if wanted is not None and wanted not in body.decode("utf-8", "replace"):
+        return f"the answer does not contain {wanted!r}"
+    return ""
+
+
+def read_canaries(path: Path) -> tuple[Canary, ...]:
+    """Parse the canary file at ``path``: a JSON list, or JSON lines.
+
+    ``body_file`` entries are read beside it.
 
     Raises:
-        CanaryError: the file or a body file cannot be read, or it is malformed.
+        CanaryError: the file is unreadable or not a valid canary list.
     """
-    path = Path(path)
     try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CanaryError(f"cannot read the canary file {path}: {exc}") from None
-    return parse_canaries(text, base=path.parent)
+        text = path.read_bytes()
+    except OSError as exc:
+        raise CanaryError(f"{path.name}: {exc.strerror or exc}") from None
+    try:
+        if text.lstrip().startswith(b"["):
+            data = orjson.loads(text)
+        else:  # JSON lines: one object per line
+            data = [orjson.loads(line) for line in text.splitlines() if line.strip()]
+    except orjson.JSONDecodeError as exc:
+        raise CanaryError(f"{path.name}: invalid JSON or JSON lines: {exc}") from None
+    if not data:
+        raise CanaryError(f"{path.name}: the canary file has no canaries")
+    try:
+        return parse_canaries(data, path.parent)
+    except CanaryError as exc:
+        raise CanaryError(f"{path.name}: {exc}") from None
 
 
-def parse_canaries(
-    text: str, *, base: Path, read: Callable[[Path], bytes] = Path.read_bytes
-) -> list[Canary]:
-    """Parse a canary file's text.
+def parse_canaries(data: Any, base: Path | None = None) -> tuple[Canary, ...]:
+    """Build canaries from a parsed JSON list.
 
     Args:
-        text: a JSON list of objects, or JSON lines.
-        base: the directory relative ``body_file`` paths start from.
-        read: reads a body file (injectable for tests).
+        data: the list.
+        base: the directory ``body_file`` names are read from (None refuses them).
 
     Raises:
-        CanaryError: malformed, empty, or a body file cannot be read.
+        CanaryError: not a list of valid entries, or a ``body_file`` that is missing
+            or outside ``base``.
     """
-    entries = _entries(text)
-    if not entries:
-        raise CanaryError("the canary file has no canaries")
-    return [_canary(entry, number, base, read) for number, entry in enumerate(entries, 1)]
+    if not isinstance(data, list):
+        raise CanaryError("canaries must be a JSON list of objects")
+    if len(data) > MAX_CANARIES:
+        raise CanaryError(f"at most {MAX_CANARIES} canaries are allowed, got {len(data)}")
+    return tuple(_entry(n, entry, base) for n, entry in enumerate(data, start=1))
 
 
-def _entries(text: str) -> list[Any]:
-    try:
-        if text.lstrip().startswith("["):
-            entries = json.loads(text)
-            return list(entries)
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    except json.JSONDecodeError as exc:
-        raise CanaryError(f"the canary file is not JSON or JSON lines: {exc}") from None
-
-
-def _canary(entry: Any, number: int, base: Path, read: Callable[[Path], bytes]) -> Canary:
-    where = f"canary {number}"
-    if not isinstance(entry, Mapping):
-        raise CanaryError(f"{where}: expected an object, got {entry!r}")
-    if unknown := sorted(set(entry) - _KEYS):
+def _entry(index: int, entry: Any, base: Path | None) -> Canary:
+    where = f"canary {index}"
+    if not isinstance(entry, dict):
+        raise CanaryError(f"{where}: must be an object")
+    unknown = sorted(set(entry) - _KEYS)
+    if unknown:
         raise CanaryError(f"{where}: unknown key(s) {', '.join(unknown)}")
+    body, content_type = _body(where, entry, base)
+    return Canary(
+        body=body,
+        content_type=_text(where, entry, "content_type") or content_type,
+        expect_status=_status(where, entry.get("expect_status", 200)),
+        expect_json=_json(where, entry["expect_json"]).decode() if "expect_json" in entry else None,
+        expect_contains=_text(where, entry, "expect_contains"),
+        name=_text(where, entry, "name") or where,
+    )
+
+
+def _body(where: str, entry: Mapping[str, Any], base: Path | None) -> tuple[bytes, str]:
+    """The body and its default content type: text, JSON, or a file's bytes."""
     if ("body" in entry) == ("body_file" in entry):
         raise CanaryError(f"{where}: give exactly one of body and body_file")
-    body, default_type = _body(entry, base, read, where)
-    content_type = entry.get("content_type", default_type)
-    status = entry.get("expect_status", 200)
-    if not isinstance(content_type, str) or not isinstance(status, int) or isinstance(status, bool):
-        raise CanaryError(f"{where}: content_type must be a string, expect_status an integer")
-    return Canary(str(entry.get("name", where)), body, content_type, status)
-
-
-def _body(
-    entry: Mapping[str, Any], base: Path, read: Callable[[Path], bytes], where: str
-) -> tuple[bytes, str]:
     if "body_file" in entry:
-        try:
-            return read(base / str(entry["body_file"])), "application/octet-stream"
-        except OSError as exc:
-            raise CanaryError(f"{where}: cannot read body_file: {exc}") from None
+        name = _text(where, entry, "body_file") or ""
+        return _file(where, name, base), "application/octet-stream"
     body = entry["body"]
     if isinstance(body, str):
         return body.encode(), "text/plain"
-    return json.dumps(body).encode(), "application/json"
+    return _json(where, body), "application/json"
+
+
+def _json(where: str, value: Any) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError as exc:  # e.g. an integer beyond 64 bits
+        raise CanaryError(f"{where}: {exc}") from None
+
+
+def _file(where: str, name: str, base: Path | None) -> bytes:
+    if base is None:
+        raise CanaryError(f"{where}: body_file is not allowed here")
+    path = Path(name)
+    if not name or path.is_absolute() or ".." in path.parts:
+        raise CanaryError(f"{where}: body_file must be a relative path without '..': {name!r}")
+    try:
+        return (base / path).read_bytes()
+    except OSError as exc:
+        raise CanaryError(f"{where}: body_file {name}: {exc.strerror or exc}") from None
+
+
+def _text(where: str, entry: Mapping[str, Any], key: str) -> str | None:
+    value = entry.get(key)
+    if value is not None and not isinstance(value, str):
+        raise CanaryError(f"{where}: {key} must be a string")
+    return value
+
+
+def _status(where: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 100 <= value <= 599:
+        raise CanaryError(f"{where}: expect_status must be an HTTP status (100-599)")
+    return value

@@ -14,6 +14,7 @@
     ├── MethodNotAllowed           405  turned off (model registration without the flag)
     ├── ModelUnavailable           503  FAILED, stopping, or its queue is full
     ├── WorkerStartFailed          500  a worker could not load the model
+    ├── CanaryFailed               422  a new version answered a canary wrongly; not switched to
     ├── DeadlineExceeded           504  the request's own deadline passed
     └── WorkerFailure                   a request's worker failed while serving it
         ├── WorkerDied             500  (507 when killed by SIGKILL, e.g. the OOM killer)
@@ -28,6 +29,7 @@ from __future__ import annotations
 import signal
 
 __all__ = [
+    "CanaryFailed",
     "DeadlineExceeded",
     "DownloadFailed",
     "Forbidden",
@@ -128,6 +130,29 @@ class WorkerStartFailed(SupervisorError):
 
     status = 500
     type_name = "InternalServerException"
+
+
+class CanaryFailed(SupervisorError):
+    """A model version failed one of its canaries, so it did not become the default.
+
+    Args:
+        message: which canary failed, why, and what was done about it.
+        canary: the failed canary's report (``CanaryResult.to_json()``).
+        log_tail: the last log lines of the version's workers.
+    """
+
+    status = 422
+    type_name = "CanaryFailedException"
+
+    def __init__(
+        self, message: str, *, canary: dict[str, object], log_tail: tuple[str, ...] = ()
+    ) -> None:
+        super().__init__(message, log_tail=log_tail)
+        self.canary = canary
+
+    def to_json(self) -> dict[str, object]:
+        """The error body, with the failed canary's report under ``canary``."""
+        return {**super().to_json(), "canary": self.canary}
 
 
 class WorkerFailure(SupervisorError):

@@ -224,6 +224,21 @@ class Pool:
         for slot in self.slots:
             slot.stop()
 
+    def close_intake(self) -> None:
+        """Take no new requests (503 "is stopping"); the slots still serve the queued ones.
+
+        Each slot ends once the queue is empty and its batch is answered; ``stop()``
+        then ends the pool. This is the first half of a drain.
+        """
+        if self.state is not ModelState.FAILED:
+            self._set_state(ModelState.STOPPING)
+        self._send.close()
+
+    async def wait_drained(self) -> None:
+        """Wait until every slot has ended after ``close_intake()`` (nothing left to serve)."""
+        while self.slots and self.state is not ModelState.FAILED:
+            await self._changed.wait()
+
     async def wait_ready(self, workers: int | None = None) -> None:
         """Wait until ``workers`` (default: the configured number) are ready.
 

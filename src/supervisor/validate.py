@@ -41,6 +41,7 @@ class CanaryResult:
         latency: seconds from sending to the whole answer (or to giving up).
         detail: why it failed: the start of the answer's body (whitespace
             collapsed), or the transport error.
+        mismatch: with the expected status, why the content was not the expected one.
     """
 
     name: str
@@ -49,10 +50,12 @@ class CanaryResult:
     latency: float
     detail: str | None = None
 
+    mismatch: str = ""  # the answer had the status but not the expected content
+
     @property
     def passed(self) -> bool:
-        """Whether the answer had the expected status."""
-        return self.status == self.expected
+        """Whether the answer had the expected status and content."""
+        return self.status == self.expected and not self.mismatch
 
     def to_json(self) -> dict[str, Any]:
         """The canary's entry in the JSON report."""

@@ -21,7 +21,7 @@ import attrs
 import httpx
 import trio
 
-from supervisor.canary import Canary, CanaryError, read_canaries
+from supervisor.canary import Canary, CanaryError, judge, read_canaries
 from supervisor.runner import ModelServerRunner
 from supervisor.runner_state import Endpoint, ServerStartFailed
 from supervisor.validate import LOAD_AND_QUERY, LOAD_ONLY, CanaryResult, Report, TryResult
@@ -175,10 +175,16 @@ async def _send(
         why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         return CanaryResult(canary.name, canary.expect_status, None, spent, why)
     spent = time.monotonic() - began
+    mismatch = judge(canary, answer.status_code, answer.content)
     detail = None
-    if answer.status_code != canary.expect_status:
+    if mismatch:
         detail = " ".join(answer.text.split())[:DETAIL_CHARS]
-    return CanaryResult(canary.name, canary.expect_status, answer.status_code, spent, detail)
+        if answer.status_code == canary.expect_status:
+            detail = f"{mismatch}: {detail}"
+    other = mismatch if answer.status_code == canary.expect_status else ""
+    return CanaryResult(
+        canary.name, canary.expect_status, answer.status_code, spent, detail, mismatch=other
+    )
 
 
 async def _worker_log_tail(
