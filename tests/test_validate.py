@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.canary import Canary, CanaryError, parse_canaries, read_canaries
+from supervisor.canary import CanaryError, read_canaries
 from supervisor.cli import main
 from supervisor.runner_state import Failure, FailureKind
 from supervisor.validate import CanaryResult, Report, TryResult, redact
@@ -20,12 +20,14 @@ from tests.helpers import CRASH_AT_LOAD_HANDLER, ECHO_HANDLER, make_mar
 def test_canaries_from_json_lines_with_defaults_and_body_files(tmp_path):
     text = '{"body": "hello"}\n\n{"name": "row", "body": [1, 2], "expect_status": 400}\n'
     text += '{"body_file": "cat.jpg", "content_type": "image/jpeg"}\n'
-    files = {tmp_path / "cat.jpg": b"\xff\xd8"}
-    canaries = parse_canaries(text, base=tmp_path, read=files.__getitem__)
-    assert canaries == [
-        Canary("canary 1", b"hello", "text/plain"),
-        Canary("row", b"[1, 2]", "application/json", 400),
-        Canary("canary 3", b"\xff\xd8", "image/jpeg"),
+    (tmp_path / "cat.jpg").write_bytes(b"\xff\xd8")
+    path = tmp_path / "canaries.jsonl"
+    path.write_text(text)
+    canaries = read_canaries(path)
+    assert [(c.name, c.body, c.content_type, c.expect_status) for c in canaries] == [
+        ("canary 1", b"hello", "text/plain", 200),
+        ("row", b"[1,2]", "application/json", 400),
+        ("canary 3", b"\xff\xd8", "image/jpeg", 200),
     ]
 
 
@@ -33,25 +35,28 @@ def test_canaries_from_a_json_list_read_relative_to_the_file(tmp_path):
     (tmp_path / "input.bin").write_bytes(b"\x00\x01")
     path = tmp_path / "canaries.json"
     path.write_text(json.dumps([{"body_file": "input.bin"}, {"body": {"a": 1}}]))
-    assert [c.body for c in read_canaries(path)] == [b"\x00\x01", b'{"a": 1}']
+    assert [c.body for c in read_canaries(path)] == [b"\x00\x01", b'{"a":1}']
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
         ("", "no canaries"),
-        ("{not json", "not JSON"),
-        ("[1]", "expected an object"),
+        ("{not json", "invalid JSON"),
+        ("[1]", "must be an object"),
         ('{"body": "x", "expect": 200}', "unknown key"),
         ('{"name": "x"}', "exactly one of body and body_file"),
         ('{"body": "x", "body_file": "y"}', "exactly one"),
-        ('{"body": "x", "expect_status": "200"}', "integer"),
-        ('{"body_file": "absent.bin"}', "cannot read body_file"),
+        ('{"body": "x", "expect_status": "200"}', "expect_status"),
+        ('{"body_file": "absent.bin"}', "body_file absent.bin"),
+        ('{"body_file": "../outside.bin"}', "without '..'"),
     ],
 )
 def test_malformed_canary_files_are_refused(tmp_path, text, message):
+    path = tmp_path / "canaries.jsonl"
+    path.write_text(text)
     with pytest.raises(CanaryError, match=message):
-        parse_canaries(text, base=tmp_path)
+        read_canaries(path)
 
 
 # --- the report (pure) ----------------------------------------------------------------------

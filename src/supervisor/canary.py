@@ -133,23 +133,24 @@ def judge(canary: Canary, status: int, body: bytes) -> str:
     return ""
 
 
-def read_canaries(path: Path) -> tuple[Canary, ...]:
-    """Parse the canary file at ``path``: a JSON list, or JSON lines.
+def read_canaries(path: str | Path) -> tuple[Canary, ...]:
+    """Parse the canary file at ``path``: a JSON list, or JSON lines if it ends in ``.jsonl``.
 
     ``body_file`` entries are read beside it.
 
     Raises:
         CanaryError: the file is unreadable or not a valid canary list.
     """
+    path = Path(path)
     try:
         text = path.read_bytes()
     except OSError as exc:
         raise CanaryError(f"{path.name}: {exc.strerror or exc}") from None
     try:
-        if text.lstrip().startswith(b"["):
-            data = orjson.loads(text)
-        else:  # JSON lines: one object per line
+        if path.suffix == ".jsonl":  # JSON lines: one object per line
             data = [orjson.loads(line) for line in text.splitlines() if line.strip()]
+        else:
+            data = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
         raise CanaryError(f"{path.name}: invalid JSON or JSON lines: {exc}") from None
     if not data:
