@@ -245,6 +245,24 @@ async def test_a_handler_failing_midway_ends_the_stream_incomplete(
     assert r.text == "not streamed"
 
 
+async def test_a_client_leaving_mid_stream_drops_the_rest_quietly(
+    nursery, handler_dir, client, caplog
+):
+    endpoints = await start_server(nursery, streamer(handler_dir))
+    caplog.set_level(logging.WARNING)
+    caplog.clear()
+    url = f"{endpoints.inference}/predictions/stream"
+    async with client.stream("POST", url, json={"mode": "tick", "parts": 100, "every": 0.01}) as r:
+        assert await anext(r.aiter_raw()) == b"0,"
+    # leaving the block closed the connection mid-stream: no error, no warning, and the
+    # worker finishes that batch and serves the next (tests/test_stream_job.py checks the drop)
+    r = await client.post(url, json={"mode": "plain"})
+    assert r.text == "not streamed"
+    desc = (await client.get(f"{endpoints.management}/models/stream")).json()[0]
+    assert desc["workers"][0]["incarnation"] == 1
+    assert [rec.getMessage() for rec in caplog.records if rec.levelno >= logging.WARNING] == []
+
+
 def body(**fields: object) -> bytes:
     return json.dumps(fields).encode()
 
