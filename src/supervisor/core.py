@@ -5,6 +5,8 @@
     async with open_supervisor(config) as sup:
         await sup.load_model(ModelConfig(name="m", handler="my_handler"))
         reply = await sup.predict("m", b"[1, 2]")
+        async for part in sup.predict_stream("m", b"[1, 2]"):  # a streamed answer
+            ...
 
 Leaving the block stops the workers politely (bounded by ``grace``); cancelling
 it tears them down at once. Either way no worker process survives.
@@ -16,6 +18,7 @@ unloaded first drains (``unload``).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
@@ -35,7 +38,7 @@ from supervisor.batching import Job
 from supervisor.canary import Canary, CanaryResult
 from supervisor.config import ModelConfig, ServerConfig
 from supervisor.devices import device_for, visible_gpus
-from supervisor.errors import CanaryFailed, InvalidRequest, SupervisorError
+from supervisor.errors import CanaryFailed, DeadlineExceeded, InvalidRequest, SupervisorError
 from supervisor.pool import ModelState, Pool
 from supervisor.process import Launcher, ProcessLauncher
 from supervisor.registry import Registry
@@ -157,11 +160,55 @@ class Supervisor:
     ) -> ReplyItem:
         """Run one request with a raw body through the model and return its reply.
 
+        A streamed answer is returned whole, as an HTTP client receives it: the
+        status, content type and headers of its first part, and every part's body
+        joined. ``predict_stream`` gives the parts one by one.
+
         Raises:
-            SupervisorError: the model is unknown or unavailable, or its worker failed.
+            SupervisorError: the model is unknown or unavailable, its worker failed,
+                or a streamed answer broke off midway.
         """
-        item = InferItem(uuid.uuid4().hex, dict(headers or {}), {"body": (content_type, body)})
-        return await self.submit(item, name, version).wait()
+        job = self.submit(_raw_item(body, content_type, headers), name, version)
+        first = await job.wait()
+        if not job.streamed:
+            return first
+        bodies = [first.body]
+        while (part := await job.next_part()) is not None:
+            bodies.append(part.body)
+        return dataclasses.replace(first, body=b"".join(bodies))
+
+    async def predict_stream(
+        self,
+        name: str,
+        body: bytes,
+        *,
+        version: str | None = None,
+        content_type: str = "application/json",
+        headers: Mapping[str, str] | None = None,
+    ) -> AsyncIterator[ReplyItem]:
+        """Run one request and yield its answer part by part, as the handler streams it.
+
+        A handler that does not stream gives one item, its reply. Each part comes
+        within ``response_timeout`` of the one before. Leaving the loop early drops
+        the rest of the answer; wrap the call in ``contextlib.aclosing`` so that
+        happens at once::
+
+            async with aclosing(sup.predict_stream("llm", b"prompt")) as parts:
+                async for part in parts:
+                    print(part.body.decode(), end="")
+
+        Raises:
+            SupervisorError: as ``predict``; a failure midway is raised after the
+                parts that came before it.
+        """
+        job = self.submit(_raw_item(body, content_type, headers), name, version)
+        try:
+            part: ReplyItem | None = await job.wait()
+            while part is not None:
+                yield part
+                part = await job.next_part()
+        finally:
+            job.fail(DeadlineExceeded("the caller stopped reading the streamed answer"))
 
     def submit(
         self, item: InferItem, name: str, version: str | None = None, deadline: float = math.inf
@@ -364,6 +411,10 @@ class Supervisor:
             pool.stop()
         for pool in pools:
             await pool.wait_stopped()
+
+
+def _raw_item(body: bytes, content_type: str, headers: Mapping[str, str] | None) -> InferItem:
+    return InferItem(uuid.uuid4().hex, dict(headers or {}), {"body": (content_type, body)})
 
 
 @asynccontextmanager

@@ -16,6 +16,7 @@
     ├── WorkerStartFailed          500  a worker could not load the model
     ├── CanaryFailed               422  a new version answered a canary wrongly; not switched to
     ├── DeadlineExceeded           504  the request's own deadline passed
+    ├── StreamFailed               500  a streamed answer broke off after its first part
     └── WorkerFailure                   a request's worker failed while serving it
         ├── WorkerDied             500  (507 when killed by SIGKILL, e.g. the OOM killer)
         └── WorkerTimeout          504  no reply within response_timeout
@@ -40,6 +41,7 @@ __all__ = [
     "ModelNotFound",
     "ModelUnavailable",
     "ModelVersionNotFound",
+    "StreamFailed",
     "SupervisorError",
     "Unauthorized",
     "WorkerDied",
@@ -225,3 +227,21 @@ class DeadlineExceeded(SupervisorError):
 
     status = 504
     type_name = "RequestTimeoutException"
+
+
+class StreamFailed(SupervisorError):
+    """A streamed answer broke off after its first part.
+
+    The handler failed midway (its status and message are kept), or the reader
+    fell so far behind that the parts waiting for it passed the bound.
+
+    Args:
+        message: what happened.
+        status: the status the failure maps to (the handler's, or 500).
+    """
+
+    type_name = "InternalServerException"
+
+    def __init__(self, message: str, *, status: int = 500) -> None:
+        super().__init__(message)
+        self.status = status

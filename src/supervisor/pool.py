@@ -19,10 +19,11 @@ import os
 import random
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import trio
 
-from handlers.protocol import InferItem
+from handlers.protocol import InferItem, ReplyItem
 from supervisor.batching import Job, fill_batch, live, take_first
 from supervisor.config import ModelConfig
 from supervisor.devices import Device, device_for
@@ -531,8 +532,9 @@ class Slot:
             job.dispatched_at = now
         if self.pool.on_batch is not None:
             self.pool.on_batch(len(batch))
+        jobs = {job.item.request_id: job for job in batch}
         try:
-            replies = await worker.infer([job.item for job in batch])
+            replies = await worker.infer([job.item for job in batch], partial(_route_parts, jobs))
         except NotDelivered:
             self.pool.requeue(batch)  # never reached the worker: another one takes it
             return
@@ -540,13 +542,12 @@ class Slot:
             for job in batch:
                 job.fail(exc)
             return
-        by_id = {reply.request_id: reply for reply in replies}
-        for job in batch:
-            reply = by_id.get(job.item.request_id)
-            if reply is None:
-                job.fail(WorkerDied(f"worker {worker.name} sent no answer for this request"))
-            else:
-                job.resolve(reply)
+        for reply in replies:
+            answered = jobs.pop(reply.request_id, None)
+            if answered is not None:
+                answered.resolve(reply)
+        for job in jobs.values():
+            job.fail(WorkerDied(f"worker {worker.name} sent no answer for this request"))
 
     def statistics(self) -> WorkerStats:
         """A frozen snapshot of the slot and its current incarnation."""
@@ -563,6 +564,14 @@ class Slot:
             log_tail=w.log.lines(20) if w else (),
             gpu=self.device.physical,
         )
+
+
+def _route_parts(jobs: dict[str, Job], parts: list[ReplyItem]) -> None:
+    """Hand each part of a streamed answer to its job; parts for unknown ids are dropped."""
+    for part in parts:
+        job = jobs.get(part.request_id)
+        if job is not None:
+            job.add_part(part)
 
 
 def _exit_stats(worker: Worker) -> ExitStats:

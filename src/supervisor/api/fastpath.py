@@ -9,6 +9,7 @@ unusual case.
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 from collections.abc import Callable
@@ -18,14 +19,22 @@ import trio
 
 from handlers.protocol import InferItem, ReplyItem
 from supervisor.api.inference import DEADLINE_HEADER, RequestObserver, job_version
-from supervisor.api.lean import Answer, Exchange, FastHandler
+from supervisor.api.lean import Answer, CloseConnection, Exchange, FastHandler
 from supervisor.auth import Tokens, bearer_matches
 from supervisor.batching import Job
 from supervisor.core import Supervisor
-from supervisor.errors import InvalidRequest, ModelNotFound, ModelVersionNotFound, SupervisorError
+from supervisor.errors import (
+    DeadlineExceeded,
+    InvalidRequest,
+    ModelNotFound,
+    ModelVersionNotFound,
+    SupervisorError,
+)
 from supervisor.http1 import RequestHead
 
 __all__ = ["FastRoutes"]
+
+log = logging.getLogger("supervisor.http")
 
 _PATH = re.compile(r"/(predictions|explanations)/([^/%]+)(?:/([^/%]+)(?:/([^/%][^%]*))?)?")
 _FORM_TYPES = (b"multipart/form-data", b"application/x-www-form-urlencoded")
@@ -87,24 +96,58 @@ class FastRoutes:
             item = _item(exchange, request_id.hex, extra or "", prefix == "explanations")
             job = self.sup.submit(item, model, version, deadline)
             job.gone = exchange.client_gone  # dropped before dispatch if the client left
-            answer = _answer(await job.wait())
+            reply = await job.wait()
+            if job.streamed:
+                status = await _stream(exchange, job, reply, request_id)
+                self._record(model, version, status, started, job)
+                return None
+            answer = _answer(reply)
         except (ModelNotFound, ModelVersionNotFound) as exc:
             return self._finish(_error(exc), request_id)  # no metric series for made-up names
         except SupervisorError as exc:
             answer = _error(exc)
-        if self.observe is not None:
-            latency = trio.current_time() - started
-            queue = None if job is None or job.dispatched_at is None else _queued(job)
-            self.observe(
-                model, job_version(self.sup, model, version), answer.status, latency, queue
-            )
+        self._record(model, version, answer.status, started, job)
         return self._finish(answer, request_id)
+
+    def _record(
+        self, model: str, version: str | None, status: int, started: float, job: Job | None
+    ) -> None:
+        if self.on_response is not None and job is not None and job.streamed:
+            self.on_response(status)
+        if self.observe is None:
+            return
+        latency = trio.current_time() - started
+        queue = None if job is None or job.dispatched_at is None else _queued(job)
+        self.observe(model, job_version(self.sup, model, version), status, latency, queue)
 
     def _finish(self, answer: Answer, request_id: uuid.UUID) -> Answer:
         answer.headers.append((b"x-request-id", str(request_id).encode()))
         if self.on_response is not None:
             self.on_response(answer.status)
         return answer
+
+
+async def _stream(exchange: Exchange, job: Job, first: ReplyItem, request_id: uuid.UUID) -> int:
+    """Send a streamed answer as a chunked body, one chunk per part; returns the status.
+
+    A stream that breaks off ends the connection without the last chunk, so the
+    client sees an incomplete body rather than a short success.
+    """
+    headers = _answer(first).headers
+    headers.append((b"x-request-id", str(request_id).encode()))
+    try:
+        await exchange.send_head(first.status, headers)
+        part: ReplyItem | None = first
+        while part is not None:
+            await exchange.send_chunk(part.body)
+            part = await job.next_part()
+        await exchange.end_chunks()
+    except SupervisorError as exc:
+        log.warning("streamed answer to request %s broke off: %s", job.item.request_id, exc.message)
+        raise CloseConnection(exc.message) from None
+    finally:
+        job.fail(DeadlineExceeded("the client went away during the streamed answer"))
+    return first.status
 
 
 def _queued(job: Job) -> float:

@@ -37,7 +37,7 @@ from supervisor import http1
 from supervisor.api.common import http_error_body
 from supervisor.http1 import ProtocolError, RequestHead
 
-__all__ = ["Answer", "LeanLimits", "Peer", "serve_lean"]
+__all__ = ["Answer", "CloseConnection", "LeanLimits", "Peer", "serve_lean"]
 
 log = logging.getLogger("supervisor.http")
 
@@ -61,6 +61,10 @@ class LeanLimits:
     read_timeout: float = 30.0
     keep_alive_timeout: float = 5.0
     graceful_timeout: float = 11.0
+
+
+class CloseConnection(Exception):
+    """Raised by a handler to end the connection at once (e.g. a stream cut short)."""
 
 
 @attrs.frozen
@@ -194,7 +198,7 @@ class _Connection:
                 await self._error(408, "the request body did not arrive in time")
         except ProtocolError as exc:
             await self._error(exc.status, exc.message)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+        except (trio.BrokenResourceError, trio.ClosedResourceError, CloseConnection):
             pass
 
     async def _requests(self) -> None:

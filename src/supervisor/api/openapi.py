@@ -198,7 +198,10 @@ _INFER_BODY = {
 _INFER_OK = {
     "description": "The handler's result. Its status (200 unless the handler set another), "
     "Content-Type and headers come from the handler: `bytes` are "
-    "`application/octet-stream`, `str` is `text/plain; charset=utf-8`, anything else JSON.",
+    "`application/octet-stream`, `str` is `text/plain; charset=utf-8`, anything else JSON. "
+    "A handler that streams its answer gives a chunked body, one chunk per part, with the "
+    "first part's status and headers (`ts_stream_next: true`); a stream that breaks off "
+    "midway ends without the final chunk.",
     "content": {"*/*": {"schema": {}}},
 }
 
