@@ -71,7 +71,8 @@ def _ceiling(results: dict[str, Any]) -> None:
 
 def _load(results: dict[str, Any]) -> None:
     print("Load (c = closed-loop keep-alive clients; medians of the repeats)\n")
-    header = ["model", "workers", "batch", "threads", "c", "req/s", "p50 ms", "p90 ms", "p99 ms"]
+    header = ["model", "http", "workers", "batch", "threads", "c", "req/s", "p50 ms", "p90 ms"]
+    header += ["p99 ms"]
     header += ["errors"]
     header += ["mean batch", "sup CPU us/req", "CPU % sup/workers/loadgen/other", "sup run-queue %"]
     rows = []
@@ -83,7 +84,8 @@ def _load(results: dict[str, Any]) -> None:
             f"{r[k]:.0f}" for k in ("supervisor_cpu_pct", "workers_cpu_pct", "loadgen_cpu_pct")
         )
         cpu += f"/{r['other_cpu_pct']:.0f}"
-        setup = [r["model"], r["workers"], batch, r["threads"], r["concurrency"], r["rps"]]
+        setup = [r["model"], r.get("http", "lean"), r["workers"], batch, r["threads"]]
+        setup += [r["concurrency"], r["rps"]]
         latency = [r["p50_ms"], r["p90_ms"], r["p99_ms"], r["errors"], r["mean_batch"]]
         usage = [r["supervisor_cpu_us_per_request"], cpu, r["supervisor_runq_pct"]]
         rows.append([*setup, *latency, *usage])
@@ -95,6 +97,7 @@ def _memory(results: dict[str, Any]) -> None:
     rows = []
     for m in results["memory"]:
         setup = f"{m['model']}, {m['workers']} worker(s), batch {m.get('batch_size', 1)}"
+        setup += ", Hypercorn" if m.get("http") == "hypercorn" else ""
         setup += f", threads {m['threads']}" if m["threads"] != "default" else ""
         workers_idle = " / ".join(f"{w:.0f}" for w in m["idle"]["workers"])
         workers_loaded = " / ".join(f"{w:.0f}" for w in m["loaded"].get("workers", []))
@@ -139,11 +142,12 @@ def _find(
     c: int,
     batch: int = 1,
     threads: str = "default",
+    http: str = "lean",
 ) -> dict:
     """The load row of that setup (``threads``: the workers' OMP_NUM_THREADS)."""
     for r in results["load"]:
         setup = (r["model"], r["workers"], r["concurrency"], r.get("batch_size", 1), r["threads"])
-        if setup == (model, workers, c, batch, threads):
+        if setup == (model, workers, c, batch, threads) and r.get("http", "lean") == http:
             return r
     raise KeyError((model, workers, c, batch))
 

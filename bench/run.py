@@ -165,19 +165,25 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # wins over the server's share (cores / w
 def serve_scenarios(specs: dict[str, str], root: str, plan: Plan) -> tuple[list, list]:
     """The load scenarios; returns (rows of the load table, rows of the memory table)."""
     batched = {"batch_size": 8, "max_batch_delay": plan.batch_delay}
+    hypercorn = os.path.join(root, "hypercorn.toml")
+    with open(hypercorn, "w") as handle:
+        handle.write("[server]\nlean_http = false\n")
     setups = [
-        ("tiny", {"workers": 1}, (1, 8, 32), {}),
-        ("tiny", {"workers": 2}, (1, 8, 32), {}),
-        ("tiny", {"workers": 2, **batched}, (32,), {}),
-        ("mlp", {"workers": 1}, (32,), {}),
-        ("mlp", {"workers": 1, **batched}, (32,), {}),
-        ("mlp", {"workers": 1, **batched}, (32,), ONE_THREAD),
+        ("tiny", {"workers": 1}, (1, 8, 32), {}, "lean"),
+        ("tiny", {"workers": 2}, (1, 8, 32), {}, "lean"),
+        ("tiny", {"workers": 2}, (1, 32), {}, "hypercorn"),
+        ("tiny", {"workers": 2, **batched}, (32,), {}, "lean"),
+        ("mlp", {"workers": 1}, (32,), {}, "lean"),
+        ("mlp", {"workers": 1, **batched}, (32,), {}, "lean"),
+        ("mlp", {"workers": 1, **batched}, (32,), ONE_THREAD, "lean"),
     ]
     rows, memory = [], []
-    for model, flags, levels, env in setups:
+    for model, flags, levels, env, http in setups:
         ready = {model: flags["workers"]}
         setup = {"model": model, **flags, "threads": env.get("OMP_NUM_THREADS", "default")}
-        with servers.running([specs[model]], root, ready=ready, env=env, **flags) as srv:
+        setup["http"] = http
+        extra = {"config": hypercorn} if http == "hypercorn" else {}
+        with servers.running([specs[model]], root, ready=ready, env=env, **flags, **extra) as srv:
             idle, peak = idle_rss(srv, model), {}
             for concurrency in levels:
                 busy = servers.wait_quiet(within=plan.quiet_wait)
@@ -193,6 +199,7 @@ def serve_scenarios(specs: dict[str, str], root: str, plan: Plan) -> tuple[list,
 def _progress(row: dict[str, Any]) -> str:
     return (
         f"  {row['model']} w={row['workers']} b={row.get('batch_size', 1)} t={row['threads']} "
+        f"{row.get('http', 'lean')} "
         f"c={row['concurrency']}: {row['rps']:.0f}/s p50 {row['p50_ms']:.2f} ms"
     )
 

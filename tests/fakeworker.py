@@ -29,6 +29,7 @@ from handlers.protocol import (
     ReplyItem,
     decode_infer,
     encode,
+    encode_part,
     encode_reply,
 )
 
@@ -130,6 +131,7 @@ class FakeProcess:
         self._send_lock = trio.Lock()
         self._stopping = False
         self._tasks: trio.Nursery | None = None
+        self._batch_id: int | None = None
 
     async def wait(self) -> int:
         """Wait until the fake process ended; its return code."""
@@ -228,10 +230,16 @@ class FakeProcess:
                 self.exit(0)
                 return
             batch_id, items = decode_infer(message)
+            self._batch_id = batch_id
             self.batches.append([item.request_id for item in items])
             self._on_change()
             replies = await self.behaviour.infer(self, items)
             await self._send(encode_reply(batch_id, replies))
+
+    async def send_parts(self, parts: list[ReplyItem]) -> None:
+        """Send intermediate answers for the batch being run (a streamed answer)."""
+        assert self._batch_id is not None
+        await self._send(encode_part(self._batch_id, parts))
 
     async def _send(self, frame: bytes) -> None:
         try:

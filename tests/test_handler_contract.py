@@ -15,7 +15,11 @@ from handlers.runtime import run_batch, serialise
 
 
 def test_public_surface():
-    assert handlers.__all__ == ["Context", "PredictionException"]
+    assert handlers.__all__ == [
+        "Context",
+        "PredictionException",
+        "send_intermediate_predict_response",
+    ]
     assert handlers.Context is Context
     assert handlers.PredictionException is PredictionException
 

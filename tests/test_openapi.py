@@ -14,8 +14,9 @@ from openapi_spec_validator import validate
 
 from supervisor.api.describe import describe_model
 from supervisor.api.openapi import KINDS, openapi_document
+from supervisor.canary import CanaryResult, parse_canaries
 from supervisor.config import ModelConfig
-from supervisor.errors import ModelUnavailable, WorkerDied, WorkerTimeout
+from supervisor.errors import CanaryFailed, ModelUnavailable, WorkerDied, WorkerTimeout
 from supervisor.metrics import CONTENT_TYPE
 from supervisor.stats import ExitStats, ModelStats, WorkerStats
 
@@ -179,10 +180,18 @@ def test_predictions_accept_raw_and_form_bodies(docs):
 @pytest.mark.parametrize(
     ("path", "method", "codes"),
     [
-        ("/models", "post", {"200", "202", "400", "404", "405", "409", "500", "503", "507"}),
+        (
+            "/models",
+            "post",
+            {"200", "202", "400", "404", "405", "409", "422", "500", "503", "507"},
+        ),
         ("/models/{model_name}", "put", {"200", "202", "206", "400", "404", "500"}),
         ("/models/{model_name}/{model_version}", "delete", {"200", "403", "404", "405"}),
-        ("/models/{model_name}/{model_version}/set-default", "put", {"200", "404"}),
+        (
+            "/models/{model_name}/{model_version}/set-default",
+            "put",
+            {"200", "400", "404", "405", "422"},
+        ),
         ("/token", "get", {"200", "400"}),
     ],
 )
@@ -207,6 +216,27 @@ def test_register_takes_query_or_json(docs):
     assert "url" in query
     assert body["required"] == ["url"]
     assert body["properties"]["synchronous"]["default"] is True
+
+
+def test_canaries_and_their_failure_match_the_schemas(docs):
+    doc = docs["management"]
+    good = [
+        {"body": {"x": 1}, "expect_json": {"y": 2}},
+        {"body_file": "a.jpg", "content_type": "image/jpeg", "expect_status": 200},
+    ]
+    for entry in good:
+        check(entry, doc, "Canary")
+    for bad in ({"body": "x", "body_file": "y"}, {"expected_status": 200, "body": "x"}, {}):
+        with pytest.raises(ValidationError):
+            check(bad, doc, "Canary")
+    (canary,) = parse_canaries([good[0]])
+    report = CanaryResult(1, canary, 200, b"{}", "the answer differs").to_json()
+    error = CanaryFailed("Canary 1 of 1 failed", canary=report, log_tail=("x",))
+    check(error.to_json(), doc, "Error")
+    item = doc["paths"]["/models/{model_name}/{model_version}/set-default"]["put"]
+    assert item["requestBody"]["content"]["application/json"]["schema"]["items"] == {
+        "$ref": "#/components/schemas/Canary"
+    }
 
 
 def test_error_bodies_match_the_error_schema(docs):

@@ -13,6 +13,7 @@ import itertools
 import random
 import signal
 from collections import Counter
+from functools import partial
 
 import pytest
 import trio
@@ -442,7 +443,7 @@ async def test_scale_to_zero_answers_the_queued_jobs(
     assert (await in_flight.wait()).body == b"body 0"
 
 
-async def test_unload_answers_queued_503_and_finishes_the_batch_in_flight(
+async def test_unload_without_grace_answers_queued_503_and_finishes_the_batch_in_flight(
     autojump_clock: MockClock, nursery: trio.Nursery
 ) -> None:
     launcher = FakeLauncher(nursery, default=Behaviour(infer=sleep_then_echo(10)))
@@ -456,7 +457,7 @@ async def test_unload_answers_queued_503_and_finishes_the_batch_in_flight(
         start = trio.current_time()
 
         async with trio.open_nursery() as unloading:
-            unloading.start_soon(sup.unload, "m")
+            unloading.start_soon(partial(sup.unload, "m", grace=0))
             for job in queued:
                 with pytest.raises(ModelUnavailable, match="unloaded") as excinfo:
                     await job.wait()

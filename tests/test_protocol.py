@@ -66,6 +66,7 @@ def test_kind_values_are_stable():
         "PING": 6,
         "PONG": 7,
         "SHUTDOWN": 8,
+        "PART": 9,
     }
 
 
@@ -200,7 +201,7 @@ def test_default_limit_is_one_gib():
         Decoder().feed(struct.pack(">I", (1 << 30) + 1))
 
 
-@pytest.mark.parametrize("kind", [0, 9, 255])
+@pytest.mark.parametrize("kind", [0, 10, 255])
 def test_unknown_kind_is_rejected(kind):
     with pytest.raises(ProtocolError, match=f"unknown message kind {kind}"):
         Decoder().feed(frame(kind, b"{}"))

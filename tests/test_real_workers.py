@@ -185,7 +185,7 @@ async def test_scaling_up_and_down_with_real_workers(handler_dir):
         assert reply.ok
 
 
-async def test_unload_answers_queued_requests_and_stops_workers(handler_dir):
+async def test_unload_without_grace_answers_queued_requests_and_stops_workers(handler_dir):
     async with open_supervisor() as sup:
         await sup.load_model(echo_model(handler_dir))
         pid = sup.describe("echo")[0].workers[0].pid
@@ -197,7 +197,7 @@ async def test_unload_answers_queued_requests_and_stops_workers(handler_dir):
             await eventually(lambda: sup.describe("echo")[0].workers[0].state == "BUSY")
             nursery.start_soon(call, "queued", b"never served")
             await eventually(lambda: sup.describe("echo")[0].queue_depth == 1)
-            await sup.unload("echo")
+            await sup.unload("echo", grace=0)
         assert outcomes["in_flight"].ok
         assert isinstance(outcomes["queued"], ModelUnavailable)
         assert "unloaded" in outcomes["queued"].message

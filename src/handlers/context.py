@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from handlers.metrics import Metrics
+from handlers.streaming import PartSender, send_intermediate_predict_response
 
 __all__ = ["SEQUENCE_ID_HEADER", "Context"]
 
@@ -21,7 +23,8 @@ class Context:
         system_properties: ``model_dir``, ``gpu_id``, ``batch_size``, ``server_name``.
         metrics: record handler metrics (``add_time``, ``add_counter``...).
         request_ids: ``{index in the batch: request id}``.
-        cl_socket: always None (TorchServe's socket for streaming answers).
+        cl_socket: always None (TorchServe's socket; stream with ``send_intermediate``).
+        part_sender: sends the running batch's intermediate answers (set by the runtime).
         stopping_criteria: TorchServe's hook for continuous batching; unused here.
 
     Args:
@@ -57,16 +60,41 @@ class Context:
         self.metrics = Metrics(model_name)
         self.request_ids: dict[int, str] = {}
         self.cl_socket: Any = None
+        self.part_sender: PartSender | None = None
         self.stopping_criteria: Any = None
         self._headers: list[dict[str, Any]] = []
         self._responses: list[dict[str, Any]] = []
 
-    def start_batch(self, request_ids: list[str], headers: list[dict[str, Any]]) -> None:
+    def start_batch(
+        self,
+        request_ids: list[str],
+        headers: list[dict[str, Any]],
+        part_sender: PartSender | None = None,
+    ) -> None:
         """Reset the per-request state for a new batch (called by the runtime)."""
+        self.part_sender = part_sender
         self.request_ids = dict(enumerate(request_ids))
         self.metrics.set_request_ids(self.request_ids)
         self._headers = headers
         self._responses = [{"status": 200, "phrase": "", "headers": {}} for _ in request_ids]
+
+    def send_intermediate(self, results: Sequence[Any]) -> None:
+        """Send the next part of every answer of the batch: one result per request.
+
+        The results are serialised like ``handle``'s (bytes, str, JSON, tensors);
+        ``handle``'s own return value is the last part. See ``handlers.streaming``.
+
+        Raises:
+            RuntimeError: no batch is running (called from ``initialize``, or after
+                ``handle`` returned).
+            ValueError: ``results`` does not hold one result per request.
+        """
+        if len(results) != len(self.request_ids):
+            raise ValueError(
+                f"send_intermediate needs one result per request: got {len(results)} "
+                f"for a batch of {len(self.request_ids)}"
+            )
+        send_intermediate_predict_response(results, self.request_ids, "", 200, self)
 
     def get_request_id(self, idx: int = 0) -> str | None:
         """The id of request ``idx`` of the batch."""

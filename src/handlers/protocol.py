@@ -14,7 +14,9 @@ Conversation:
 
 * supervisor -> worker: ``LOAD`` once, then ``INFER``, ``PING``, ``SHUTDOWN``.
 * worker -> supervisor: ``READY`` or ``LOAD_FAILED`` once, then ``REPLY`` for
-  each ``INFER`` and ``PONG`` for each ``PING``.
+  each ``INFER`` and ``PONG`` for each ``PING``. While a batch runs, its handler
+  may send any number of ``PART`` frames first: intermediate answers for some of
+  the batch's requests (a streamed answer); the ``REPLY`` carries the last part.
 """
 
 from __future__ import annotations
@@ -35,9 +37,11 @@ __all__ = [
     "ProtocolError",
     "ReplyItem",
     "decode_infer",
+    "decode_part",
     "decode_reply",
     "encode",
     "encode_infer",
+    "encode_part",
     "encode_reply",
 ]
 
@@ -63,6 +67,7 @@ class Kind(enum.IntEnum):
     PING = 6
     PONG = 7
     SHUTDOWN = 8
+    PART = 9
 
 
 @dataclass(frozen=True)
@@ -220,6 +225,25 @@ def decode_infer(message: Message) -> tuple[int, list[InferItem]]:
 
 def encode_reply(batch_id: int, items: list[ReplyItem]) -> bytes:
     """Frame a ``REPLY`` message answering every item of a batch."""
+    return _encode_items(Kind.REPLY, batch_id, items)
+
+
+def encode_part(batch_id: int, items: list[ReplyItem]) -> bytes:
+    """Frame a ``PART`` message: intermediate answers for some items of a running batch."""
+    return _encode_items(Kind.PART, batch_id, items)
+
+
+def decode_reply(message: Message) -> tuple[int, list[ReplyItem]]:
+    """Unpack a ``REPLY`` message into its batch id and items."""
+    return _decode_items("REPLY", message)
+
+
+def decode_part(message: Message) -> tuple[int, list[ReplyItem]]:
+    """Unpack a ``PART`` message into its batch id and items."""
+    return _decode_items("PART", message)
+
+
+def _encode_items(kind: Kind, batch_id: int, items: list[ReplyItem]) -> bytes:
     meta = [
         {
             "id": item.request_id,
@@ -232,11 +256,10 @@ def encode_reply(batch_id: int, items: list[ReplyItem]) -> bytes:
         for item in items
     ]
     blobs = tuple(item.body for item in items)
-    return encode(Message(Kind.REPLY, {"batch": batch_id, "items": meta}, blobs))
+    return encode(Message(kind, {"batch": batch_id, "items": meta}, blobs))
 
 
-def decode_reply(message: Message) -> tuple[int, list[ReplyItem]]:
-    """Unpack a ``REPLY`` message into its batch id and items."""
+def _decode_items(name: str, message: Message) -> tuple[int, list[ReplyItem]]:
     try:
         metas = message.header["items"]
         if len(metas) != len(message.blobs):
@@ -255,4 +278,4 @@ def decode_reply(message: Message) -> tuple[int, list[ReplyItem]]:
         ]
         return int(message.header["batch"]), items
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
-        raise ProtocolError(f"malformed REPLY message: {exc!r}") from None
+        raise ProtocolError(f"malformed {name} message: {exc!r}") from None

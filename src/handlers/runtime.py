@@ -20,6 +20,7 @@ import socket
 import sys
 import threading
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 from handlers.base import HandlerFunction, PredictionException, decode_param, load_handler
@@ -33,8 +34,11 @@ from handlers.protocol import (
     ReplyItem,
     decode_infer,
     encode,
+    encode_part,
     encode_reply,
 )
+from handlers.reply import STREAM_NEXT_HEADER, failure, make_reply, serialise
+from handlers.streaming import PartSender
 from handlers.torchserve import install_torchserve_names
 
 __all__ = ["main", "read_manifest", "run_batch", "serialise"]
@@ -118,8 +122,16 @@ def main(argv: list[str] | None = None) -> int:
             except ProtocolError as exc:
                 print(f"worker: malformed INFER from the supervisor: {exc}", file=sys.stderr)
                 return 2
-            channel.send(encode_reply(batch_id, run_batch(handle, context, items)))
+            replies = run_batch(handle, context, items, send_parts=_part_writer(channel, batch_id))
+            channel.send(encode_reply(batch_id, replies))
     return 0
+
+
+def _part_writer(channel: Channel, batch_id: int) -> Callable[[list[ReplyItem]], None]:
+    def send(parts: list[ReplyItem]) -> None:
+        channel.send(encode_part(batch_id, parts))
+
+    return send
 
 
 def _load(header: dict[str, Any], channel: Channel) -> tuple[HandlerFunction, Context] | None:
@@ -166,15 +178,40 @@ def read_manifest(model_dir: str) -> dict[str, Any] | None:
     return manifest
 
 
-def run_batch(handle: HandlerFunction, context: Context, items: list[InferItem]) -> list[ReplyItem]:
-    """Run one batch through the handler; one reply per item, never an exception."""
+def run_batch(
+    handle: HandlerFunction,
+    context: Context,
+    items: list[InferItem],
+    *,
+    send_parts: Callable[[list[ReplyItem]], None] | None = None,
+) -> list[ReplyItem]:
+    """Run one batch through the handler; one reply per item, never an exception.
+
+    Args:
+        handle: the loaded handler.
+        context: the handler's context.
+        items: the batch's requests.
+        send_parts: writes intermediate answers while the batch runs (streaming);
+            None refuses them.
+    """
     if len(items) == 1 and items[0].headers.get("describe") == "True":
         return [_describe(handle, items[0])]
     batch = [
         {name: decode_param(ct, data) for name, (ct, data) in it.params.items()} for it in items
     ]
     headers: list[dict[str, Any]] = [dict(it.headers) for it in items]
-    context.start_batch([it.request_id for it in items], headers)
+    sender = PartSender(send_parts) if send_parts is not None else None
+    context.start_batch([it.request_id for it in items], headers, sender)
+    try:
+        return _answers(handle, batch, context, items)
+    finally:
+        if sender is not None:
+            sender.close()  # no part may follow the final reply
+
+
+def _answers(
+    handle: HandlerFunction, batch: list[dict[str, Any]], context: Context, items: list[InferItem]
+) -> list[ReplyItem]:
     try:
         results = handle(batch, context)
     except PredictionException as exc:
@@ -191,7 +228,7 @@ def run_batch(handle: HandlerFunction, context: Context, items: list[InferItem])
             items, 503, "Invalid model predict output: expected one result per request"
         )
     return [
-        _reply(item, result, context, idx)
+        _final(item, result, context, idx)
         for idx, (item, result) in enumerate(zip(items, results, strict=True))
     ]
 
@@ -209,39 +246,11 @@ def _describe(handle: HandlerFunction, item: InferItem) -> ReplyItem:
 
 
 def _fail_all(items: list[InferItem], status: int, message: str) -> list[ReplyItem]:
-    return [ReplyItem(it.request_id, ok=False, status=status, message=message) for it in items]
+    return [failure(it.request_id, status, message) for it in items]
 
 
-def _reply(item: InferItem, result: Any, context: Context, idx: int) -> ReplyItem:
-    headers = dict(context.get_response_headers(idx))
-    content_type = ""
-    for key in [k for k in headers if k.lower() == "content-type"]:
-        content_type = headers.pop(key)
-    try:
-        body, default_type = serialise(result)
-    except (TypeError, ValueError) as exc:
-        return ReplyItem(
-            item.request_id,
-            ok=False,
-            status=503,
-            message=f"Unsupported model output data type: {exc}",
-        )
-    return ReplyItem(
-        item.request_id,
-        ok=True,
-        status=context.response_status(idx),
-        body=body,
-        content_type=content_type or default_type,
-        headers=headers,
-    )
-
-
-def serialise(result: Any) -> tuple[bytes, str]:
-    """Turn a handler result into bytes and a default content type."""
-    if isinstance(result, bytes | bytearray | memoryview):
-        return bytes(result), "application/octet-stream"
-    if isinstance(result, str):
-        return result.encode(), "text/plain; charset=utf-8"
-    if hasattr(result, "tolist"):
-        result = result.tolist()
-    return json.dumps(result).encode(), "application/json"
+def _final(item: InferItem, result: Any, context: Context, idx: int) -> ReplyItem:
+    """The last answer for request ``idx``; after parts it says ``ts_stream_next: false``."""
+    if context.get_response_headers(idx).get(STREAM_NEXT_HEADER) == "true":
+        context.set_response_header(idx, STREAM_NEXT_HEADER, "false")
+    return make_reply(item.request_id, result, context, idx)

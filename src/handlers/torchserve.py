@@ -15,8 +15,9 @@ real ``ts`` package is importable nothing is installed, and it wins.
 Names provided: ``ts.context``, ``ts.torch_handler.base_handler``,
 ``ts.torch_handler.vision_handler``, ``ts.torch_handler.image_classifier``,
 ``ts.torch_handler.text_classifier``, ``ts.utils.util``,
-``ts.metrics.dimension``, ``ts.metrics.metric_type_enum`` and
-``ts.handler_utils.timer``.
+``ts.metrics.dimension``, ``ts.metrics.metric_type_enum``,
+``ts.handler_utils.timer``, and ``send_intermediate_predict_response`` from
+``ts.handler_utils.utils`` and (its old home) ``ts.protocol.otf_message_handler``.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "ts.metrics.metric_type_enum": ("handlers.metrics",),
     "ts.handler_utils": (),
     "ts.handler_utils.timer": ("handlers.metrics",),
+    "ts.handler_utils.utils": ("handlers.streaming",),
+    "ts.protocol": (),
+    "ts.protocol.otf_message_handler": ("handlers.streaming",),
 }
 """Each ``ts`` module and the modules of ours whose public names it holds."""
 

@@ -11,11 +11,13 @@ from handlers.protocol import InferItem, ReplyItem
 from supervisor.config import ModelConfig, ServerConfig, load_config
 from supervisor.core import Supervisor, open_supervisor
 from supervisor.errors import (
+    CanaryFailed,
     InvalidRequest,
     ModelConflict,
     ModelNotFound,
     ModelUnavailable,
     ModelVersionNotFound,
+    StreamFailed,
     SupervisorError,
     WorkerDied,
     WorkerFailure,
@@ -26,6 +28,7 @@ from supervisor.policy import RestartPolicy
 
 __all__ = [
     "DISTRIBUTION",
+    "CanaryFailed",
     "InferItem",
     "InvalidRequest",
     "ModelConfig",
@@ -36,6 +39,7 @@ __all__ = [
     "ReplyItem",
     "RestartPolicy",
     "ServerConfig",
+    "StreamFailed",
     "Supervisor",
     "SupervisorError",
     "WorkerDied",

@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import trio
@@ -22,6 +23,7 @@ import trio
 from supervisor import archiver, tsconfig
 from supervisor.archive import ARCHIVE_SUFFIXES
 from supervisor.config import ConfigError, ServerConfig, load_config, read_toml
+from supervisor.validate_command import add_validate_parser, run_validate
 
 __all__ = ["main"]
 
@@ -59,6 +61,7 @@ _SERVER_FLAGS = (
     "management_address",
     "metrics_address",
     "shutdown_grace",
+    "key_file",
 )
 _SWITCHES = ("disable_token_authorization", "enable_model_api")
 _MODELS_HELP = (
@@ -88,6 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     for flag, kind, text in _MODEL_FLAGS + _RESTART_FLAGS:
         serve.add_argument(f"--{flag}", type=kind, help=text)
     _add_archive(commands)
+    add_validate_parser(commands)
     return parser
 
 
@@ -127,6 +131,15 @@ def _add_server_flags(serve: argparse.ArgumentParser) -> None:
         help="allow registering and unregistering models over HTTP",
     )
     serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    serve.add_argument(
+        "--key-file", metavar="FILE", help="where the API keys are written (default key_file.json)"
+    )
+    serve.add_argument(
+        "--ready-file",
+        metavar="FILE",
+        help="once listening and every start-up model is ready or failed, write the addresses "
+        "and the models' states here as JSON (removed at exit)",
+    )
 
 
 def _add_archive(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -346,6 +359,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "archive":
         return _archive(args)
+    if args.command == "validate":
+        return run_validate(args)
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -360,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     failures: list[BaseException] = []
     try:
-        trio.run(serve, config)
+        trio.run(partial(serve, config, ready_file=args.ready_file))
     except* ListenError as group:
         failures.extend(_leaves(group))
     for failure in failures:

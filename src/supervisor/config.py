@@ -178,6 +178,9 @@ class ServerConfig:
         max_download_size: the largest remote archive accepted, in bytes.
         read_timeout: seconds a client may take to send a request before it is dropped.
         keep_alive_timeout: seconds an idle keep-alive connection is kept open.
+        lean_http: serve the inference port with the lean HTTP/1.1 front end (the
+            prediction routes without a framework); false serves it with Hypercorn
+            and Quart like the other ports.
         defaults: the model defaults (``[defaults]``), for models registered later.
     """
 
@@ -198,6 +201,7 @@ class ServerConfig:
     max_download_size: int = attrs.field(default=1024 * MIB, validator=[_int, v.gt(0)])
     read_timeout: float = attrs.field(default=30 * SECONDS, validator=_positive)
     keep_alive_timeout: float = attrs.field(default=5 * SECONDS, validator=_positive)
+    lean_http: bool = attrs.field(default=True, validator=v.instance_of(bool))
     defaults: Mapping[str, Any] = attrs.field(factory=dict)
 
 

@@ -5,17 +5,25 @@
     async with open_supervisor(config) as sup:
         await sup.load_model(ModelConfig(name="m", handler="my_handler"))
         reply = await sup.predict("m", b"[1, 2]")
+        async for part in sup.predict_stream("m", b"[1, 2]"):  # a streamed answer
+            ...
 
 Leaving the block stops the workers politely (bounded by ``grace``); cancelling
 it tears them down at once. Either way no worker process survives.
+
+A safe update loads a new version beside the serving one, sends it its canaries,
+and only then switches the default (``update``, ``promote``); a version being
+unloaded first drains (``unload``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
 import uuid
+from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -27,12 +35,14 @@ import trio
 from handlers.protocol import InferItem, ReplyItem
 from supervisor.archive import remove_paths
 from supervisor.batching import Job
+from supervisor.canary import Canary, CanaryResult
 from supervisor.config import ModelConfig, ServerConfig
 from supervisor.devices import device_for, visible_gpus
-from supervisor.errors import InvalidRequest
+from supervisor.errors import CanaryFailed, DeadlineExceeded, InvalidRequest, SupervisorError
 from supervisor.pool import ModelState, Pool
 from supervisor.process import Launcher, ProcessLauncher
 from supervisor.registry import Registry
+from supervisor.rollout import UpdateResult, archive_canaries, failure_outcome, run_canaries
 from supervisor.stats import ModelStats
 
 __all__ = ["Supervisor", "open_supervisor"]
@@ -54,6 +64,7 @@ class Supervisor:
         self._rng = rng or random.Random()
         self._nursery: trio.Nursery | None = None
         self._ended: dict[Pool, trio.Event] = {}
+        self._switching: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
         self.on_batch: Callable[[str, str, int], None] | None = None
         """Called with model, version and size for every batch dispatched (metrics)."""
 
@@ -67,7 +78,12 @@ class Supervisor:
             await trio.sleep_forever()
 
     async def load_model(
-        self, config: ModelConfig, *, wait: bool = True, owned: Sequence[Path] = ()
+        self,
+        config: ModelConfig,
+        *,
+        wait: bool = True,
+        owned: Sequence[Path] = (),
+        canaries: Sequence[Canary] | None = None,
     ) -> ModelStats:
         """Start a model's workers.
 
@@ -76,9 +92,12 @@ class Supervisor:
             wait: return only when its workers are ready.
             owned: files and directories made for this model (an unpacked archive,
                 a downloaded one), removed when it is unloaded or the supervisor stops.
+            canaries: what ``check`` and ``promote`` send to this version; None reads
+                ``canaries.json`` from the model directory (none if it has no such file).
 
         Raises:
             ModelConflict: that name and version are already loaded.
+            InvalidModel: the model directory's ``canaries.json`` is not valid.
             WorkerStartFailed: with ``wait``, the workers could not load the model
                 (the model stays registered, FAILED, so that describe explains it).
         """
@@ -88,6 +107,7 @@ class Supervisor:
             device_for(0, config.handler_config, gpus)
         except ValueError as exc:
             raise InvalidRequest(f"model {config.name}: {exc}") from None
+        found = tuple(canaries) if canaries is not None else await archive_canaries(config)
         pool = Pool(
             config,
             self._launcher,
@@ -96,7 +116,7 @@ class Supervisor:
             machine_workers=self.worker_count,
         )
         pool.on_batch = self._batch_observer(config)
-        self.registry.add(pool)
+        self.registry.add(pool, found)
         await self._nursery.start(self._run_pool, pool, tuple(owned))
         log.info("loading model %s with %d worker(s)", pool.label, config.workers)
         if wait:
@@ -140,11 +160,55 @@ class Supervisor:
     ) -> ReplyItem:
         """Run one request with a raw body through the model and return its reply.
 
+        A streamed answer is returned whole, as an HTTP client receives it: the
+        status, content type and headers of its first part, and every part's body
+        joined. ``predict_stream`` gives the parts one by one.
+
         Raises:
-            SupervisorError: the model is unknown or unavailable, or its worker failed.
+            SupervisorError: the model is unknown or unavailable, its worker failed,
+                or a streamed answer broke off midway.
         """
-        item = InferItem(uuid.uuid4().hex, dict(headers or {}), {"body": (content_type, body)})
-        return await self.submit(item, name, version).wait()
+        job = self.submit(_raw_item(body, content_type, headers), name, version)
+        first = await job.wait()
+        if not job.streamed:
+            return first
+        bodies = [first.body]
+        while (part := await job.next_part()) is not None:
+            bodies.append(part.body)
+        return dataclasses.replace(first, body=b"".join(bodies))
+
+    async def predict_stream(
+        self,
+        name: str,
+        body: bytes,
+        *,
+        version: str | None = None,
+        content_type: str = "application/json",
+        headers: Mapping[str, str] | None = None,
+    ) -> AsyncIterator[ReplyItem]:
+        """Run one request and yield its answer part by part, as the handler streams it.
+
+        A handler that does not stream gives one item, its reply. Each part comes
+        within ``response_timeout`` of the one before. Leaving the loop early drops
+        the rest of the answer; wrap the call in ``contextlib.aclosing`` so that
+        happens at once::
+
+            async with aclosing(sup.predict_stream("llm", b"prompt")) as parts:
+                async for part in parts:
+                    print(part.body.decode(), end="")
+
+        Raises:
+            SupervisorError: as ``predict``; a failure midway is raised after the
+                parts that came before it.
+        """
+        job = self.submit(_raw_item(body, content_type, headers), name, version)
+        try:
+            part: ReplyItem | None = await job.wait()
+            while part is not None:
+                yield part
+                part = await job.next_part()
+        finally:
+            job.fail(DeadlineExceeded("the caller stopped reading the streamed answer"))
 
     def submit(
         self, item: InferItem, name: str, version: str | None = None, deadline: float = math.inf
@@ -183,11 +247,22 @@ class Supervisor:
         if wait:
             await pool.wait_ready(workers)
 
-    async def unload(self, name: str, *, version: str | None = None) -> None:
-        """Stop a model version: queued requests get 503, in-flight ones finish."""
+    async def unload(self, name: str, *, version: str | None = None, grace: float = 10.0) -> None:
+        """Drain a model version, then stop it.
+
+        New requests for it get 503 at once. Queued and in-flight ones are served for
+        up to ``grace`` seconds; whatever is still queued then gets 503, the batch in
+        flight finishes, and the workers stop. ``grace=0`` skips the drain.
+        """
         pool = self.registry.get(name, version)
         ended = self._ended.get(pool)
-        pool.stop()
+        try:
+            if grace > 0:
+                pool.close_intake()
+                with trio.move_on_after(grace):
+                    await pool.wait_drained()
+        finally:
+            pool.stop()
         if ended is not None:
             await ended.wait()  # workers gone and the model's files removed
         self.registry.remove(pool)
@@ -199,6 +274,116 @@ class Supervisor:
     def set_default(self, name: str, version: str) -> None:
         """Route requests without a version to ``version`` of ``name``."""
         self.registry.set_default(name, version)
+
+    async def check(
+        self, name: str, version: str | None = None, canaries: Sequence[Canary] | None = None
+    ) -> tuple[CanaryResult, ...]:
+        """Send canaries to one version of ``name`` and judge the answers.
+
+        Args:
+            name: the model.
+            version: the version to check (the default one if None).
+            canaries: what to send; None sends the version's own (see ``load_model``).
+
+        Raises:
+            CanaryFailed: a canary got a wrong answer (with its report and log tail).
+        """
+        pool = self.registry.get(name, version)
+        chosen = self.registry.canaries(pool) if canaries is None else tuple(canaries)
+        return await run_canaries(pool, chosen)
+
+    async def promote(
+        self,
+        name: str,
+        version: str,
+        *,
+        canaries: Sequence[Canary] | None = None,
+        retire_old: bool = False,
+        grace: float = 10.0,
+    ) -> UpdateResult:
+        """Make ``version`` the default of ``name`` once it passes its canaries.
+
+        The switch is atomic: a request for the default version is queued for the old
+        version or for the new one, and each is served. With ``retire_old``, the old
+        default is then drained (up to ``grace`` seconds) and unloaded.
+
+        Raises:
+            CanaryFailed: a canary failed; the default is unchanged.
+            ModelNotFound, ModelVersionNotFound: no such model or version.
+        """
+        return await self._switch(
+            name, version, canaries, retire_old, grace, loaded_here=False, make_default=True
+        )
+
+    async def update(
+        self,
+        config: ModelConfig,
+        *,
+        owned: Sequence[Path] = (),
+        canaries: Sequence[Canary] | None = None,
+        set_default: bool = True,
+        retire_old: bool = False,
+        grace: float = 10.0,
+    ) -> UpdateResult:
+        """Load a new version beside the serving one and make it the default if it is sound.
+
+        The new version's workers must start and its canaries (``canaries``, else its
+        ``canaries.json``) must pass; otherwise it is unloaded again and the default
+        stays. With ``set_default=False`` it is only loaded and checked. The other
+        arguments are as for ``load_model`` and ``promote``.
+
+        Raises:
+            ModelConflict: that version is already loaded (nothing is changed).
+            WorkerStartFailed: the new workers did not start (rolled back).
+            CanaryFailed: a canary failed (rolled back).
+        """
+        await self.load_model(config, wait=False, owned=owned, canaries=canaries)
+        try:
+            await self.pool(config.name, config.version).wait_ready()
+        except SupervisorError:
+            await self.unload(config.name, version=config.version, grace=grace)
+            raise
+        return await self._switch(
+            config.name,
+            config.version,
+            None,
+            retire_old,
+            grace,
+            loaded_here=True,
+            make_default=set_default,
+        )
+
+    async def _switch(
+        self,
+        name: str,
+        version: str,
+        canaries: Sequence[Canary] | None,
+        retire_old: bool,
+        grace: float,
+        *,
+        loaded_here: bool,
+        make_default: bool,
+    ) -> UpdateResult:
+        async with self._switching[name]:
+            pool = self.registry.get(name, version)
+            chosen = self.registry.canaries(pool) if canaries is None else tuple(canaries)
+            try:
+                outcome = failure_outcome(pool, self.registry.get(name), loaded_here=loaded_here)
+                results = await run_canaries(pool, chosen, outcome=outcome)
+            except CanaryFailed:
+                if loaded_here:
+                    await self.unload(name, version=version, grace=grace)
+                raise
+            old = self.registry.get(name)
+            if not make_default:
+                return UpdateResult(name, old.config.version, None, results)
+            self.registry.set_default(name, version)  # no await since the lookup: atomic
+            log.info("model %s: default version %s (was %s)", name, version, old.config.version)
+            retire = retire_old and old is not pool
+            if retire:
+                await self.unload(name, version=old.config.version, grace=grace)
+        previous = None if old is pool else old.config.version
+        return UpdateResult(name, version, previous, results, retire)
 
     def statistics(self) -> tuple[ModelStats, ...]:
         """Snapshots of every model version."""
@@ -226,6 +411,10 @@ class Supervisor:
             pool.stop()
         for pool in pools:
             await pool.wait_stopped()
+
+
+def _raw_item(body: bytes, content_type: str, headers: Mapping[str, str] | None) -> InferItem:
+    return InferItem(uuid.uuid4().hex, dict(headers or {}), {"body": (content_type, body)})
 
 
 @asynccontextmanager

@@ -14,7 +14,9 @@
     ├── MethodNotAllowed           405  turned off (model registration without the flag)
     ├── ModelUnavailable           503  FAILED, stopping, or its queue is full
     ├── WorkerStartFailed          500  a worker could not load the model
+    ├── CanaryFailed               422  a new version answered a canary wrongly; not switched to
     ├── DeadlineExceeded           504  the request's own deadline passed
+    ├── StreamFailed               500  a streamed answer broke off after its first part
     └── WorkerFailure                   a request's worker failed while serving it
         ├── WorkerDied             500  (507 when killed by SIGKILL, e.g. the OOM killer)
         └── WorkerTimeout          504  no reply within response_timeout
@@ -28,6 +30,7 @@ from __future__ import annotations
 import signal
 
 __all__ = [
+    "CanaryFailed",
     "DeadlineExceeded",
     "DownloadFailed",
     "Forbidden",
@@ -38,6 +41,7 @@ __all__ = [
     "ModelNotFound",
     "ModelUnavailable",
     "ModelVersionNotFound",
+    "StreamFailed",
     "SupervisorError",
     "Unauthorized",
     "WorkerDied",
@@ -130,6 +134,29 @@ class WorkerStartFailed(SupervisorError):
     type_name = "InternalServerException"
 
 
+class CanaryFailed(SupervisorError):
+    """A model version failed one of its canaries, so it did not become the default.
+
+    Args:
+        message: which canary failed, why, and what was done about it.
+        canary: the failed canary's report (``CanaryResult.to_json()``).
+        log_tail: the last log lines of the version's workers.
+    """
+
+    status = 422
+    type_name = "CanaryFailedException"
+
+    def __init__(
+        self, message: str, *, canary: dict[str, object], log_tail: tuple[str, ...] = ()
+    ) -> None:
+        super().__init__(message, log_tail=log_tail)
+        self.canary = canary
+
+    def to_json(self) -> dict[str, object]:
+        """The error body, with the failed canary's report under ``canary``."""
+        return {**super().to_json(), "canary": self.canary}
+
+
 class WorkerFailure(SupervisorError):
     """The worker serving a request failed before answering it."""
 
@@ -200,3 +227,21 @@ class DeadlineExceeded(SupervisorError):
 
     status = 504
     type_name = "RequestTimeoutException"
+
+
+class StreamFailed(SupervisorError):
+    """A streamed answer broke off after its first part.
+
+    The handler failed midway (its status and message are kept), or the reader
+    fell so far behind that the parts waiting for it passed the bound.
+
+    Args:
+        message: what happened.
+        status: the status the failure maps to (the handler's, or 500).
+    """
+
+    type_name = "InternalServerException"
+
+    def __init__(self, message: str, *, status: int = 500) -> None:
+        super().__init__(message)
+        self.status = status

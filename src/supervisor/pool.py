@@ -19,10 +19,11 @@ import os
 import random
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import trio
 
-from handlers.protocol import InferItem
+from handlers.protocol import InferItem, ReplyItem
 from supervisor.batching import Job, fill_batch, live, take_first
 from supervisor.config import ModelConfig
 from supervisor.devices import Device, device_for
@@ -223,6 +224,21 @@ class Pool:
         self._fail_queued(ModelUnavailable(f"Model {self.label} {reason}"))
         for slot in self.slots:
             slot.stop()
+
+    def close_intake(self) -> None:
+        """Take no new requests (503 "is stopping"); the slots still serve the queued ones.
+
+        Each slot ends once the queue is empty and its batch is answered; ``stop()``
+        then ends the pool. This is the first half of a drain.
+        """
+        if self.state is not ModelState.FAILED:
+            self._set_state(ModelState.STOPPING)
+        self._send.close()
+
+    async def wait_drained(self) -> None:
+        """Wait until every slot has ended after ``close_intake()`` (nothing left to serve)."""
+        while self.slots and self.state is not ModelState.FAILED:
+            await self._changed.wait()
 
     async def wait_ready(self, workers: int | None = None) -> None:
         """Wait until ``workers`` (default: the configured number) are ready.
@@ -516,8 +532,9 @@ class Slot:
             job.dispatched_at = now
         if self.pool.on_batch is not None:
             self.pool.on_batch(len(batch))
+        jobs = {job.item.request_id: job for job in batch}
         try:
-            replies = await worker.infer([job.item for job in batch])
+            replies = await worker.infer([job.item for job in batch], partial(_route_parts, jobs))
         except NotDelivered:
             self.pool.requeue(batch)  # never reached the worker: another one takes it
             return
@@ -525,13 +542,12 @@ class Slot:
             for job in batch:
                 job.fail(exc)
             return
-        by_id = {reply.request_id: reply for reply in replies}
-        for job in batch:
-            reply = by_id.get(job.item.request_id)
-            if reply is None:
-                job.fail(WorkerDied(f"worker {worker.name} sent no answer for this request"))
-            else:
-                job.resolve(reply)
+        for reply in replies:
+            answered = jobs.pop(reply.request_id, None)
+            if answered is not None:
+                answered.resolve(reply)
+        for job in jobs.values():
+            job.fail(WorkerDied(f"worker {worker.name} sent no answer for this request"))
 
     def statistics(self) -> WorkerStats:
         """A frozen snapshot of the slot and its current incarnation."""
@@ -548,6 +564,14 @@ class Slot:
             log_tail=w.log.lines(20) if w else (),
             gpu=self.device.physical,
         )
+
+
+def _route_parts(jobs: dict[str, Job], parts: list[ReplyItem]) -> None:
+    """Hand each part of a streamed answer to its job; parts for unknown ids are dropped."""
+    for part in parts:
+        job = jobs.get(part.request_id)
+        if job is not None:
+            job.add_part(part)
 
 
 def _exit_stats(worker: Worker) -> ExitStats:

@@ -5,6 +5,11 @@ store), unpacked, and its manifest read. Settings are layered, most specific
 first: the request's parameters, then the archive's ``model-config.yaml``, then
 the server's model defaults. (TorchServe lets the YAML win over the request,
 against its own documentation; see docs/torchserve-compat.md.)
+
+Our extensions make a registration a safe update: ``set_default`` switches the
+default version only once the new one passes its canaries (``canaries``: a JSON
+list, or a canary file in the model store; else the archive's ``canaries.json``),
+and ``retire_old`` then drains and unloads the old default.
 """
 
 from __future__ import annotations
@@ -17,12 +22,13 @@ import attrs
 import trio
 
 from supervisor.archive import ModelFiles, check_url, local_source, open_model, remove_paths
+from supervisor.canary import Canary, CanaryError, parse_canaries, read_canaries
 from supervisor.config import ConfigError, ModelConfig, ServerConfig, model_config, name_from_url
 from supervisor.download import fetch
 from supervisor.errors import InvalidModel, InvalidRequest
 from supervisor.tsconfig import model_yaml_settings
 
-__all__ = ["Registration", "parse_registration", "prepare_model"]
+__all__ = ["Registration", "parse_registration", "prepare_model", "request_canaries"]
 
 _INTS = ("batch_size", "initial_workers")
 _FLOATS = ("max_batch_delay", "response_timeout", "startup_timeout")
@@ -42,6 +48,8 @@ class Registration:
         synchronous: answer only when the workers are ready.
         response_timeout: seconds.
         startup_timeout: seconds.
+        set_default: make the new version the default once it passes its canaries.
+        retire_old: after that switch, drain and unload the old default version.
     """
 
     url: str
@@ -53,6 +61,8 @@ class Registration:
     synchronous: bool = True
     response_timeout: float | None = None
     startup_timeout: float | None = None
+    set_default: bool = False
+    retire_old: bool = False
 
 
 def parse_registration(params: Mapping[str, Any]) -> Registration:
@@ -70,9 +80,49 @@ def parse_registration(params: Mapping[str, Any]) -> Registration:
     for key, kind in [(k, int) for k in _INTS] + [(k, float) for k in _FLOATS]:
         if params.get(key) not in (None, ""):
             values[key] = _number(key, params[key], kind)
-    if "synchronous" in params:
-        values["synchronous"] = str(params["synchronous"]).lower() in ("true", "1", "yes")
-    return Registration(**values)
+    for key in ("synchronous", "set_default", "retire_old"):
+        if key in params:
+            values[key] = str(params[key]).lower() in ("true", "1", "yes")
+    reg = Registration(**values)
+    if reg.retire_old and not reg.set_default:
+        raise InvalidRequest("retire_old=true needs set_default=true")
+    if reg.set_default and not reg.synchronous:
+        raise InvalidRequest(
+            "set_default=true needs synchronous=true: the switch waits for the new workers"
+        )
+    return reg
+
+
+def request_canaries(raw: Any, model_store: str) -> tuple[Canary, ...] | None:
+    """The canaries a request gives: a JSON list, or a canary file's name in the model store.
+
+    ``body_file`` entries are read from the model store. Returns None when none
+    are given (``raw`` is None or empty), so that a version's own are used.
+
+    Raises:
+        InvalidRequest: a list or file that is not a valid canary list, or a name
+            that is not a file in the model store.
+    """
+    if raw is None or raw == "":
+        return None
+    store = Path(model_store) if model_store else None
+    try:
+        if isinstance(raw, str):
+            return read_canaries(_store_file(raw, store))
+        return parse_canaries(raw, store)
+    except CanaryError as exc:
+        raise InvalidRequest(f"canaries: {exc}") from None
+
+
+def _store_file(name: str, store: Path | None) -> Path:
+    if store is None:
+        raise InvalidRequest("canaries: a canary file needs a model store")
+    if "/" in name or "\\" in name or ".." in name or name.startswith("."):
+        raise InvalidRequest(f"canaries: not a file name in the model store: {name}")
+    path = store / name
+    if not path.is_file():
+        raise InvalidRequest(f"canaries: no such file in the model store: {name}")
+    return path
 
 
 def _number(key: str, raw: Any, kind: type[int] | type[float]) -> int | float:

@@ -1,9 +1,10 @@
-"""Models by name and version, with a default version per name."""
+"""Models by name and version, with a default version per name and each version's canaries."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
+from supervisor.canary import Canary
 from supervisor.errors import ModelConflict, ModelNotFound, ModelVersionNotFound
 from supervisor.pool import Pool
 
@@ -16,9 +17,10 @@ class Registry:
     def __init__(self) -> None:
         self._models: dict[str, dict[str, Pool]] = {}
         self._default: dict[str, str] = {}
+        self._canaries: dict[Pool, tuple[Canary, ...]] = {}
 
-    def add(self, pool: Pool) -> None:
-        """Register a pool under its model's name and version.
+    def add(self, pool: Pool, canaries: Sequence[Canary] = ()) -> None:
+        """Register a pool under its model's name and version, with its canaries.
 
         Raises:
             ModelConflict: that name and version are already registered.
@@ -28,6 +30,7 @@ class Registry:
         if version in versions:
             raise ModelConflict(f"Model version {version} is already registered for model {name}")
         versions[version] = pool
+        self._canaries[pool] = tuple(canaries)
         self._default.setdefault(name, version)
 
     def get(self, name: str, version: str | None = None) -> Pool:
@@ -50,6 +53,10 @@ class Registry:
         default = self.get(name)
         return [default, *(p for p in self._models[name].values() if p is not default)]
 
+    def canaries(self, pool: Pool) -> tuple[Canary, ...]:
+        """The canaries ``pool`` was registered with (checked before it becomes the default)."""
+        return self._canaries.get(pool, ())
+
     def is_default(self, pool: Pool) -> bool:
         """Whether ``pool`` is its model's default version."""
         return self._default.get(pool.config.name) == pool.config.version
@@ -62,6 +69,7 @@ class Registry:
     def remove(self, pool: Pool) -> None:
         """Forget ``pool``; a removed default passes to another version."""
         name = pool.config.name
+        self._canaries.pop(pool, None)
         versions = self._models.get(name, {})
         if versions.get(pool.config.version) is pool:
             del versions[pool.config.version]

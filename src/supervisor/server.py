@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shlex
 import signal
 import tempfile
@@ -32,6 +33,8 @@ from hypercorn.trio import serve as hypercorn_serve
 from quart_trio import QuartTrio
 
 from supervisor.api.apps import Apps, build_apps
+from supervisor.api.fastpath import FastRoutes
+from supervisor.api.lean import LeanLimits, serve_lean
 from supervisor.archive import remove_paths
 from supervisor.auth import Tokens, remove_key_file, write_key_file
 from supervisor.config import DEFAULT_MODEL, ModelConfig, ServerConfig, name_from_url
@@ -40,6 +43,14 @@ from supervisor.errors import SupervisorError, WorkerStartFailed
 from supervisor.metrics import Metrics
 from supervisor.pool import Pool
 from supervisor.process import Launcher
+from supervisor.readyfile import (
+    FAILED,
+    READY,
+    ModelOutcome,
+    ReadyReport,
+    remove_ready_file,
+    write_ready_file,
+)
 from supervisor.registration import Registration, prepare_model
 
 __all__ = ["Endpoints", "ListenError", "serve"]
@@ -69,6 +80,7 @@ async def serve(
     shutdown: trio.Event | None = None,
     handle_signals: bool = True,
     launcher: Launcher | None = None,
+    ready_file: str | Path | None = None,
     task_status: trio.TaskStatus[Endpoints] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the server until ``shutdown`` is set (or SIGTERM/SIGINT arrives).
@@ -78,6 +90,8 @@ async def serve(
         shutdown: set it to start a graceful shutdown.
         handle_signals: capture SIGTERM and SIGINT (only in the main thread).
         launcher: starts worker processes.
+        ready_file: where to write the ready file once start-up is over (see
+            ``supervisor.readyfile``); removed when the server stops.
         task_status: receives the ``Endpoints`` once every listener is bound.
     """
     shutdown = trio.Event() if shutdown is None else shutdown
@@ -87,49 +101,60 @@ async def serve(
         with (
             tempfile.TemporaryDirectory(prefix="trio-supervisor-") as scratch,
             _key_file(config) as tokens,
+            _ready_file(ready_file),
         ):
             async with open_supervisor(None, launcher=launcher, grace=config.shutdown_grace) as sup:
-                await _serve_with(sup, config, tokens, Path(scratch), shutdown, task_status)
+                started = _Started(tokens, ready_file, task_status)
+                await _serve_with(sup, config, Path(scratch), shutdown, started)
         root.cancel_scope.cancel()
     log.info("stopped")
+
+
+@attrs.frozen
+class _Started:
+    """Who hears that the server started: the keys for the log, the ready file, the caller."""
+
+    tokens: Tokens | None
+    ready_file: str | Path | None
+    task_status: trio.TaskStatus[Endpoints]
 
 
 async def _serve_with(
     sup: Supervisor,
     config: ServerConfig,
-    tokens: Tokens | None,
     scratch: Path,
     shutdown: trio.Event,
-    task_status: trio.TaskStatus[Endpoints],
+    started: _Started,
 ) -> None:
-    pools = [await _load_configured(sup, model, config, scratch) for model in config.models]
+    loaded = [(m, await _load_configured(sup, m, config, scratch)) for m in config.models]
     metrics = Metrics(sup.statistics)
     sup.on_batch = metrics.observe_batch
-    apps = build_apps(sup, config, tokens, metrics, scratch)
+    apps = build_apps(sup, config, started.tokens, metrics, scratch)
+    fast = FastRoutes(sup, started.tokens, metrics.observe_request, metrics.count_response)
     async with trio.open_nursery() as helpers:
         async with trio.open_nursery() as listeners:
-            endpoints = await _start_listeners(listeners, apps, config, shutdown)
-            helpers.start_soon(_announce, [p for p in pools if p], endpoints, tokens)
+            endpoints = await _start_listeners(listeners, apps, fast, config, shutdown)
+            helpers.start_soon(_announce, loaded, endpoints, started)
             helpers.start_soon(_drain_after_grace, sup, shutdown, config.shutdown_grace)
-            task_status.started(endpoints)
+            started.task_status.started(endpoints)
         helpers.cancel_scope.cancel()  # the listeners have drained
     log.info("listeners closed; stopping workers")
 
 
 async def _load_configured(
     sup: Supervisor, model: ModelConfig, config: ServerConfig, scratch: Path
-) -> Pool | None:
+) -> Pool | str:
     """Load a configured model; one given by ``url`` is fetched and unpacked first.
 
     Returns:
-        The model's pool, or None if it could not be loaded (the reason is logged).
+        The model's pool, or why it could not be loaded (also logged).
     """
     if not model.url:
         try:
             await sup.load_model(model, wait=False)
         except SupervisorError as exc:
             log.error("model %s cannot be loaded: %s", model.name, exc.message)
-            return None
+            return exc.message
         return sup.pool(model.name, model.version)
     # a name that is only the archive's file name gives way to the manifest's modelName
     named = model.name != name_from_url(model.url)
@@ -142,13 +167,13 @@ async def _load_configured(
         prepared, files = await prepare_model(reg, config, scratch, base=own)
     except SupervisorError as exc:
         log.error("model %s (%s) cannot be loaded: %s", model.name, model.url, exc.message)
-        return None
+        return exc.message
     try:
         await sup.load_model(prepared, wait=False, owned=files.leftovers())
     except SupervisorError as exc:
         await trio.to_thread.run_sync(remove_paths, files.leftovers())
         log.error("model %s (%s) cannot be loaded: %s", model.name, model.url, exc.message)
-        return None
+        return exc.message
     return sup.pool(prepared.name, prepared.version)
 
 
@@ -169,16 +194,49 @@ def _key_file(config: ServerConfig) -> Iterator[Tokens | None]:
 
 
 async def _start_listeners(
-    nursery: trio.Nursery, apps: Apps, config: ServerConfig, shutdown: trio.Event
+    nursery: trio.Nursery, apps: Apps, fast: FastRoutes, config: ServerConfig, shutdown: trio.Event
 ) -> Endpoints:
-    urls = []
+    if config.lean_http:
+        urls = [await nursery.start(_serve_lean, apps.inference, fast, config, shutdown)]
+    else:
+        urls = [
+            await nursery.start(
+                _serve_app, apps.inference, config.inference_address, config, shutdown
+            )
+        ]
     for app, address in (
-        (apps.inference, config.inference_address),
         (apps.management, config.management_address),
         (apps.metrics, config.metrics_address),
     ):
         urls.append(await nursery.start(_serve_app, app, address, config, shutdown))
     return Endpoints(*urls)
+
+
+async def _serve_lean(
+    app: QuartTrio,
+    fast: FastRoutes,
+    config: ServerConfig,
+    shutdown: trio.Event,
+    *,
+    task_status: trio.TaskStatus[str],
+) -> None:
+    limits = LeanLimits(
+        max_request_size=config.max_request_size,
+        read_timeout=config.read_timeout,
+        keep_alive_timeout=config.keep_alive_timeout,
+        graceful_timeout=config.shutdown_grace + 1.0,
+    )
+    address = config.inference_address
+    async with trio.open_nursery() as nursery:
+        try:
+            url = await nursery.start(
+                partial(serve_lean, app, fast.route, address, limits, shutdown)
+            )
+        except* OSError as group:
+            exc = _first_leaf(group)
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise ListenError(f"cannot listen on {address}: {why}") from None
+        task_status.started(url)
 
 
 async def _serve_app(
@@ -224,29 +282,66 @@ async def _drain_after_grace(sup: Supervisor, shutdown: trio.Event, grace: float
         pool.stop(f"is stopping: the server is shutting down and {grace:g} s of grace are over")
 
 
-async def _announce(pools: list[Pool], endpoints: Endpoints, tokens: Tokens | None) -> None:
+@contextlib.contextmanager
+def _ready_file(path: str | Path | None) -> Iterator[None]:
+    """Remove a stale ready file now, and ours when the server stops."""
+    if path is None:
+        yield
+        return
+    remove_ready_file(path)
+    try:
+        yield
+    finally:
+        remove_ready_file(path)
+
+
+async def _announce(
+    loaded: list[tuple[ModelConfig, Pool | str]], endpoints: Endpoints, started: _Started
+) -> None:
+    """Log the addresses, then each model as it settles; then write the ready file."""
     log.info(
         "listening: inference %s, management %s, metrics %s",
         endpoints.inference,
         endpoints.management,
         endpoints.metrics,
     )
-    for pool in pools:
-        model = pool.config
+    outcomes = [await _settled(model, pool, endpoints, started.tokens) for model, pool in loaded]
+    if started.ready_file is not None:
+        e = endpoints
+        report = ReadyReport(os.getpid(), e.inference, e.management, e.metrics, tuple(outcomes))
         try:
-            await pool.wait_ready()
-        except WorkerStartFailed as exc:
-            log.error("model %s could not start: %s", pool.label, exc.message)
-            continue
-        url = f"{endpoints.inference}/predictions/{model.name}"
-        auth = f"-H 'Authorization: Bearer {tokens.inference}' " if tokens else ""
-        if model.handler == DEFAULT_MODEL.handler:
-            data = f"{auth}-H 'Content-Type: application/json' -d {shlex.quote(IRIS_EXAMPLE)}"
-            log.info("serving the built-in iris classifier as %r; try:", model.name)
-        else:
-            data = f"{auth}-T INPUT_FILE"
-            log.info("serving model %s (%s); try:", pool.label, model.handler)
-        log.info("  curl -X POST %s %s", url, data)
+            await trio.to_thread.run_sync(write_ready_file, started.ready_file, report)
+        except OSError as exc:
+            log.error("cannot write the ready file %s: %s", started.ready_file, exc)
+
+
+async def _settled(
+    configured: ModelConfig, pool: Pool | str, endpoints: Endpoints, tokens: Tokens | None
+) -> ModelOutcome:
+    """Wait until a start-up model is ready or failed; log how to call a ready one."""
+    if isinstance(pool, str):
+        return ModelOutcome(configured.name, None, FAILED, pool)
+    model = pool.config
+    try:
+        await pool.wait_ready()
+    except WorkerStartFailed as exc:
+        log.error("model %s could not start: %s", pool.label, exc.message)
+        return ModelOutcome(model.name, model.version, FAILED, exc.message, exc.log_tail)
+    _log_try_line(pool, endpoints, tokens)
+    return ModelOutcome(model.name, model.version, READY)
+
+
+def _log_try_line(pool: Pool, endpoints: Endpoints, tokens: Tokens | None) -> None:
+    model = pool.config
+    url = f"{endpoints.inference}/predictions/{model.name}"
+    auth = f"-H 'Authorization: Bearer {tokens.inference}' " if tokens else ""
+    if model.handler == DEFAULT_MODEL.handler:
+        data = f"{auth}-H 'Content-Type: application/json' -d {shlex.quote(IRIS_EXAMPLE)}"
+        log.info("serving the built-in iris classifier as %r; try:", model.name)
+    else:
+        data = f"{auth}-T INPUT_FILE"
+        log.info("serving model %s (%s); try:", pool.label, model.handler)
+    log.info("  curl -X POST %s %s", url, data)
 
 
 async def _watch_signals(

@@ -18,6 +18,7 @@ import enum
 import logging
 import signal
 import time
+from collections.abc import Callable
 
 import attrs
 import trio
@@ -29,6 +30,7 @@ from handlers.protocol import (
     Message,
     ProtocolError,
     ReplyItem,
+    decode_part,
     decode_reply,
     encode,
     encode_infer,
@@ -90,12 +92,19 @@ class ExitRecord:
         return f"{self.reason} ({how})"
 
 
+PartHandler = Callable[[list[ReplyItem]], None]
+"""Takes the intermediate answers of a running batch (a streamed answer's parts)."""
+
+
 @attrs.define
 class _Pending:
     batch_id: int
+    on_part: PartHandler | None = None
     done: trio.Event = attrs.field(factory=trio.Event)
     items: list[ReplyItem] = attrs.field(factory=list)
     error: SupervisorError | None = None
+    timer: trio.CancelScope = attrs.field(factory=trio.CancelScope)  # response_timeout
+    parts: int = 0
 
 
 class Worker:
@@ -293,6 +302,8 @@ class Worker:
             self._pong_event.set()
         elif message.kind is Kind.REPLY:
             self._on_reply(message)
+        elif message.kind is Kind.PART:
+            self._on_part(message)
         else:
             self.kill(f"protocol error: unexpected {message.kind.name} from the worker")
 
@@ -304,6 +315,17 @@ class Worker:
             return
         pending.items = items
         pending.done.set()
+
+    def _on_part(self, message: Message) -> None:
+        batch_id, parts = decode_part(message)
+        pending = self._pending
+        if pending is None or pending.batch_id != batch_id:
+            self.kill(f"protocol error: a part for batch {batch_id} that is not running")
+            return
+        pending.timer.deadline = trio.current_time() + self.config.response_timeout
+        pending.parts += 1
+        if pending.on_part is not None:
+            pending.on_part(parts)
 
     async def _send(self, frame: bytes) -> None:
         assert self._proc is not None
@@ -345,22 +367,31 @@ class Worker:
             self.log.close()
             self._logs_done.set()
 
-    async def infer(self, items: list[InferItem]) -> list[ReplyItem]:
+    async def infer(
+        self, items: list[InferItem], on_part: PartHandler | None = None
+    ) -> list[ReplyItem]:
         """Run one batch on this worker and return one reply per item.
+
+        Args:
+            items: the batch.
+            on_part: called (synchronously, from the read loop) with each
+                intermediate answer the handler streams before its final reply.
 
         Raises:
             NotDelivered: the worker was gone before the batch was sent.
-            WorkerTimeout: no reply within ``response_timeout``; the worker is killed.
+            WorkerTimeout: no reply within ``response_timeout`` (of the batch's start
+                or of its latest part); the worker is killed.
             WorkerDied: the worker ended while it held the batch.
         """
         if self.state is not WorkerState.READY:
             raise NotDelivered(self.name)
         self._batches += 1
-        pending = self._pending = _Pending(self._batches)
+        pending = self._pending = _Pending(self._batches, on_part)
         self.state = WorkerState.BUSY
         try:
             await self._send(encode_infer(pending.batch_id, items))
-            with trio.move_on_after(self.config.response_timeout):
+            pending.timer.deadline = trio.current_time() + self.config.response_timeout
+            with pending.timer:
                 await pending.done.wait()
         finally:
             self._pending = None
@@ -369,15 +400,18 @@ class Worker:
         if pending.error is not None:
             raise pending.error
         if not pending.done.is_set():
-            return self._timed_out()
+            return self._timed_out(pending.parts)
         return pending.items
 
-    def _timed_out(self) -> list[ReplyItem]:
+    def _timed_out(self, parts: int) -> list[ReplyItem]:
         timeout = self.config.response_timeout
         self.kill(f"response timeout: no reply within {timeout:g} s")
+        silence = (
+            f"sent nothing for {timeout:g} s after part {parts} of its answer (response_timeout)"
+        )
+        what = silence if parts else f"did not answer within response_timeout ({timeout:g} s)"
         raise WorkerTimeout(
-            f"worker {self.name} (pid {self.pid}) did not answer within "
-            f"response_timeout ({timeout:g} s); it is being replaced",
+            f"worker {self.name} (pid {self.pid}) {what}; it is being replaced",
             log_tail=self.log.lines(20),
         )
 

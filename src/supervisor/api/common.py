@@ -14,7 +14,7 @@ from werkzeug.exceptions import HTTPException
 from supervisor.auth import Tokens, bearer_matches
 from supervisor.errors import SupervisorError
 
-__all__ = ["error_response", "json_response", "make_app", "require_token"]
+__all__ = ["error_response", "http_error_body", "json_response", "make_app", "require_token"]
 
 _HTTP_TYPES = {
     400: "BadRequestException",
@@ -44,6 +44,16 @@ def error_response(error: SupervisorError) -> Response:
     if retry_after is not None:
         response.headers["Retry-After"] = str(retry_after)
     return response
+
+
+def http_error_body(code: int, message: str) -> bytes:
+    """The JSON body of an HTTP-level error (404, 405, 413, ...), as TorchServe words it."""
+    body = {
+        "code": code,
+        "type": _HTTP_TYPES.get(code, "HttpException"),
+        "message": _HTTP_MESSAGES.get(code, message),
+    }
+    return orjson.dumps(body, option=orjson.OPT_INDENT_2) + b"\n"
 
 
 WWW_AUTHENTICATE = 'Bearer realm="trio-supervisor"'
@@ -88,9 +98,8 @@ def make_app(
     @app.errorhandler(HTTPException)
     async def _http_error(error: HTTPException) -> Response:
         code = error.code or 500
-        message = _HTTP_MESSAGES.get(code, error.description or error.name)
-        body = {"code": code, "type": _HTTP_TYPES.get(code, "HttpException"), "message": message}
-        return json_response(body, code)
+        message = error.description or error.name
+        return Response(http_error_body(code, message), code, content_type="application/json")
 
     @app.errorhandler(Exception)
     async def _unexpected(error: Exception) -> Response:

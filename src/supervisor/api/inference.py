@@ -12,6 +12,7 @@ from quart_trio import QuartTrio
 
 from handlers.protocol import InferItem, ReplyItem
 from supervisor.api.common import error_response, json_response
+from supervisor.api.streaming import quiet_aborted_streams, streamed_response
 from supervisor.batching import Job
 from supervisor.core import Supervisor
 from supervisor.errors import (
@@ -31,7 +32,12 @@ RequestObserver = Callable[[str, str, int, float, float | None], None]
 
 
 def add_inference_routes(app: QuartTrio, sup: Supervisor, observe: RequestObserver | None) -> None:
-    """Add ``/ping``, ``/predictions/...`` and ``/explanations/...`` to ``app``."""
+    """Add ``/ping``, ``/predictions/...`` and ``/explanations/...`` to ``app``.
+
+    A streamed answer is sent as a chunked body, one chunk per part
+    (``supervisor.api.streaming``).
+    """
+    quiet_aborted_streams()
 
     @app.route("/ping", methods=["GET", "POST"])
     async def ping() -> Response:
@@ -43,19 +49,26 @@ def add_inference_routes(app: QuartTrio, sup: Supervisor, observe: RequestObserv
     async def infer(model: str, version: str | None, extra: str, explain: bool) -> Response:
         started = trio.current_time()
         job: Job | None = None
+
+        def record(status: int) -> None:
+            if observe is not None:
+                latency = trio.current_time() - started
+                served_by = job_version(sup, model, version)
+                observe(model, served_by, status, latency, _queue_time(job))
+
         try:
             deadline = _deadline(started)
             item = await _item(extra, explain)
             job = sup.submit(item, model, version, deadline)
-            response = _response(await job.wait())
+            reply = await job.wait()
+            if job.streamed:
+                return streamed_response(job, reply, record)  # records at the stream's end
+            response = _response(reply)
         except (ModelNotFound, ModelVersionNotFound) as exc:
             return error_response(exc)  # no metric series for made-up names
         except SupervisorError as exc:
             response = error_response(exc)
-        if observe is not None:
-            latency = trio.current_time() - started
-            served_by = job_version(sup, model, version)
-            observe(model, served_by, response.status_code, latency, _queue_time(job))
+        record(response.status_code)
         return response
 
     for prefix, explain in (("predictions", False), ("explanations", True)):

@@ -1,4 +1,9 @@
-"""The management API (port 8081): register, scale, describe, unregister, list."""
+"""The management API (port 8081): register, scale, describe, unregister, list.
+
+Registering a version with ``set_default=true`` and ``PUT .../set-default`` are
+safe updates: the version's canaries must pass before the default switches; see
+docs/updates.md.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +21,8 @@ from supervisor.api.common import json_response
 from supervisor.api.describe import describe_model, model_url
 from supervisor.archive import remove_paths
 from supervisor.auth import Tokens, bearer_matches, write_key_file
-from supervisor.config import ServerConfig
+from supervisor.canary import Canary
+from supervisor.config import ModelConfig, ServerConfig
 from supervisor.core import Supervisor
 from supervisor.errors import (
     Forbidden,
@@ -25,9 +31,9 @@ from supervisor.errors import (
     ModelUnavailable,
     SupervisorError,
     Unauthorized,
-    WorkerStartFailed,
 )
-from supervisor.registration import parse_registration, prepare_model
+from supervisor.registration import parse_registration, prepare_model, request_canaries
+from supervisor.rollout import UpdateResult
 
 __all__ = ["ManagementContext", "add_management_routes"]
 
@@ -86,13 +92,19 @@ def add_management_routes(app: QuartTrio, ctx: ManagementContext) -> None:
     async def unregister(name: str, version: str | None = None) -> Response:
         if not ctx.config.enable_model_api:
             raise MethodNotAllowed(MODEL_API_OFF)
-        return await _unregister(sup, name, version)
+        return await _unregister(sup, name, version, grace=ctx.config.shutdown_grace)
 
     @app.route("/models/<name>/<version>/set-default", methods=["PUT"])
     async def set_default(name: str, version: str) -> Response:
-        sup.set_default(name, version)
+        retire_old = _flag("retire_old")
+        if retire_old and not ctx.config.enable_model_api:
+            raise MethodNotAllowed(MODEL_API_OFF)
+        canaries = await _canaries(ctx, await _set_default_canaries())
+        result = await sup.promote(
+            name, version, canaries=canaries, retire_old=retire_old, grace=ctx.config.shutdown_grace
+        )
         message = f'Default version successfully updated for model "{name}" to "{version}"'
-        return json_response({"status": message})
+        return json_response({"status": message + _outcome(result, switch=False)})
 
     @app.route("/token", methods=["GET"])
     async def rotate_token() -> Response:
@@ -115,29 +127,65 @@ async def _params() -> Mapping[str, Any]:
     return params
 
 
+async def _set_default_canaries() -> Any:
+    """The canaries of a set-default call: a JSON list body, else the ``canaries`` query."""
+    if not await request.get_data():
+        return request.args.get("canaries")
+    body = await request.get_json(force=True, silent=True)
+    if not isinstance(body, list):
+        raise InvalidRequest("the body of set-default must be a JSON list of canaries")
+    return body
+
+
+async def _canaries(ctx: ManagementContext, raw: Any) -> tuple[Canary, ...] | None:
+    return await trio.to_thread.run_sync(request_canaries, raw, ctx.config.model_store)
+
+
 async def _register(ctx: ManagementContext, params: Mapping[str, Any]) -> Response:
     reg = parse_registration(params)
+    canaries = await _canaries(ctx, params.get("canaries"))
     config, files = await prepare_model(reg, ctx.config, ctx.scratch)
     try:
-        await ctx.sup.load_model(config, wait=False, owned=files.leftovers())
+        if reg.synchronous and config.workers > 0:
+            result = await ctx.sup.update(
+                config,
+                owned=files.leftovers(),
+                canaries=canaries,
+                set_default=reg.set_default,
+                retire_old=reg.retire_old,
+                grace=ctx.config.shutdown_grace,
+            )  # workers that fail to start, or canaries that fail: rolled back
+            return json_response({"status": _registered(config) + _outcome(result)})
+        if reg.set_default:
+            raise InvalidRequest("set_default=true needs initial_workers of 1 or more")
+        await ctx.sup.load_model(config, wait=False, owned=files.leftovers(), canaries=canaries)
     except SupervisorError:
-        await trio.to_thread.run_sync(remove_paths, files.leftovers())
+        await trio.to_thread.run_sync(remove_paths, files.leftovers())  # no-op once unloaded
         raise
-    label = f'Model "{config.name}" Version: {config.version}'
     if config.workers == 0:
-        message = (
-            f"{label} registered with 0 initial workers. "
-            "Use scale workers API to add workers for the model."
-        )
+        message = f"{_registered(config)}. Use scale workers API to add workers for the model."
         return json_response({"status": message})
-    if not reg.synchronous:
-        return json_response({"status": "Processing worker updates..."}, 202)
-    try:
-        await ctx.sup.pool(config.name, config.version).wait_ready()
-    except WorkerStartFailed:
-        await ctx.sup.unload(config.name, version=config.version)  # rolled back, as TorchServe
-        raise
-    return json_response({"status": f"{label} registered with {config.workers} initial workers"})
+    return json_response({"status": "Processing worker updates..."}, 202)
+
+
+def _registered(config: ModelConfig) -> str:
+    return (
+        f'Model "{config.name}" Version: {config.version} '
+        f"registered with {config.workers} initial workers"
+    )
+
+
+def _outcome(result: UpdateResult, *, switch: bool = True) -> str:
+    """What a safe update did beyond TorchServe's answer (nothing when there was nothing)."""
+    parts = []
+    if result.canaries:
+        count = len(result.canaries)
+        parts.append(f"{count} {'canary' if count == 1 else 'canaries'} passed")
+    if switch and result.previous is not None:
+        parts.append(f"default version {result.version} (was {result.previous})")
+    if result.retired:
+        parts.append(f"version {result.previous} retired")
+    return "".join(f"; {part}" for part in parts)
 
 
 async def _scale(sup: Supervisor, name: str, version: str | None) -> Response:
@@ -156,12 +204,13 @@ async def _scale(sup: Supervisor, name: str, version: str | None) -> Response:
     return json_response({"status": f"Workers scaled to {low} for model: {name}{suffix}"})
 
 
-async def _unregister(sup: Supervisor, name: str, version: str | None) -> Response:
+async def _unregister(sup: Supervisor, name: str, version: str | None, *, grace: float) -> Response:
+    """Drain the version (its queued and in-flight requests are served), then stop it."""
     pool = sup.pool(name, version)
     others = [p for p in sup.registry.versions(name) if p is not pool]
     if others and sup.registry.is_default(pool):
         raise Forbidden(f"Cannot remove default version for model {name}")
-    await sup.unload(name, version=pool.config.version)
+    await sup.unload(name, version=pool.config.version, grace=grace)
     return json_response({"status": f'Model "{name}" unregistered'})
 
 

@@ -34,6 +34,8 @@ _ERROR_TEXT = {
     405: "Method not allowed here, or the model API is disabled (`enable_model_api`).",
     409: "A model with that name and version is already registered.",
     413: "The request body is larger than `max_request_size`.",
+    422: "A canary got a wrong answer: the default version was not switched (see `canary` "
+    "and `logTail`).",
     500: "A worker died while serving the request or workers failed to start; "
     "or an unexpected server error.",
     503: "The model is FAILED, stopping or unloaded, has no worker or a full queue, "
@@ -196,7 +198,10 @@ _INFER_BODY = {
 _INFER_OK = {
     "description": "The handler's result. Its status (200 unless the handler set another), "
     "Content-Type and headers come from the handler: `bytes` are "
-    "`application/octet-stream`, `str` is `text/plain; charset=utf-8`, anything else JSON.",
+    "`application/octet-stream`, `str` is `text/plain; charset=utf-8`, anything else JSON. "
+    "A handler that streams its answer gives a chunked body, one chunk per part, with the "
+    "first part's status and headers (`ts_stream_next: true`); a stream that breaks off "
+    "midway ends without the final chunk.",
     "content": {"*/*": {"schema": {}}},
 }
 
@@ -269,7 +274,24 @@ _REGISTER_FIELDS = {
     "synchronous": _t("boolean", "Answer once the workers are up.", default=True),
     "response_timeout": _t("number", "Seconds a worker may take per batch.", exclusiveMinimum=0),
     "startup_timeout": _t("number", "Seconds a worker may take to load.", exclusiveMinimum=0),
+    "set_default": _t(
+        "boolean",
+        "Make this version the default once its workers are up and its canaries pass "
+        "(needs `synchronous`); otherwise it is rolled back.",
+        default=False,
+    ),
+    "retire_old": _t(
+        "boolean",
+        "With `set_default`: then drain and unregister the previous default version.",
+        default=False,
+    ),
+    "canaries": {
+        "description": "Canaries to check the version with (instead of its `canaries.json`): "
+        "a list, or the name of a canary file in the model store.",
+        "anyOf": [_t("string"), _array(_ref("Canary"))],
+    },
 }
+_CANARY_FILE = _t("string", "The name of a canary file (a JSON list) in the model store.")
 
 _SCALE_PARAMS = [
     _param("min_worker", "query", _t("integer", minimum=0, default=1), "Workers to keep running."),
@@ -292,11 +314,7 @@ def _management_paths() -> Json:
                 _MODEL_NAME,
                 _param("model_version", "path", _t("string"), "A version."),
             ],
-            "put": _mgmt(
-                "setDefaultVersion",
-                "Make this version the model's default.",
-                {"200": _status("The default version was changed."), **_errors(404)},
-            ),
+            "put": _set_default_op(),
         },
         "/token": {"get": _token_op()},
     }
@@ -315,9 +333,42 @@ def _list_op() -> Json:
     return _mgmt("listModels", "List models (default versions).", {"200": ok}, parameters=params)
 
 
+def _set_default_op() -> Json:
+    params = [
+        _param("canaries", "query", _CANARY_FILE, "Canaries to send instead of the version's own."),
+        _param(
+            "retire_old",
+            "query",
+            _t("boolean", default=False),
+            "Then drain and unregister the previous default (needs the model API).",
+        ),
+    ]
+    body = {
+        "description": "Canaries to send instead of the version's own (wins over `canaries`).",
+        "required": False,
+        "content": _json(_array(_ref("Canary"))),
+    }
+    responses = {
+        "200": _status("The version passed its canaries (if any) and is the default now."),
+        **_errors(400, 404, 405, 422),
+    }
+    return _mgmt(
+        "setDefaultVersion",
+        "Make this version the model's default, once it passes its canaries.",
+        responses,
+        parameters=params,
+        requestBody=body,
+    )
+
+
 def _register_op() -> Json:
     params = [
-        _param(name, "query", schema, "Register parameter; or send them as a JSON body.")
+        _param(
+            name,
+            "query",
+            _CANARY_FILE if name == "canaries" else schema,
+            "Register parameter; or send them as a JSON body.",
+        )
         for name, schema in _REGISTER_FIELDS.items()
     ]
     body = {
@@ -328,7 +379,7 @@ def _register_op() -> Json:
     responses = {
         "200": _status("Registered (with its workers up, or with none)."),
         "202": _status("Registered; workers are starting (`synchronous=false`)."),
-        **_errors(400, 404, 405, 409),
+        **_errors(400, 404, 405, 409, 422),
         "500": _error(500, "Workers failed to start; the registration was rolled back."),
         **_errors(503, 507),
     }
@@ -374,7 +425,7 @@ def _model_item(versioned: bool) -> Json:
         ),
         "delete": _mgmt(
             f"unregisterModel{suffix}",
-            "Unregister a model version.",
+            "Unregister a model version after draining it (queued requests are served).",
             {"200": _status("Unregistered."), "403": forbidden, **_errors(404, 405)},
         ),
     }
@@ -411,6 +462,18 @@ def _common_schemas() -> Json:
             type=_t("string", "The error type (TorchServe's name for the same case)."),
             message=_t("string"),
             logTail=_log_tail("the worker involved, if any"),
+            canary=_ref("CanaryReport"),
+        ),
+        "CanaryReport": _object(
+            "all",
+            "The canary that failed (`CanaryFailedException` only).",
+            index=_t("integer", "Its place in the list, from 1.", minimum=1),
+            name=_t("string"),
+            passed=_t("boolean"),
+            status=_t("integer", "The status of its answer."),
+            body=_t("string", "The start of its answer (or the error message)."),
+            reason=_t("string", "Why it failed."),
+            latencyMs=_t("number"),
         ),
         "Status": _object("all", status=_t("string", "What was done.")),
     }
@@ -444,6 +507,7 @@ def _management_schemas() -> Json:
         ),
         "TokenRotated": _token_schema(),
         "RegisterRequest": {**_t("object", properties=_REGISTER_FIELDS), "required": ["url"]},
+        "Canary": _canary_schema(),
         "ModelDescription": _model_schema(),
         "RestartPolicy": _object(
             "all",
@@ -467,6 +531,25 @@ def _management_schemas() -> Json:
             logTail=_log_tail(),
         ),
     }
+
+
+def _canary_schema() -> Json:
+    schema = _object(
+        (),
+        "One canary request and the answer it expects. Give `body` or `body_file`.",
+        name=_t("string", "A label for reports."),
+        body={"description": "A string is sent as text, anything else as JSON."},
+        body_file=_t("string", "A file to send, relative to the canary file (or model store)."),
+        content_type=_t("string", "Default: text/plain, application/json or octet-stream."),
+        expect_status=_t(
+            "integer", "The status the answer must have.", default=200, minimum=100, maximum=599
+        ),
+        expect_json={"description": "JSON the answer must equal."},
+        expect_contains=_t("string", "Text the answer must contain."),
+    )
+    schema["additionalProperties"] = False
+    schema["oneOf"] = [{"required": ["body"]}, {"required": ["body_file"]}]
+    return schema
 
 
 def _model_schema() -> Json:

@@ -1,0 +1,511 @@
+"""The lean HTTP/1.1 front end of the inference port.
+
+Hypercorn and Quart cost about 0.6 ms of CPU per request before any model work
+(docs/performance.md), more than the whole budget of a fast model. This server
+reads requests off trio sockets itself, answers the prediction routes through
+``FastRoutes`` (no framework, no per-request task beyond a disconnect watcher),
+and hands every other request to the Quart app over ASGI, so the rest of the
+API keeps one implementation.
+
+::
+
+    serve_lean
+    ├── the Quart app's lifespan (startup, shutdown)
+    ├── accept loop per listener
+    └── connection tasks: read a request -> FastRoutes or the ASGI bridge -> write
+
+Limits: request heads of at most 64 KiB, bodies of at most ``max_request_size``
+(413 before reading), ``read_timeout`` for a request to arrive once started
+(heads: the connection is closed; bodies: 408), ``keep_alive_timeout`` between
+requests, and ``read_timeout`` for a response to be taken by the client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import unquote
+
+import attrs
+import trio
+
+from supervisor import http1
+from supervisor.api.common import http_error_body
+from supervisor.http1 import ProtocolError, RequestHead
+
+__all__ = ["Answer", "CloseConnection", "LeanLimits", "Peer", "serve_lean"]
+
+log = logging.getLogger("supervisor.http")
+
+Peer = tuple[str, int]
+ASGIApp = Callable[..., Awaitable[None]]
+
+
+@attrs.frozen
+class LeanLimits:
+    """How long and how much a client may take.
+
+    Attributes:
+        max_request_size: the largest body accepted (413 beyond, before reading).
+        read_timeout: seconds a started request may take to arrive, and a response
+            to be taken.
+        keep_alive_timeout: seconds an idle connection is kept open.
+        graceful_timeout: seconds connections get to finish on shutdown.
+    """
+
+    max_request_size: int = 6553500
+    read_timeout: float = 30.0
+    keep_alive_timeout: float = 5.0
+    graceful_timeout: float = 11.0
+
+
+class CloseConnection(Exception):
+    """Raised by a handler to end the connection at once (e.g. a stream cut short)."""
+
+
+@attrs.frozen
+class Answer:
+    """A complete response: status, headers (bytes pairs) and body."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+
+class Exchange:
+    """What a route handler gets for one request.
+
+    Attributes:
+        head: the parsed request head.
+        body: the complete request body.
+        peer: the client's address.
+    """
+
+    def __init__(self, conn: _Connection, head: RequestHead, body: bytes) -> None:
+        self._conn = conn
+        self.head = head
+        self.body = body
+        self.peer = conn.peer
+
+    def client_gone(self) -> bool:
+        """Whether the client has closed its side (checked without blocking)."""
+        return self._conn.client_gone()
+
+    async def until_disconnect(self) -> None:
+        """Return when the client closes its side of the connection.
+
+        Bytes that arrive meanwhile (a pipelined next request) are kept.
+        """
+        await self._conn.until_eof()
+
+    async def send_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        """Start a chunked response."""
+        await self._conn.write(
+            http1.response_head(status, headers, content_length=None, keep_alive=self.keep_alive)
+        )
+
+    async def send_chunk(self, data: bytes) -> None:
+        """Send one chunk of a chunked response started with ``send_head``."""
+        if data:
+            await self._conn.write(http1.chunk(data))
+
+    async def end_chunks(self) -> None:
+        """End a chunked response."""
+        await self._conn.write(http1.LAST_CHUNK)
+
+    @property
+    def keep_alive(self) -> bool:
+        """Whether the connection stays open after this response."""
+        return self.head.keep_alive and not self._conn.server.closing
+
+
+FastHandler = Callable[[Exchange], Awaitable["Answer | None"]]
+"""Answers a request it takes (an Answer, or None once it streamed its own), or is not called."""
+Router = Callable[[RequestHead], "FastHandler | None"]
+"""Picks the fast handler for a request, or None to hand it to the ASGI app."""
+
+
+class _Server:
+    def __init__(self, app: ASGIApp, router: Router, limits: LeanLimits, local: Peer) -> None:
+        self.app = app
+        self.router = router
+        self.limits = limits
+        self.local = local
+        self.closing = False
+        self.connections: set[_Connection] = set()
+        self.all_closed = trio.Event()
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        conn = _Connection(self, stream)
+        self.connections.add(conn)
+        try:
+            await conn.serve()
+        finally:
+            conn.peeker.close()
+            await trio.aclose_forcefully(stream)
+            self.connections.discard(conn)
+            if self.closing and not self.connections:
+                self.all_closed.set()
+
+    def close(self) -> None:
+        self.closing = True
+        for conn in self.connections:
+            if conn.phase == _IDLE:
+                conn.scope.cancel()
+        if not self.connections:
+            self.all_closed.set()
+
+
+_IDLE, _HEAD, _BODY, _BUSY, _WRITING = range(5)
+
+
+class _Connection:
+    """One client connection: requests one after the other, under one cancel scope.
+
+    The scope's deadline follows what the connection waits for: the keep-alive
+    timeout between requests, the read timeout while a request arrives or a
+    response is taken, none while the request is being answered.
+    """
+
+    def __init__(self, server: _Server, stream: trio.SocketStream) -> None:
+        self.server = server
+        self.stream = stream
+        self.buffer = bytearray()
+        self.limits = server.limits
+        self.scope = trio.CancelScope()
+        self.phase = _IDLE
+        sock = stream.socket
+        self.peeker = socket.fromfd(sock.fileno(), sock.family, sock.type)
+        try:
+            peer = sock.getpeername()
+            self.peer: Peer = (str(peer[0]), int(peer[1]))
+        except OSError:
+            self.peer = ("", 0)
+
+    def _enter(self, phase: int, timeout: float) -> None:
+        self.phase = phase
+        self.scope.deadline = trio.current_time() + timeout if timeout < math.inf else math.inf
+
+    async def serve(self) -> None:
+        try:
+            with self.scope:
+                await self._requests()
+            if self.scope.cancelled_caught and self.phase == _BODY:
+                await self._error(408, "the request body did not arrive in time")
+        except ProtocolError as exc:
+            await self._error(exc.status, exc.message)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, CloseConnection):
+            pass
+
+    async def _requests(self) -> None:
+        limits = self.limits
+        while not self.server.closing:
+            if not self.buffer:
+                self._enter(_IDLE, limits.keep_alive_timeout)
+                if not await self._receive():
+                    return
+            self._enter(_HEAD, limits.read_timeout)
+            head = await self._head()
+            if head is None:
+                return
+            self._enter(_BODY, limits.read_timeout)
+            body = await self._body(head)
+            if body is None:
+                return
+            self._enter(_BUSY, math.inf)
+            if not await self._respond(head, body):
+                return
+
+    async def _head(self) -> RequestHead | None:
+        """The next request's head; None if the client closed first."""
+        end = self.buffer.find(b"\r\n\r\n")
+        while end < 0:
+            if len(self.buffer) > http1.MAX_HEAD:
+                raise ProtocolError(431, "the request head is larger than 64 KiB")
+            if not await self._receive():
+                return None
+            end = self.buffer.find(b"\r\n\r\n")
+        data = bytes(self.buffer[:end])
+        del self.buffer[: end + 4]
+        return http1.parse_head(data)
+
+    async def _receive(self) -> bool:
+        data = await self.stream.receive_some(65536)
+        self.buffer += data
+        return bool(data)
+
+    async def _body(self, head: RequestHead) -> bytes | None:
+        """The whole body; None if the client closed first."""
+        limit = self.limits.max_request_size
+        if head.content_length is not None and head.content_length > limit:
+            raise ProtocolError(413, f"the request body is larger than {limit} bytes")
+        if not head.has_body:
+            return b""
+        if head.expect_continue and not self.buffer:
+            await self.stream.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if head.chunked:
+            return await self._chunked_body(limit)
+        return await self._sized_body(head.content_length or 0)
+
+    async def _sized_body(self, size: int) -> bytes | None:
+        while len(self.buffer) < size:
+            if not await self._receive():
+                return None
+        body = bytes(self.buffer[:size])
+        del self.buffer[:size]
+        return body
+
+    async def _chunked_body(self, limit: int) -> bytes | None:
+        decoder = http1.ChunkedBody(limit)
+        decoder.feed(self.buffer)
+        while not decoder.done:
+            if not await self._receive():
+                return None
+            decoder.feed(self.buffer)
+        return bytes(decoder.body)
+
+    async def _respond(self, head: RequestHead, body: bytes) -> bool:
+        """Answer one request; whether the connection stays open."""
+        handler = self.server.router(head)
+        exchange = Exchange(self, head, body)
+        if handler is None:
+            return await _asgi(self.server, exchange)
+        answer = await handler(exchange)
+        keep = exchange.keep_alive
+        if answer is None:
+            return keep
+        self._enter(_WRITING, self.limits.read_timeout)
+        await self.stream.send_all(
+            http1.response_head(
+                answer.status, answer.headers, content_length=len(answer.body), keep_alive=keep
+            )
+            + answer.body
+        )
+        return keep
+
+    async def write(self, data: bytes) -> None:
+        """Send part of a response; a client that does not take it in time is dropped."""
+        self._enter(_WRITING, self.limits.read_timeout)
+        await self.stream.send_all(data)
+        self._enter(_BUSY, math.inf)
+
+    def client_gone(self) -> bool:
+        """Whether the client has closed the connection (a peek, without blocking)."""
+        try:
+            return self.peeker.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+
+    async def until_eof(self) -> None:
+        """Read (keeping the bytes) until the client closes or the connection breaks."""
+        try:
+            while await self._receive():
+                if len(self.buffer) > self.limits.max_request_size + http1.MAX_HEAD:
+                    await trio.sleep_forever()  # a client flooding pipelined bytes waits
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    async def _error(self, status: int, message: str) -> None:
+        body = http_error_body(status, message)
+        headers = [(b"content-type", b"application/json")]
+        data = http1.response_head(status, headers, content_length=len(body), keep_alive=False)
+        with (
+            trio.move_on_after(self.limits.read_timeout),
+            contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+        ):
+            await self.stream.send_all(data + body)
+
+
+async def serve_lean(
+    app: ASGIApp,
+    router: Router,
+    address: str,
+    limits: LeanLimits,
+    shutdown: trio.Event,
+    *,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` (and ``router``'s fast routes) on ``address`` until ``shutdown``.
+
+    Args:
+        app: the ASGI app for every request the router does not take.
+        router: picks a fast handler for a request head, or None.
+        address: ``host:port`` (port 0 picks a free one).
+        limits: sizes and timeouts.
+        shutdown: when set, stop accepting, let requests in flight finish (within
+            ``limits.graceful_timeout``), close idle connections.
+        task_status: receives ``http://host:port`` once listening.
+
+    Raises:
+        OSError: the address cannot be listened on.
+    """
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    listeners = await trio.open_tcp_listeners(int(port), host=host or None)
+    sockname = listeners[0].socket.getsockname()
+    ip = str(sockname[0])
+    bound = f"[{ip}]:{sockname[1]}" if ":" in ip else f"{ip}:{sockname[1]}"
+    server = _Server(app, router, limits, (str(sockname[0]), int(sockname[1])))
+    async with trio.open_nursery() as outer:
+        lifespan = await outer.start(_Lifespan(app).run)
+        try:
+            async with trio.open_nursery() as connections:
+                async with trio.open_nursery() as accepting:
+                    accepting.start_soon(_accept(listeners, server.handle, connections))
+                    task_status.started(f"http://{bound}")
+                    await shutdown.wait()
+                    accepting.cancel_scope.cancel()
+                server.close()
+                with trio.move_on_after(limits.graceful_timeout):
+                    await server.all_closed.wait()
+                connections.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await lifespan.stop()
+
+
+def _accept(
+    listeners: list[trio.SocketListener],
+    handler: Callable[[trio.SocketStream], Awaitable[None]],
+    nursery: trio.Nursery,
+) -> Callable[[], Awaitable[None]]:
+    """The accept loop: every new connection runs ``handler`` in ``nursery``."""
+
+    async def accept() -> None:
+        await trio.serve_listeners(handler, listeners, handler_nursery=nursery)
+
+    return accept
+
+
+class _Lifespan:
+    """Runs the ASGI app's lifespan protocol: startup before serving, shutdown after."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._to_app, self._app_inbox = trio.open_memory_channel[dict[str, Any]](2)
+        self._from_app, self._our_inbox = trio.open_memory_channel[dict[str, Any]](2)
+        self._done = trio.Event()
+
+    async def run(self, *, task_status: trio.TaskStatus[_Lifespan]) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._app_task)
+            await self._to_app.send({"type": "lifespan.startup"})
+            reply = await self._our_inbox.receive()
+            if reply["type"] != "lifespan.startup.complete":
+                raise RuntimeError(f"the app failed to start: {reply.get('message', reply)}")
+            task_status.started(self)
+
+    async def _app_task(self) -> None:
+        scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": {}}
+        try:
+            await self.app(scope, self._app_inbox.receive, self._from_app.send)
+        finally:
+            self._done.set()
+
+    async def stop(self) -> None:
+        """Run the app's shutdown and wait for its lifespan to end."""
+        with trio.move_on_after(5):
+            await self._to_app.send({"type": "lifespan.shutdown"})
+            await self._done.wait()
+
+
+async def _asgi(server: _Server, exchange: Exchange) -> bool:
+    """Hand one request to the ASGI app; whether the connection stays open."""
+    head = exchange.head
+    bridge = _Bridge(exchange)
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.0" if head.http10 else "1.1",
+        "method": head.method,
+        "scheme": "http",
+        "path": _unquote(head.path),
+        "raw_path": head.path.encode(),
+        "query_string": head.query,
+        "root_path": "",
+        "headers": head.headers,
+        "client": exchange.peer,
+        "server": server.local,
+        "state": {},
+    }
+    try:
+        await server.app(scope, bridge.receive, bridge.send)
+    except Exception:
+        log.exception("unexpected error in the app for %s %s", head.method, head.path)
+        if bridge.started:
+            return False
+        body = http_error_body(500, "internal error")
+        await bridge.send({"type": "http.response.start", "status": 500, "headers": []})
+        await bridge.send({"type": "http.response.body", "body": body})
+    if not bridge.complete:
+        return False  # a response cut short: the client must see it incomplete
+    return exchange.keep_alive
+
+
+class _Bridge:
+    """ASGI ``receive`` and ``send`` for one request over the lean connection."""
+
+    def __init__(self, exchange: Exchange) -> None:
+        self.exchange = exchange
+        self.body_given = False
+        self.started = False
+        self.complete = False
+        self.status = 500
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.length: int | None = None
+        self.chunked = False
+
+    async def receive(self) -> dict[str, Any]:
+        if not self.body_given:
+            self.body_given = True
+            return {"type": "http.request", "body": self.exchange.body, "more_body": False}
+        if not self.complete:
+            await self.exchange.until_disconnect()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.status = int(message["status"])
+            self.headers = [(bytes(k).lower(), bytes(v)) for k, v in message.get("headers", [])]
+            return
+        if message["type"] != "http.response.body" or self.complete:
+            return
+        data = bytes(message.get("body", b""))
+        more = bool(message.get("more_body", False))
+        if not self.started:
+            await self._start(data, more)
+        elif self.chunked:
+            await self.exchange.send_chunk(data)
+        elif data:
+            await self.exchange._conn.write(data)
+        if not more:
+            if self.chunked:
+                await self.exchange.end_chunks()
+            self.complete = True
+
+    async def _start(self, data: bytes, more: bool) -> None:
+        self.started = True
+        conn = self.exchange._conn
+        keep = self.exchange.keep_alive
+        length = next((int(v) for k, v in self.headers if k == b"content-length"), None)
+        if not more:
+            length = len(data)
+        if length is None:
+            self.chunked = True
+            await self.exchange.send_head(self.status, self.headers)
+            await self.exchange.send_chunk(data)
+            return
+        head = http1.response_head(
+            self.status, self.headers, content_length=length, keep_alive=keep
+        )
+        await conn.write(head + data)
+
+
+def _unquote(path: str) -> str:
+    return unquote(path) if "%" in path else path
