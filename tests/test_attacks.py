@@ -383,13 +383,14 @@ MALFORMED_JSON = [
 
 
 @pytest.mark.parametrize("body", MALFORMED_JSON, ids=range(len(MALFORMED_JSON)))
-async def test_malformed_json_registrations_get_400(server, body):
+async def test_malformed_json_bodies_of_management_calls_get_400(server, body):
     management = (await server.wait_listening())[1]
     headers = {**server.headers("management"), "Content-Type": "application/json"}
     async with httpx.AsyncClient(timeout=30) as client:
-        r = await client.post(f"{management}/models", content=body, headers=headers)
-    assert_json_error(r.status_code, r.content, repr(body[:40]))
-    assert r.status_code in (400, 404)
+        for method, path in (("POST", "/models"), ("PUT", "/models/iris/1.0/set-default")):
+            r = await client.request(method, f"{management}{path}", content=body, headers=headers)
+            assert_json_error(r.status_code, r.content, f"{path} {body[:40]!r}")
+            assert r.status_code in (400, 404)
 
 
 # --- answers given before the body arrived ------------------------------------------------

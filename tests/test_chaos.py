@@ -60,6 +60,7 @@ workers = 2
 batch_size = 4
 max_batch_delay = 0.005
 job_queue_size = 256
+{echo_extra}
 
 [[models]]
 name = "steady"
@@ -150,10 +151,12 @@ def _running(pid: int) -> bool:
         return False
 
 
-async def start_chaos(nursery, tmp_path: Path, handler_dir, client) -> Chaos:
+async def start_chaos(nursery, tmp_path: Path, handler_dir, client, echo_extra="") -> Chaos:
+    """The server with ``echo`` and ``steady`` ready; ``echo_extra``: more TOML for ``echo``."""
     model_dir = handler_dir("echo_handler", ECHO_HANDLER)
     config = tmp_path / "chaos.toml"
-    config.write_text(textwrap.dedent(CONFIG.format(model_dir=model_dir)))
+    text = CONFIG.format(model_dir=model_dir, echo_extra=echo_extra)
+    config.write_text(textwrap.dedent(text))
     server = ServeProcess(tmp_path, "--config", str(config))
     await nursery.start(server.run)
     chaos = Chaos(server, client, seed=int(os.environ.get("CHAOS_SEED", "1")))
