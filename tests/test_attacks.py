@@ -27,6 +27,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
+from tests.invariants import report
 from tests.serveproc import ServeProcess, local_ports
 
 pytestmark = pytest.mark.slow
@@ -127,12 +128,20 @@ def fuzz(
 async def test_fuzzing_the_api_from_its_own_documents_gets_no_5xx(server, examples):
     urls = await server.wait_listening()
     headers = {"inference": server.headers("inference"), "management": server.headers("management")}
+    figures: dict[str, Any] = {}
     async with httpx.AsyncClient(timeout=30) as client:
         for kind, base in zip(("inference", "management", "metrics"), urls, strict=True):
             document = (await client.get(f"{base}/api-description")).json()
             seen = await trio.to_thread.run_sync(
                 fuzz, document, base, headers.get(kind, {}), examples
             )
+            statuses: Counter = Counter()
+            for key, count in seen.items():
+                statuses[key.rsplit(" ", 1)[1]] += count
+            figures[kind] = {
+                "requests": sum(seen.values()),
+                "by_status": dict(sorted(statuses.items())),
+            }
             assert seen
             if kind != "metrics":  # many requests, and the real model was reached, not only 404s
                 assert sum(seen.values()) >= examples
@@ -144,6 +153,7 @@ async def test_fuzzing_the_api_from_its_own_documents_gets_no_5xx(server, exampl
             f"{urls[0]}/predictions/iris", content=IRIS, headers=headers["inference"]
         )
         assert r.status_code == 200
+    report(f"fuzz-{examples}", figures)
 
 
 # --- tokens on every endpoint that needs one -------------------------------------------------

@@ -50,6 +50,7 @@ def test_bodies_and_their_default_content_types(tmp_path):
         ([{"body": "x"}, {"body_file": "../etc/passwd"}], "canary 2: body_file must be a relative"),
         ([{"body_file": "/etc/passwd"}], "body_file must be a relative"),
         ([{"body_file": "missing.bin"}], "body_file missing.bin"),
+        ([{"body_file": "nul\x00.bin"}], "embedded null byte"),  # was a 500 (fuzzing)
         ([{"body": "x"}] * (MAX_CANARIES + 1), f"at most {MAX_CANARIES} canaries"),
         ([{"body": 2**70}], "canary 1: Integer exceeds 64-bit range"),
         ([{"body": "x", "expect_json": [2**70]}], "canary 1: Integer exceeds 64-bit range"),

@@ -144,8 +144,8 @@ def read_canaries(path: str | Path) -> tuple[Canary, ...]:
     path = Path(path)
     try:
         text = path.read_bytes()
-    except OSError as exc:
-        raise CanaryError(f"{path.name}: {exc.strerror or exc}") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the name
+        raise CanaryError(f"{path.name}: {getattr(exc, 'strerror', None) or exc}") from None
     try:
         if path.suffix == ".jsonl":  # JSON lines: one object per line
             data = [orjson.loads(line) for line in text.splitlines() if line.strip()]
@@ -225,8 +225,9 @@ def _file(where: str, name: str, base: Path | None) -> bytes:
         raise CanaryError(f"{where}: body_file must be a relative path without '..': {name!r}")
     try:
         return (base / path).read_bytes()
-    except OSError as exc:
-        raise CanaryError(f"{where}: body_file {name}: {exc.strerror or exc}") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the name (found by fuzzing)
+        why = getattr(exc, "strerror", None) or exc
+        raise CanaryError(f"{where}: body_file {name}: {why}") from None
 
 
 def _text(where: str, entry: Mapping[str, Any], key: str) -> str | None:
