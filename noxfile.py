@@ -1,4 +1,8 @@
-"""Sessions: tests (the whole suite), lint (ruff), typecheck (mypy --strict)."""
+"""Sessions: tests (the whole suite), lint (ruff), typecheck (mypy --strict); chaos and soak.
+
+``chaos`` and ``soak`` take minutes and are not run by default (nor in CI): they
+write their figures to ``.reliability/`` for docs/reliability.md.
+"""
 
 import nox
 
@@ -30,3 +34,22 @@ def typecheck(session: nox.Session) -> None:
     """mypy --strict on the sources."""
     session.install(*CONSTRAINTS, "-e", ".[test,dev]")
     session.run("mypy", "--strict", "src")
+
+
+@nox.session(python="3.11")
+def chaos(session: nox.Session) -> None:
+    """The long fault runs: a minute of chaos per signal, long fuzzing (minutes)."""
+    session.install(*CONSTRAINTS, "torch==2.13.0")
+    session.install(*CONSTRAINTS, "-e", ".[test]")
+    env = {"RELIABILITY_REPORT_DIR": ".reliability", "FUZZ_EXAMPLES": "3000"}
+    session.run("pytest", "-m", "chaos", "-s", *session.posargs, env=env)
+    session.run("pytest", "tests/test_archive_fuzz.py", *session.posargs, env=env)
+
+
+@nox.session(python="3.11")
+def soak(session: nox.Session) -> None:
+    """Steady load with periodic worker kills; SOAK_SECONDS (default 180) sets the length."""
+    session.install(*CONSTRAINTS, "torch==2.13.0")
+    session.install(*CONSTRAINTS, "-e", ".[test]")
+    env = {"RELIABILITY_REPORT_DIR": ".reliability"}
+    session.run("pytest", "-m", "soak", "-s", *session.posargs, env=env)

@@ -43,6 +43,7 @@ FULL = """
     handler = "my_handler:Net"
     model_dir = "resnet"
     batch_size = 8
+    memory_limit_mb = 512
     handler_config = { threshold = 0.5 }
     [models.restart]
     window = 5.0
@@ -75,6 +76,7 @@ def test_full_file(write):
     assert iris.restart == RestartPolicy(max_restarts=7, window=30.0)
     assert (resnet.name, resnet.version, resnet.handler) == ("resnet", "2.0", "my_handler:Net")
     assert (resnet.workers, resnet.batch_size) == (2, 8)
+    assert (iris.memory_limit_mb, resnet.memory_limit_mb) == (0, 512)  # off unless set
     assert resnet.model_dir == "/srv/models/resnet"  # relative dirs are found in the store
     assert resnet.handler_config == {"threshold": 0.5}
     # The model's restart table layers over the defaults' one, key by key.
@@ -180,6 +182,8 @@ def test_unknown_keys_and_sections_are_named(write, source, names):
         ({"stop_grace": -1}, "stop_grace"),
         ({"log_lines": 0}, "log_lines"),
         ({"log_bytes": 0}, "log_bytes"),
+        ({"memory_limit_mb": -1}, "memory_limit_mb"),
+        ({"memory_limit_mb": 0.5}, "memory_limit_mb"),
         ({"restart": {"window": 0}}, "window"),
         ({"restart": {"jitter": 2}}, "jitter"),
         ({"restart": {"max_restarts": 1.5}}, "max_restarts"),

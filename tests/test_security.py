@@ -358,8 +358,10 @@ class ArchiveServer:
             length = str(len(self.archive))
             await send(h11.Response(status_code=200, headers=[("Content-Length", length)]))
             await send(h11.Data(data=self.archive), h11.EndOfMessage())
-        elif path == "/redirect.mar":
+        elif path in ("/redirect.mar", "/metadata.mar"):
             where = f"http://localhost:{self.port}/redirected.mar"
+            if path == "/metadata.mar":  # a cloud metadata service, via an allowed URL
+                where = "http://169.254.169.254/latest/meta-data/iam/security-credentials/"
             headers = [("Location", where), ("Content-Length", "0")]
             await send(h11.Response(status_code=302, headers=headers), h11.EndOfMessage())
         elif path == "/huge.mar":
@@ -392,9 +394,23 @@ async def test_remote_urls_are_refused_by_default(nursery, tmp_path, client, arc
     assert config.allowed_urls == ()
     endpoints = await start(nursery, config)
     auth = bearer(read_keys(config)["management"])
-    for url in (archives.url("/echo.mar"), f"file://{tmp_path}/published/echo.mar"):
+    refused = (
+        archives.url("/echo.mar"),
+        f"file://{tmp_path}/published/echo.mar",
+        "file:/etc/passwd",
+        "FILE:///etc/passwd",
+        "http://169.254.169.254/latest/meta-data/",
+        "HTTP://169.254.169.254/latest/meta-data/",
+        f"http://[::1]:{archives.port}/echo.mar",
+        f"https://127.0.0.1:{archives.port}/echo.mar",
+    )
+    for url in refused:
         r = await client.post(f"{endpoints.management}/models", params={"url": url}, headers=auth)
         assert_error(r, 404, "ModelNotFoundException", "does not match any allowed URL(s)")
+    # other schemes are no URLs at all: names with a "/" cannot be in the store
+    for url in ("gopher://127.0.0.1:6379/_INFO", "ftp://127.0.0.1/echo.mar", "//169.254.169.254/x"):
+        r = await client.post(f"{endpoints.management}/models", params={"url": url}, headers=auth)
+        assert_error(r, 404, "ModelNotFoundException", "Relative path is not allowed")
     assert archives.hits == []
     assert list(store.iterdir()) == []
 
@@ -445,13 +461,21 @@ async def test_allowed_urls_are_downloaded_and_served(nursery, tmp_path, client,
     assert not (store / "echo.mar").exists()
     r = await register(client, endpoints, archives.url("/echo.mar"), keys["management"])
     assert r.status_code == 200, r.text
-    r = await register(client, endpoints, archives.url("/redirect.mar"), keys["management"])
-    assert_error(r, 400, "DownloadArchiveException", "redirect to a URL that is not allowed")
+    for path in ("/redirect.mar", "/metadata.mar"):
+        r = await register(client, endpoints, archives.url(path), keys["management"])
+        assert_error(r, 400, "DownloadArchiveException", "redirect to a URL that is not allowed")
     assert "/redirected.mar" not in archives.hits
-    for url in (f"http://localhost:{archives.port}/echo.mar", "file:///etc/passwd"):
+    for url in (
+        f"http://localhost:{archives.port}/echo.mar",
+        "file:///etc/passwd",
+        f"http://127.0.0.1:{archives.port}@169.254.169.254/echo.mar",  # userinfo trick
+        f"http://127.0.0.1.nip.io:{archives.port}/echo.mar",  # a name that resolves home
+        "http://169.254.169.254/latest/meta-data/",
+    ):
         r = await register(client, endpoints, url, keys["management"])
         assert_error(r, 404, "ModelNotFoundException", "does not match any allowed URL(s)")
-    assert archives.hits == ["/echo.mar", "/echo.mar", "/redirect.mar"]  # refused URLs: no hit
+    # refused URLs: no hit
+    assert archives.hits == ["/echo.mar", "/echo.mar", "/redirect.mar", "/metadata.mar"]
     assert sorted(p.name for p in store.iterdir()) == ["echo.mar"]
 
 

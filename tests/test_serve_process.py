@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -18,10 +16,9 @@ import trio
 
 import supervisor
 from tests.helpers import ECHO_HANDLER, eventually, gone, make_mar
+from tests.serveproc import LISTENING, ServeProcess, local_ports
 
 pytestmark = pytest.mark.slow
-
-LISTENING = re.compile(r"listening: inference (\S+), management (\S+), metrics (\S+)")
 
 GRANDCHILD_HANDLER = """
 import subprocess
@@ -33,57 +30,6 @@ class WithGrandchild:
     def handle(self, batch, context):
         return [self.child.pid for _ in batch]
 """
-
-
-class ServeProcess:
-    """``python -m supervisor serve ...`` with its log collected line by line."""
-
-    def __init__(self, cwd: Path, *args: str) -> None:
-        self.args = [sys.executable, "-m", "supervisor", "serve", *args]
-        self.cwd = cwd  # the key file is written here
-        self.lines: list[str] = []
-        self.process: trio.Process | None = None
-
-    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        self.process = await trio.lowlevel.open_process(
-            self.args,
-            cwd=self.cwd,
-            stdin=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-        )
-        task_status.started(self)
-        assert self.process.stderr is not None
-        pending = b""
-        try:
-            async for chunk in self.process.stderr:
-                pending += chunk
-                *complete, pending = pending.split(b"\n")
-                self.lines.extend(line.decode(errors="replace") for line in complete)
-        finally:
-            if self.process.poll() is None:  # a failed test must not leave a server behind
-                self.process.kill()
-                with trio.CancelScope(shield=True):
-                    await self.process.wait()
-
-    def find(self, pattern: re.Pattern[str]) -> re.Match[str] | None:
-        return next((m for line in self.lines if (m := pattern.search(line))), None)
-
-    def has(self, text: str) -> bool:
-        return any(text in line for line in self.lines)
-
-    def headers(self, kind: str) -> dict[str, str]:
-        """The Authorization header for ``kind``, from the server's key file."""
-        keys = json.loads((self.cwd / "key_file.json").read_text())
-        return {"Authorization": f"Bearer {keys[kind]['key']}"}
-
-    def worker_pids(self) -> list[int]:
-        assert self.process is not None
-        return [p.pid for p in psutil.Process(self.process.pid).children()]
-
-
-def local_ports() -> list[str]:
-    return [f"--{kind}-address=127.0.0.1:0" for kind in ("inference", "management", "metrics")]
 
 
 async def test_sigterm_under_load_answers_every_request_and_exits_0(nursery, handler_dir):

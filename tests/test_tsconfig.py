@@ -408,6 +408,7 @@ jobQueueSize: 16
 deviceType: gpu
 deviceIds: [0, 1]
 clientTimeoutInMills: 5000
+memoryLimitMb: 512
 handler:
   model_path: model.pt
   threshold: 0.5
@@ -425,6 +426,7 @@ def test_model_yaml_maps_frontend_keys_and_keeps_everything_for_the_handler():
         "startup_timeout": 600,
         "job_queue_size": 16,
         "client_timeout": pytest.approx(5.0),  # clientTimeoutInMills: 5000
+        "memory_limit_mb": 512,
         "restart": {"window": 120},
     }
     assert handler_config["deviceIds"] == [0, 1]
@@ -453,6 +455,7 @@ def test_empty_model_yaml(text):
         ("batchSize: true\n", "batchSize"),
         ("maxBatchDelay: {a: 1}\n", "maxBatchDelay"),
         ("responseTimeout: soon\n", "responseTimeout"),
+        ("memoryLimitMb: 1.5\n", "memoryLimitMb"),
         ("maxRetryTimeoutInSec: [1]\n", "maxRetryTimeoutInSec"),
         ("!!python/object/apply:os.system ['true']\n", "invalid YAML"),  # safe_load only
     ],

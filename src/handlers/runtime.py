@@ -11,6 +11,7 @@ supervisor died.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import queue
@@ -67,7 +68,10 @@ class Channel:
                 for message in decoder.feed(bytes(view[:received])):
                     self._dispatch(message)
         except (OSError, ProtocolError) as exc:
-            print(f"worker: protocol socket failed: {exc!r}", file=sys.stderr, flush=True)
+            _say(f"worker: protocol socket failed: {exc!r}")
+        else:
+            if not self.stopping:
+                _say("worker: the protocol socket was closed (supervisor gone, or shut down)")
         if not self.stopping:
             _die_with_group()
 
@@ -81,9 +85,16 @@ class Channel:
             self.inbox.put(message)
 
 
+def _say(line: str) -> None:
+    """Log a line if we still can: stderr is a pipe that a dead supervisor no longer reads."""
+    with contextlib.suppress(OSError):
+        print(line, file=sys.stderr, flush=True)
+
+
 def _die_with_group() -> None:
     """The supervisor is gone: take our process group (grandchildren too) with us."""
-    sys.stderr.flush()
+    with contextlib.suppress(OSError):  # never let a broken stderr stop the kill below
+        sys.stderr.flush()
     if os.getpgrp() == os.getpid():
         os.killpg(0, signal.SIGKILL)
     os._exit(1)

@@ -17,11 +17,14 @@ when the model is unloaded. An archive holding nothing but one folder (a
 from __future__ import annotations
 
 import json
+import lzma
 import re
 import shutil
+import struct
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -163,8 +166,24 @@ def unpack(archive: Path, target: Path) -> None:
             _untar(archive, target)
         else:
             raise InvalidModel(f"{archive.name} is neither a zip nor a tar archive")
-    except (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError) as exc:
+    except _UNREADABLE as exc:
         raise InvalidModel(f"cannot unpack {archive.name}: {exc}") from None
+
+
+# What zipfile, tarfile and their decompressors raise for damaged input; found by
+# fuzzing (tests/test_archive_fuzz.py): a corrupt deflate stream is a zlib.error,
+# an encrypted member a RuntimeError, an unknown compression a NotImplementedError.
+_UNREADABLE = (
+    zipfile.BadZipFile,
+    tarfile.TarError,
+    OSError,
+    EOFError,
+    zlib.error,
+    lzma.LZMAError,
+    ValueError,
+    RuntimeError,
+    struct.error,
+)
 
 
 def _safe_name(name: str) -> str:

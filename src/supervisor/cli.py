@@ -44,6 +44,7 @@ _MODEL_FLAGS: tuple[tuple[str, type, str], ...] = (
         float,
         "seconds a stopping worker gets after SHUTDOWN and again after SIGTERM (default 2)",
     ),
+    ("memory-limit-mb", int, "a worker's memory limit in MiB, its children included (0: none)"),
 )
 _RESTART_FLAGS: tuple[tuple[str, type, str], ...] = (
     ("max-restarts", int, "restarts allowed per window before the model is FAILED (default 5)"),

@@ -110,6 +110,9 @@ class ModelConfig:
         heartbeat_interval: seconds between heartbeats to an idle or busy worker.
         heartbeat_timeout: a worker silent this long is hung and gets replaced.
         stop_grace: seconds between SIGTERM and SIGKILL when stopping a worker.
+        memory_limit_mb: the most resident memory a worker (with its own
+            subprocesses) may use, in MiB; a worker over it is ended and replaced.
+            0: no limit.
         log_lines: the most log lines kept per worker.
         log_bytes: the most log bytes kept per worker.
         restart: the restart policy.
@@ -134,6 +137,7 @@ class ModelConfig:
     heartbeat_interval: float = attrs.field(default=1 * SECONDS, validator=_positive)
     heartbeat_timeout: float = attrs.field(default=10 * SECONDS, validator=_positive)
     stop_grace: float = attrs.field(default=2 * SECONDS, validator=_non_negative)
+    memory_limit_mb: int = attrs.field(default=0, validator=[_int, v.ge(0)])
     log_lines: int = attrs.field(default=200, validator=[_int, v.ge(1)])
     log_bytes: int = attrs.field(default=64 * KIB, validator=[_int, v.ge(1)])
     restart: RestartPolicy = attrs.field(factory=RestartPolicy)

@@ -33,7 +33,8 @@ Per-model keys, in the ``models`` JSON and in ``model-config.yaml``: ``minWorker
 -> ``workers``, ``maxWorkers`` -> ``max_workers``, ``batchSize`` -> ``batch_size``,
 ``maxBatchDelay`` (milliseconds) -> ``max_batch_delay`` (seconds),
 ``responseTimeout`` -> ``response_timeout``, ``startupTimeout`` ->
-``startup_timeout``, ``jobQueueSize`` -> ``job_queue_size``; the JSON's
+``startup_timeout``, ``jobQueueSize`` -> ``job_queue_size``, ``memoryLimitMb``
+(ours) -> ``memory_limit_mb``; the JSON's
 ``marName`` -> ``url``; the YAML's ``maxRetryTimeoutInSec`` -> ``restart.window``.
 
 Every other key is ignored, as TorchServe ignores keys it does not know;
@@ -315,6 +316,7 @@ _MODEL: dict[str, tuple[str, _Convert]] = {
     "startupTimeout": ("startup_timeout", _seconds),
     "jobQueueSize": ("job_queue_size", _int),
     "clientTimeoutInMills": ("client_timeout", _millis),
+    "memoryLimitMb": ("memory_limit_mb", _int),
 }
 _JSON_MODEL = {**_MODEL, "marName": ("url", _text)}
 _USED = frozenset(

@@ -38,6 +38,7 @@ from handlers.protocol import (
 from supervisor.config import ModelConfig
 from supervisor.errors import SupervisorError, WorkerDied, WorkerStartFailed, WorkerTimeout
 from supervisor.logtail import LogTail
+from supervisor.memwatch import watch_memory
 from supervisor.process import Launcher, WorkerProcess, describe_returncode
 
 __all__ = ["ExitRecord", "NotDelivered", "Worker", "WorkerState"]
@@ -232,6 +233,8 @@ class Worker:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._watch_exit, proc)
                 nursery.start_soon(self._read_loop, proc.stream)
+                if limit := self.config.memory_limit_mb:
+                    nursery.start_soon(watch_memory, proc.pid, limit, self.kill)
                 with trio.move_on_after(self.config.startup_timeout):
                     try:
                         await self._send(encode(Message(Kind.LOAD, self._load_header())))

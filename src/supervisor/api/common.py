@@ -85,6 +85,8 @@ def make_app(
     @app.after_request
     async def _finish(response: Response) -> Response:
         response.headers.setdefault("x-request-id", str(uuid.uuid4()))  # as TorchServe does
+        if not await _body_received():
+            response.headers["Connection"] = "close"
         if on_response is not None:
             on_response(response.status_code)
         return response
@@ -110,6 +112,23 @@ def make_app(
         return json_response(body, 500)
 
     return app
+
+
+async def _body_received() -> bool:
+    """Receive what is left of the request body; False if it is too large or too slow.
+
+    A response sent before its request's body has arrived leaves Hypercorn's
+    HTTP/1.1 connection unable to take the next request: it is closed, or it
+    hangs until ``read_timeout``, under a client that reuses it (found by
+    tests/test_attacks.py). So an answer given without reading the body (401,
+    404, a GET with a body) first receives it, within ``max_request_size`` and
+    ``read_timeout``; a body that cannot be received closes the connection.
+    """
+    try:
+        await request.get_data()  # cached: no cost once a route has read the body
+    except HTTPException:
+        return False
+    return True
 
 
 def require_token(app: QuartTrio, tokens: Tokens, kind: str, open_paths: Collection[str]) -> None:

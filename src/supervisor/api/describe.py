@@ -40,6 +40,7 @@ def describe_model(stats: ModelStats) -> dict[str, Any]:
         "maxBatchDelay": round(c.max_batch_delay * 1000),
         "responseTimeout": c.response_timeout,
         "startupTimeout": c.startup_timeout,
+        "memoryLimitMb": c.memory_limit_mb,
         "restartPolicy": {
             "maxRestarts": c.restart.max_restarts,
             "window": c.restart.window,

@@ -571,6 +571,7 @@ def _model_schema() -> Json:
         maxBatchDelay=_t("integer", "Milliseconds."),
         responseTimeout=_t("number", "Seconds."),
         startupTimeout=_t("number", "Seconds."),
+        memoryLimitMb=_t("integer", "A worker's memory limit in MiB (0: none)."),
         restartPolicy=_ref("RestartPolicy"),
         restarts=_t("integer"),
         warmSpare=_object(
