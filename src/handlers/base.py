@@ -19,6 +19,8 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
+import orjson
+
 from handlers.context import Context
 
 __all__ = [
@@ -28,6 +30,7 @@ __all__ = [
     "PredictionException",
     "decode_param",
     "load_handler",
+    "parse_json",
     "split_handler_spec",
 ]
 
@@ -128,12 +131,55 @@ def _default_entry(module: ModuleType) -> Any:
     return classes[0]
 
 
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_RUN = b"0" * 19
+_IN_A_FLOAT_BEFORE = (b".", b"e", b"E", b"+", b"-")
+_IN_A_FLOAT_AFTER = (b".", b"e", b"E")
+
+
+def parse_json(data: bytes) -> Any:
+    """``json.loads``, exactly, but about ten times faster on large bodies.
+
+    orjson parses; the standard library takes over for what orjson reads
+    differently (it makes floats of integers beyond 64 bits, so a run of 19 or
+    more digits that may be an integer goes to the standard library) and for what
+    it refuses (``NaN``, ``Infinity``, nesting past 1024).
+
+    Raises:
+        ValueError: the data is not JSON.
+        RecursionError: nested too deeply.
+    """
+    if not _maybe_long_integer(data):
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(data)
+
+
+def _maybe_long_integer(data: bytes) -> bool:
+    """Whether ``data`` has a run of 19 or more digits that is not inside a float."""
+    masked = data.translate(_DIGITS_AS_ZERO)  # every digit is now 0: runs are found fast
+    start = masked.find(_RUN)
+    while start >= 0:
+        end = start + len(_RUN)
+        while masked[end : end + 1] == b"0":
+            end += 1
+        before, after = data[start - 1 : start], data[end : end + 1]
+        if before == b"-":
+            before = data[start - 2 : start - 1]  # a sign: what comes before it
+        if before not in _IN_A_FLOAT_BEFORE and after not in _IN_A_FLOAT_AFTER:
+            return True
+        start = masked.find(_RUN, end)
+    return False
+
+
 def decode_param(content_type: str, data: bytes) -> Any:
     """Decode a request parameter the way TorchServe hands it to handlers."""
     mime = content_type.split(";", 1)[0].strip().lower()
     try:
         if mime == "application/json":
-            return json.loads(data)
+            return parse_json(data)
         if mime.startswith("text/"):
             return data.decode()
     except (ValueError, RecursionError):  # deeply nested JSON recurses
