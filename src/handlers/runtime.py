@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import queue
@@ -117,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     if loaded is None:
         return 1
     handle, context = loaded
+    gc.collect()
+    gc.freeze()  # the model's objects never become garbage: keep them out of every GC pass
     while (message := channel.inbox.get()) is not None:
         if message.kind is Kind.INFER:
             try:
