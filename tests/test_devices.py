@@ -155,10 +155,11 @@ class Threads:
 
 
 def test_threads_are_the_cores_shared_among_the_workers():
-    assert threads_per_worker(17, 4) == 4  # one core is left to the supervisor
-    assert threads_per_worker(2, 1) == 1
+    assert threads_per_worker(17, 4) == 4
+    assert threads_per_worker(2, 1) == 2
+    assert threads_per_worker(2, 2) == 1
     assert threads_per_worker(2, 3) == 1  # never zero
-    assert threads_per_worker(9, 0) == 8
+    assert threads_per_worker(9, 0) == 9
 
 
 @pytest.mark.slow

@@ -46,13 +46,13 @@ log = logging.getLogger("supervisor.pool")
 
 
 def threads_per_worker(cpus: int, workers: int) -> int:
-    """Each worker's share of the cores, one core left to the supervisor.
+    """Each worker's share of the cores: the cores divided among the workers, at least 1.
 
-    Oversubscribed torch threads thrash; and the supervisor itself needs most of
-    a core under load (bench/run.py: batch-8 MLP rows/s rose 27% on 2 cores with
-    1 thread instead of 2).
+    Oversubscribed torch threads thrash. (With the supervisor behind Hypercorn and
+    Quart, leaving it a core was faster; since the lean front end, a lone batch-8
+    MLP worker on 2 cores does about 12% more rows/s with both: docs/performance.md.)
     """
-    return max(1, (cpus - 1) // max(1, workers))
+    return max(1, cpus // max(1, workers))
 
 
 class ModelState(enum.Enum):
