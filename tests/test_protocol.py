@@ -52,7 +52,7 @@ def test_every_kind_round_trips(kind):
 
 def test_empty_message_layout():
     data = encode(Message(Kind.PING))
-    assert data == struct.pack(">IBI", 11, Kind.PING, 2) + b"{}" + struct.pack(">I", 0)
+    assert data == struct.pack(">IBI", 12, Kind.PING, 3) + b" {}" + struct.pack(">I", 0)
     assert decode_one(data) == Message(Kind.PING, {}, ())
 
 
@@ -351,7 +351,18 @@ def test_arbitrary_headers_decode_or_raise_protocol_error_only(header, blobs):
 
 
 def test_wire_header_is_compact_json():
+    """Generic frames: the standard library's JSON after a space (read back exactly)."""
     data = encode(Message(Kind.LOAD, {"a": [1, 2]}))
     (header_len,) = struct.unpack_from(">I", data, 5)
-    assert data[9 : 9 + header_len] == b'{"a":[1,2]}'
+    assert data[9 : 9 + header_len] == b' {"a":[1,2]}'
     assert json.loads(data[9 : 9 + header_len]) == {"a": [1, 2]}
+
+
+def test_request_and_reply_frames_use_orjson_and_fall_back_exactly():
+    """The hot frames are written by orjson (no space); what it cannot write goes exactly."""
+    data = encode_reply(7, [ReplyItem("r", ok=True, status=200, body=b"x")])
+    (header_len,) = struct.unpack_from(">I", data, 5)
+    assert data[9 : 9 + header_len].startswith(b'{"batch":7')
+    huge = ReplyItem("r", ok=False, status=2**70, message="\ud800")
+    message = decode_one(encode_reply(8, [huge]))
+    assert decode_reply(message) == (8, [huge])

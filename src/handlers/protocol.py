@@ -1,11 +1,17 @@
-"""Sans-IO framing shared by the supervisor and its workers (stdlib only).
+"""Sans-IO framing shared by the supervisor and its workers (stdlib and orjson).
 
 Every message is one frame::
 
     u32 length of the rest | u8 kind | u32 header length | header (JSON, UTF-8)
     | u32 blob count | (u32 blob length | blob bytes)*
 
-All integers are big-endian. The header carries small structured fields; blobs
+All integers are big-endian. The header is JSON: written by orjson for the
+frames that carry requests and answers (``INFER``, ``REPLY``, ``PART``), and by
+the standard library, after one leading space, for the others and for what
+orjson cannot write; the reader parses a header that starts with a space with
+the standard library, so every header comes back exactly as it was sent
+(integers beyond 64 bits, NaN and the infinities included). The header carries
+small structured fields; blobs
 carry payload bytes raw (request bodies, response bodies), so nothing is
 base64-encoded or pickled. Neither side does I/O here: callers ``encode`` a
 message to bytes and ``feed`` received bytes to a ``Decoder``.
@@ -27,6 +33,8 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 __all__ = [
     "MAX_FRAME_BYTES",
@@ -80,8 +88,31 @@ class Message:
 
 
 def encode(message: Message) -> bytes:
-    """Serialise ``message`` into one frame."""
-    header = json.dumps(message.header, separators=(",", ":")).encode()
+    """Serialise ``message`` into one frame (any JSON-able header, kept exactly)."""
+    return _frame(message, _exact_header(message.header))
+
+
+def _exact_header(header: dict[str, Any]) -> bytes:
+    # The standard library's JSON, marked by a leading space (orjson never writes
+    # one) so that the reader parses it with the standard library too: exact for
+    # integers beyond 64 bits, NaN and the infinities.
+    return b" " + json.dumps(header, separators=(",", ":")).encode()
+
+
+def _fast(message: Message) -> bytes:
+    """Serialise a message built by the typed encoders (INFER, REPLY, PART) with orjson.
+
+    Their headers hold strings, integers, booleans and None; what orjson cannot
+    write (an integer beyond 64 bits, a lone surrogate) goes the exact way.
+    """
+    try:
+        header = orjson.dumps(message.header)
+    except TypeError:
+        header = _exact_header(message.header)
+    return _frame(message, header)
+
+
+def _frame(message: Message, header: bytes) -> bytes:
     parts = [b"", b"", header, _U32.pack(len(message.blobs))]
     for blob in message.blobs:
         parts.append(_U32.pack(len(blob)))
@@ -133,7 +164,8 @@ def _parse(frame: bytes) -> Message:
     if offset + 4 > len(frame):
         raise ProtocolError("header runs past the frame")
     try:
-        header = json.loads(frame[5:offset])
+        raw = frame[5:offset]
+        header = json.loads(raw) if raw[:1] == b" " else orjson.loads(raw)
     except (ValueError, RecursionError) as exc:  # deeply nested JSON recurses
         raise ProtocolError(f"header is not JSON: {exc}") from None
     if not isinstance(header, dict):
@@ -205,7 +237,7 @@ def encode_infer(batch_id: int, items: list[InferItem]) -> bytes:
             blobs.append(data)
         meta.append({"id": item.request_id, "headers": item.headers, "params": names})
     header = {"batch": batch_id, "items": meta}
-    return encode(Message(Kind.INFER, header, tuple(blobs)))
+    return _fast(Message(Kind.INFER, header, tuple(blobs)))
 
 
 def decode_infer(message: Message) -> tuple[int, list[InferItem]]:
@@ -256,7 +288,7 @@ def _encode_items(kind: Kind, batch_id: int, items: list[ReplyItem]) -> bytes:
         for item in items
     ]
     blobs = tuple(item.body for item in items)
-    return encode(Message(kind, {"batch": batch_id, "items": meta}, blobs))
+    return _fast(Message(kind, {"batch": batch_id, "items": meta}, blobs))
 
 
 def _decode_items(name: str, message: Message) -> tuple[int, list[ReplyItem]]:

@@ -23,7 +23,7 @@ STREAM_NEXT_HEADER = "ts_stream_next"
 
 def make_reply(request_id: str, result: Any, context: Context, idx: int) -> ReplyItem:
     """The reply for request ``idx`` of the batch: its result, status and headers."""
-    headers = dict(context.get_response_headers(idx))
+    headers = {str(k): str(v) for k, v in context.get_response_headers(idx).items()}
     content_type = ""
     for key in [k for k in headers if k.lower() == "content-type"]:
         content_type = headers.pop(key)
