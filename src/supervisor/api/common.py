@@ -14,7 +14,15 @@ from werkzeug.exceptions import HTTPException
 from supervisor.auth import Tokens, bearer_matches
 from supervisor.errors import SupervisorError
 
-__all__ = ["error_response", "http_error_body", "json_response", "make_app", "require_token"]
+__all__ = [
+    "error_headers",
+    "error_response",
+    "http_error_body",
+    "json_bytes",
+    "json_response",
+    "make_app",
+    "require_token",
+]
 
 _HTTP_TYPES = {
     400: "BadRequestException",
@@ -29,21 +37,33 @@ _HTTP_MESSAGES = {
 }
 
 
+def json_bytes(body: Any) -> bytes:
+    """A JSON body, indented like TorchServe's, with a trailing newline."""
+    return orjson.dumps(body, option=orjson.OPT_INDENT_2) + b"\n"
+
+
 def json_response(body: Any, status: int = 200) -> Response:
     """A JSON response, indented like TorchServe's, with a trailing newline."""
-    data = orjson.dumps(body, option=orjson.OPT_INDENT_2) + b"\n"
-    return Response(data, status=status, content_type="application/json")
+    return Response(json_bytes(body), status=status, content_type="application/json")
 
 
 def error_response(error: SupervisorError) -> Response:
     """The JSON error body, status and headers for a supervisor error."""
     response = json_response(error.to_json(), error.status)
+    for name, value in error_headers(error):
+        response.headers[name] = value
+    return response
+
+
+def error_headers(error: SupervisorError) -> list[tuple[str, str]]:
+    """The headers that go with a supervisor error (``WWW-Authenticate``, ``Retry-After``)."""
+    headers = []
     if error.status == 401:
-        response.headers["WWW-Authenticate"] = WWW_AUTHENTICATE
+        headers.append(("WWW-Authenticate", WWW_AUTHENTICATE))
     retry_after = getattr(error, "retry_after", None)
     if retry_after is not None:
-        response.headers["Retry-After"] = str(retry_after)
-    return response
+        headers.append(("Retry-After", str(retry_after)))
+    return headers
 
 
 def http_error_body(code: int, message: str) -> bytes:
@@ -53,7 +73,7 @@ def http_error_body(code: int, message: str) -> bytes:
         "type": _HTTP_TYPES.get(code, "HttpException"),
         "message": _HTTP_MESSAGES.get(code, message),
     }
-    return orjson.dumps(body, option=orjson.OPT_INDENT_2) + b"\n"
+    return json_bytes(body)
 
 
 WWW_AUTHENTICATE = 'Bearer realm="trio-supervisor"'

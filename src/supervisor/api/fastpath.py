@@ -14,18 +14,26 @@ import re
 import uuid
 from collections.abc import Callable
 
-import orjson
 import trio
 
 from handlers.protocol import InferItem, ReplyItem
-from supervisor.api.inference import DEADLINE_HEADER, RequestObserver, job_version
+from supervisor.api.common import error_headers, json_bytes
+from supervisor.api.inference import (
+    DEADLINE_HEADER,
+    FORM_TYPES,
+    RESERVED_HEADERS,
+    RequestObserver,
+    failed_reply_body,
+    job_version,
+    parse_deadline,
+    queue_time,
+)
 from supervisor.api.lean import Answer, CloseConnection, Exchange, FastHandler
 from supervisor.auth import Tokens, bearer_matches
 from supervisor.batching import Job
 from supervisor.core import Supervisor
 from supervisor.errors import (
     DeadlineExceeded,
-    InvalidRequest,
     ModelNotFound,
     ModelVersionNotFound,
     SupervisorError,
@@ -37,8 +45,7 @@ __all__ = ["FastRoutes"]
 log = logging.getLogger("supervisor.http")
 
 _PATH = re.compile(r"/(predictions|explanations)/([^/%]+)(?:/([^/%]+)(?:/([^/%][^%]*))?)?")
-_FORM_TYPES = (b"multipart/form-data", b"application/x-www-form-urlencoded")
-_RESERVED = frozenset({"url_path", "explain", "describe"})
+_FORM_TYPES = tuple(t.encode() for t in FORM_TYPES)
 _DEADLINE = DEADLINE_HEADER.lower().encode()
 _JSON = b"application/json"
 _DEFAULT_TYPE = b"text/html; charset=utf-8"  # what Quart gives a body without a type
@@ -92,7 +99,8 @@ class FastRoutes:
         request_id = uuid.uuid4()
         job: Job | None = None
         try:
-            deadline = _deadline(head, started)
+            raw = head.header(_DEADLINE)
+            deadline = parse_deadline(None if raw is None else raw.decode("latin-1"), started)
             item = _item(exchange, request_id.hex, extra or "", prefix == "explanations")
             job = self.sup.submit(item, model, version, deadline)
             job.gone = exchange.client_gone  # dropped before dispatch if the client left
@@ -117,7 +125,7 @@ class FastRoutes:
         if self.observe is None:
             return
         latency = trio.current_time() - started
-        queue = None if job is None or job.dispatched_at is None else _queued(job)
+        queue = queue_time(job)
         self.observe(model, job_version(self.sup, model, version), status, latency, queue)
 
     def _finish(self, answer: Answer, request_id: uuid.UUID) -> Answer:
@@ -150,30 +158,12 @@ async def _stream(exchange: Exchange, job: Job, first: ReplyItem, request_id: uu
     return first.status
 
 
-def _queued(job: Job) -> float:
-    assert job.dispatched_at is not None
-    return job.dispatched_at - job.enqueued_at
-
-
-def _deadline(head: RequestHead, started: float) -> float:
-    raw = head.header(_DEADLINE)
-    if raw is None:
-        return float("inf")
-    try:
-        millis = float(raw)
-    except ValueError:
-        millis = -1.0
-    if not millis > 0:
-        raise InvalidRequest(f"{DEADLINE_HEADER} must be a positive number of milliseconds")
-    return started + millis / 1000
-
-
 def _item(exchange: Exchange, request_id: str, extra: str, explain: bool) -> InferItem:
     """The request as the worker sees it (the same headers Quart would show it)."""
     headers = {"Remote-Addr": exchange.peer[0]}
     for name, value in exchange.head.headers:
         key = name.decode("latin-1").title()
-        if key.lower() not in _RESERVED:
+        if key.lower() not in RESERVED_HEADERS:
             headers[key] = value.decode("latin-1")
     headers["url_path"] = extra
     if explain:
@@ -184,8 +174,7 @@ def _item(exchange: Exchange, request_id: str, extra: str, explain: bool) -> Inf
 
 def _answer(reply: ReplyItem) -> Answer:
     if not reply.ok:
-        body = {"code": reply.status, "type": "InternalServerException", "message": reply.message}
-        return _json(body, reply.status)
+        return _json(failed_reply_body(reply), reply.status)
     content_type = reply.content_type.encode("latin-1") if reply.content_type else _DEFAULT_TYPE
     headers = [(b"content-type", content_type)]
     for key, value in reply.headers.items():
@@ -195,14 +184,10 @@ def _answer(reply: ReplyItem) -> Answer:
 
 def _error(error: SupervisorError) -> Answer:
     answer = _json(error.to_json(), error.status)
-    if error.status == 401:
-        answer.headers.append((b"www-authenticate", b'Bearer realm="trio-supervisor"'))
-    retry_after = getattr(error, "retry_after", None)
-    if retry_after is not None:
-        answer.headers.append((b"retry-after", str(retry_after).encode()))
+    for name, value in error_headers(error):
+        answer.headers.append((name.lower().encode(), value.encode("latin-1")))
     return answer
 
 
 def _json(body: object, status: int) -> Answer:
-    data = orjson.dumps(body, option=orjson.OPT_INDENT_2) + b"\n"
-    return Answer(status, [(b"content-type", _JSON)], data)
+    return Answer(status, [(b"content-type", _JSON)], json_bytes(body))

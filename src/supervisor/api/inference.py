@@ -22,10 +22,22 @@ from supervisor.errors import (
     SupervisorError,
 )
 
-__all__ = ["RequestObserver", "add_inference_routes"]
+__all__ = [
+    "DEADLINE_HEADER",
+    "FORM_TYPES",
+    "RESERVED_HEADERS",
+    "RequestObserver",
+    "add_inference_routes",
+    "failed_reply_body",
+    "job_version",
+    "parse_deadline",
+    "queue_time",
+]
 
-_FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
-_RESERVED = frozenset({"url_path", "explain", "describe"})  # set by the server, never by clients
+FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+"""Bodies whose fields become parameters of their own."""
+RESERVED_HEADERS = frozenset({"url_path", "explain", "describe"})
+"""Header names the server sets for the worker, never taken from clients (lower case)."""
 
 RequestObserver = Callable[[str, str, int, float, float | None], None]
 """Called once per answered request: model, version, status, latency s, queue s."""
@@ -54,10 +66,10 @@ def add_inference_routes(app: QuartTrio, sup: Supervisor, observe: RequestObserv
             if observe is not None:
                 latency = trio.current_time() - started
                 served_by = job_version(sup, model, version)
-                observe(model, served_by, status, latency, _queue_time(job))
+                observe(model, served_by, status, latency, queue_time(job))
 
         try:
-            deadline = _deadline(started)
+            deadline = parse_deadline(request.headers.get(DEADLINE_HEADER), started)
             item = await _item(extra, explain)
             job = sup.submit(item, model, version, deadline)
             reply = await job.wait()
@@ -94,8 +106,12 @@ DEADLINE_HEADER = "X-Client-Timeout-Ms"
 """A request header: milliseconds the client will wait for the answer."""
 
 
-def _deadline(started: float) -> float:
-    raw = request.headers.get(DEADLINE_HEADER)
+def parse_deadline(raw: str | None, started: float) -> float:
+    """The deadline a ``X-Client-Timeout-Ms`` value sets (``math.inf`` without one).
+
+    Raises:
+        InvalidRequest: the value is not a positive number of milliseconds.
+    """
     if raw is None:
         return math.inf
     try:
@@ -107,7 +123,8 @@ def _deadline(started: float) -> float:
     return started + millis / 1000
 
 
-def _queue_time(job: Job | None) -> float | None:
+def queue_time(job: Job | None) -> float | None:
+    """Seconds the job waited before a worker took it (None if none did)."""
     if job is None or job.dispatched_at is None:
         return None
     return job.dispatched_at - job.enqueued_at
@@ -121,10 +138,14 @@ def job_version(sup: Supervisor, model: str, version: str | None) -> str:
         return version or ""
 
 
+def failed_reply_body(reply: ReplyItem) -> dict[str, object]:
+    """The JSON error body of a worker's failed reply."""
+    return {"code": reply.status, "type": "InternalServerException", "message": reply.message}
+
+
 def _response(reply: ReplyItem) -> Response:
     if not reply.ok:
-        body = {"code": reply.status, "type": "InternalServerException", "message": reply.message}
-        return json_response(body, reply.status)
+        return json_response(failed_reply_body(reply), reply.status)
     response = Response(reply.body, status=reply.status, content_type=reply.content_type or None)
     for key, value in reply.headers.items():
         response.headers[key] = value
@@ -133,11 +154,11 @@ def _response(reply: ReplyItem) -> Response:
 
 async def _item(extra: str, explain: bool) -> InferItem:
     """The request as the worker sees it: headers, and a body or form fields."""
-    headers = {k: v for k, v in request.headers.items() if k.lower() not in _RESERVED}
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in RESERVED_HEADERS}
     headers["url_path"] = extra
     if explain:
         headers["explain"] = "True"
-    if request.mimetype in _FORM_TYPES:
+    if request.mimetype in FORM_TYPES:
         form = await request.form
         files = await request.files
         params = {name: ("text/plain", value.encode()) for name, value in form.items()}

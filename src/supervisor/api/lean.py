@@ -108,6 +108,10 @@ class Exchange:
             http1.response_head(status, headers, content_length=None, keep_alive=self.keep_alive)
         )
 
+    async def send_raw(self, data: bytes) -> None:
+        """Send bytes of a response as they are (a head, or a body with a known length)."""
+        await self._conn.write(data)
+
     async def send_chunk(self, data: bytes) -> None:
         """Send one chunk of a chunked response started with ``send_head``."""
         if data:
@@ -483,7 +487,7 @@ class _Bridge:
         elif self.chunked:
             await self.exchange.send_chunk(data)
         elif data:
-            await self.exchange._conn.write(data)
+            await self.exchange.send_raw(data)
         if not more:
             if self.chunked:
                 await self.exchange.end_chunks()
@@ -491,7 +495,6 @@ class _Bridge:
 
     async def _start(self, data: bytes, more: bool) -> None:
         self.started = True
-        conn = self.exchange._conn
         keep = self.exchange.keep_alive
         length = next((int(v) for k, v in self.headers if k == b"content-length"), None)
         if not more:
@@ -504,7 +507,7 @@ class _Bridge:
         head = http1.response_head(
             self.status, self.headers, content_length=length, keep_alive=keep
         )
-        await conn.write(head + data)
+        await self.exchange.send_raw(head + data)
 
 
 def _unquote(path: str) -> str:
