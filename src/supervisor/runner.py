@@ -31,16 +31,20 @@ from types import TracebackType
 
 import trio
 
-from supervisor.logtail import LogTail
-from supervisor.runner_io import Descendants, read_scratch, signal_group
+from supervisor.runner_io import (
+    EOF_GRACE,
+    POLL,
+    SWEEP_GRACE,
+    RunnerBase,
+    read_scratch,
+    signal_group,
+)
 from supervisor.runner_state import (
     Endpoint,
     Failure,
     FailureKind,
-    Lifecycle,
     RunnerState,
     RunnerStateError,
-    exit_failure,
     serve_command,
     settle,
 )
@@ -49,15 +53,8 @@ __all__ = ["ModelServerRunner"]
 
 log = logging.getLogger("supervisor.runner")
 
-POLL = 0.05
-"""Seconds between looks at the ready file while waiting."""
-EOF_GRACE = 1.0
-"""After the server exits, how long its last output may take to arrive."""
-SWEEP_GRACE = 2.0
-"""After the server is reaped, how long its descendants get to exit on their own."""
 
-
-class ModelServerRunner:
+class ModelServerRunner(RunnerBase[trio.Process]):
     """One ``python -m supervisor serve`` child, from start to stop (Trio API).
 
     Use it with ``async with``: the block owns the tasks that read the
@@ -82,18 +79,9 @@ class ModelServerRunner:
         stop_grace: float = 15.0,
         python: str = sys.executable,
     ) -> None:
-        self._args = list(args)
-        self._cwd = cwd
-        self._env = dict(env) if env is not None else None
-        self._stop_grace = stop_grace
-        self._python = python
-        self._core = Lifecycle()
-        self._tail = LogTail(max_lines=200)
+        super().__init__(args, cwd=cwd, env=env, stop_grace=stop_grace, python=python)
         self._eof = trio.Event()
-        self._descendants = Descendants()
-        self._process: trio.Process | None = None
         self._nursery: trio.Nursery | None = None
-        self._scratch: Path | None = None
         self._stack = contextlib.AsyncExitStack()
         self._pump_scope = trio.CancelScope()
 
@@ -114,26 +102,6 @@ class ModelServerRunner:
         # without the block's exception lets that exception go on unchanged
         # (not wrapped in an ExceptionGroup).
         await self._stack.aclose()
-
-    @property
-    def state(self) -> RunnerState:
-        """The current state (a server that exited makes a RUNNING runner ABORTED)."""
-        self._check_exit()
-        return self._core.state
-
-    @property
-    def pid(self) -> int | None:
-        """The server's pid, once it was launched."""
-        return None if self._process is None else self._process.pid
-
-    @property
-    def failure(self) -> Failure | None:
-        """Why the runner is ABORTED, if it is."""
-        return self._core.failure
-
-    def log_tail(self) -> tuple[str, ...]:
-        """The server's last output lines (stdout and stderr, merged)."""
-        return self._tail.lines()
 
     async def start(self) -> None:
         """Launch the server and return without waiting for it (INITIAL -> SCHEDULED).
@@ -191,15 +159,6 @@ class ModelServerRunner:
         self._check_exit()
         return self._core.result()
 
-    def get_endpoint(self) -> Endpoint:
-        """The endpoint of the RUNNING server.
-
-        Raises:
-            RunnerStateError: the runner is not RUNNING (not yet, or not any more).
-        """
-        self._check_exit()
-        return self._core.endpoint_nowait()
-
     async def stop(self) -> None:
         """Stop the server and leave no process behind (-> END).
 
@@ -235,24 +194,17 @@ class ModelServerRunner:
         self._core.observe(found)
         return self._core.state
 
-    def _check_exit(self) -> None:
-        """A RUNNING server that exited makes the runner ABORTED."""
-        if self._core.state is RunnerState.RUNNING and self._process is not None:
-            returncode = self._process.poll()
-            if returncode is not None:
-                self._core.observe(exit_failure(returncode, self.log_tail()))
-
     async def _pump(self, output: trio.abc.ReceiveStream) -> None:
         """Keep the server's last output lines (the pipe must never fill up)."""
         try:
             with self._pump_scope:
                 async for chunk in output:
-                    for line in self._tail.feed(bytes(chunk)):
+                    for line in self._feed_tail(bytes(chunk)):
                         log.debug("server: %s", line)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # no more output is all it means
         finally:
-            self._tail.close()
+            self._close_tail()
             self._eof.set()
             with trio.CancelScope(shield=True):
                 await output.aclose()

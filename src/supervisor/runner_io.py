@@ -16,14 +16,125 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
+import threading
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Generic, Protocol, TypeVar
 
 import psutil
 
-from supervisor.runner_state import KEY_FILE, READY_FILE
+from supervisor.logtail import LogTail
+from supervisor.runner_state import (
+    KEY_FILE,
+    READY_FILE,
+    Endpoint,
+    Failure,
+    Lifecycle,
+    RunnerState,
+    exit_failure,
+)
 
-__all__ = ["Descendants", "read_scratch", "signal_group"]
+__all__ = ["Descendants", "RunnerBase", "read_scratch", "signal_group"]
+
+POLL = 0.05
+"""Seconds between looks at the ready file while waiting."""
+EOF_GRACE = 1.0
+"""After the server exits, how long its last output may take to arrive."""
+SWEEP_GRACE = 2.0
+"""After the server is reaped, how long its descendants get to exit on their own."""
+
+
+class Child(Protocol):
+    """What both runners need of their process object (``trio.Process``, ``Popen``)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    def poll(self) -> int | None: ...
+
+
+P = TypeVar("P", bound=Child)
+
+
+class RunnerBase(Generic[P]):
+    """What the Trio and the blocking runner share: settings, state and output tail.
+
+    Args:
+        args: ``serve`` flags; the runner adds its own last.
+        cwd: the server's working directory (default: ours).
+        env: the server's environment (default: ours).
+        stop_grace: seconds the server gets to shut down after SIGTERM.
+        python: the interpreter that runs the server.
+    """
+
+    def __init__(
+        self,
+        args: Sequence[str] = (),
+        *,
+        cwd: str | Path | None = None,
+        env: Mapping[str, str] | None = None,
+        stop_grace: float = 15.0,
+        python: str = sys.executable,
+    ) -> None:
+        self._args = list(args)
+        self._cwd = cwd
+        self._env = dict(env) if env is not None else None
+        self._stop_grace = stop_grace
+        self._python = python
+        self._core = Lifecycle()
+        self._tail = LogTail(max_lines=200)
+        self._tail_lock = threading.Lock()  # the blocking runner feeds it from a thread
+        self._descendants = Descendants()
+        self._process: P | None = None
+        self._scratch: Path | None = None
+
+    @property
+    def state(self) -> RunnerState:
+        """The current state (a server that exited makes a RUNNING runner ABORTED)."""
+        self._check_exit()
+        return self._core.state
+
+    @property
+    def pid(self) -> int | None:
+        """The server's pid, once it was launched."""
+        return None if self._process is None else self._process.pid
+
+    @property
+    def failure(self) -> Failure | None:
+        """Why the runner is ABORTED, if it is."""
+        return self._core.failure
+
+    def log_tail(self) -> tuple[str, ...]:
+        """The server's last output lines (stdout and stderr, merged)."""
+        with self._tail_lock:
+            return self._tail.lines()
+
+    def get_endpoint(self) -> Endpoint:
+        """The endpoint of the RUNNING server.
+
+        Raises:
+            RunnerStateError: the runner is not RUNNING (not yet, or not any more).
+        """
+        self._check_exit()
+        return self._core.endpoint_nowait()
+
+    def _feed_tail(self, chunk: bytes) -> list[str]:
+        with self._tail_lock:
+            return self._tail.feed(chunk)
+
+    def _close_tail(self) -> None:
+        with self._tail_lock:
+            self._tail.close()  # a last unterminated line joins the tail
+
+    def _check_exit(self) -> None:
+        """A RUNNING server that exited makes the runner ABORTED."""
+        if self._core.state is RunnerState.RUNNING and self._process is not None:
+            returncode = self._process.poll()
+            if returncode is not None:
+                self._core.observe(exit_failure(returncode, self.log_tail()))
+
 
 _POLL = 0.05  # seconds between looks at the processes being swept
 

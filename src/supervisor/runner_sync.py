@@ -29,15 +29,19 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from supervisor.logtail import LogTail
-from supervisor.runner_io import Descendants, read_scratch, signal_group
+from supervisor.runner_io import (
+    EOF_GRACE,
+    POLL,
+    SWEEP_GRACE,
+    RunnerBase,
+    read_scratch,
+    signal_group,
+)
 from supervisor.runner_state import (
     Endpoint,
     Failure,
     FailureKind,
-    Lifecycle,
     RunnerState,
-    exit_failure,
     serve_command,
     settle,
 )
@@ -46,15 +50,8 @@ __all__ = ["SyncModelServerRunner"]
 
 log = logging.getLogger("supervisor.runner")
 
-POLL = 0.05
-"""Seconds between looks at the ready file while waiting."""
-EOF_GRACE = 1.0
-"""After the server exits, how long its last output may take to arrive."""
-SWEEP_GRACE = 2.0
-"""After the server is reaped, how long its descendants get to exit on their own."""
 
-
-class SyncModelServerRunner:
+class SyncModelServerRunner(RunnerBase["subprocess.Popen[bytes]"]):
     """One ``python -m supervisor serve`` child, from start to stop (blocking API).
 
     Args:
@@ -75,18 +72,8 @@ class SyncModelServerRunner:
         stop_grace: float = 15.0,
         python: str = sys.executable,
     ) -> None:
-        self._args = list(args)
-        self._cwd = cwd
-        self._env = dict(env) if env is not None else None
-        self._stop_grace = stop_grace
-        self._python = python
-        self._core = Lifecycle()
-        self._tail = LogTail(max_lines=200)
-        self._tail_lock = threading.Lock()
-        self._descendants = Descendants()
-        self._process: subprocess.Popen[bytes] | None = None
+        super().__init__(args, cwd=cwd, env=env, stop_grace=stop_grace, python=python)
         self._reader: threading.Thread | None = None
-        self._scratch: Path | None = None
 
     def __enter__(self) -> SyncModelServerRunner:
         return self
@@ -98,27 +85,6 @@ class SyncModelServerRunner:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-
-    @property
-    def state(self) -> RunnerState:
-        """The current state (a server that exited makes a RUNNING runner ABORTED)."""
-        self._check_exit()
-        return self._core.state
-
-    @property
-    def pid(self) -> int | None:
-        """The server's pid, once it was launched."""
-        return None if self._process is None else self._process.pid
-
-    @property
-    def failure(self) -> Failure | None:
-        """Why the runner is ABORTED, if it is."""
-        return self._core.failure
-
-    def log_tail(self) -> tuple[str, ...]:
-        """The server's last output lines (stdout and stderr, merged)."""
-        with self._tail_lock:
-            return self._tail.lines()
 
     def start(self) -> None:
         """Launch the server and return without waiting for it (INITIAL -> SCHEDULED).
@@ -173,15 +139,6 @@ class SyncModelServerRunner:
         self._check_exit()
         return self._core.result()
 
-    def get_endpoint(self) -> Endpoint:
-        """The endpoint of the RUNNING server.
-
-        Raises:
-            RunnerStateError: the runner is not RUNNING (not yet, or not any more).
-        """
-        self._check_exit()
-        return self._core.endpoint_nowait()
-
     def stop(self) -> None:
         """Stop the server and leave no process behind (-> END).
 
@@ -217,23 +174,13 @@ class SyncModelServerRunner:
         self._core.observe(found)
         return self._core.state
 
-    def _check_exit(self) -> None:
-        """A RUNNING server that exited makes the runner ABORTED."""
-        if self._core.state is RunnerState.RUNNING and self._process is not None:
-            returncode = self._process.poll()
-            if returncode is not None:
-                self._core.observe(exit_failure(returncode, self.log_tail()))
-
     def _pump(self, output: IO[bytes]) -> None:
         """Keep the server's last output lines (the pipe must never fill up)."""
         with output:
             while chunk := os.read(output.fileno(), 65536):
-                with self._tail_lock:
-                    lines = self._tail.feed(chunk)
-                for line in lines:
+                for line in self._feed_tail(chunk):
                     log.debug("server: %s", line)
-        with self._tail_lock:
-            self._tail.close()
+        self._close_tail()
 
     def _terminate(self, process: subprocess.Popen[bytes]) -> None:
         """SIGTERM, grace, SIGKILL to the group, reap; then sweep the descendants."""
