@@ -13,6 +13,7 @@ import logging
 import re
 import uuid
 from collections.abc import Callable
+from functools import partial
 
 import trio
 
@@ -77,7 +78,8 @@ class FastRoutes:
         """The handler for ``head``, or None to leave it to the Quart app."""
         if head.method not in ("POST", "PUT") or "//" in head.path:
             return None
-        if not _PATH.fullmatch(head.path):
+        match = _PATH.fullmatch(head.path)
+        if match is None:
             return None
         content_type = head.header(b"content-type") or b""
         if content_type.split(b";", 1)[0].strip().lower() in _FORM_TYPES:
@@ -87,14 +89,15 @@ class FastRoutes:
             header = presented.decode("latin-1") if presented is not None else None
             if not bearer_matches(header, self.tokens.key("inference")):
                 return None
-        return self.handle
-
-    async def handle(self, exchange: Exchange) -> Answer | None:
-        """Run one request through its model."""
-        head = exchange.head
-        match = _PATH.fullmatch(head.path)
-        assert match is not None
         prefix, model, version, extra = match.groups()
+        return partial(self.handle, (prefix, model, version, extra))
+
+    async def handle(
+        self, route: tuple[str, str, str | None, str | None], exchange: Exchange
+    ) -> Answer | None:
+        """Run one request through its model (``route``: the path's parts, as matched)."""
+        head = exchange.head
+        prefix, model, version, extra = route
         started = trio.current_time()
         request_id = uuid.uuid4()
         job: Job | None = None
