@@ -23,20 +23,9 @@ from handlers.protocol import (
     encode_reply,
 )
 from handlers.runtime import run_batch
+from tests.test_protocol import reply_items
 
 # --- framing
-
-text = st.text(max_size=10)
-reply_items = st.builds(
-    ReplyItem,
-    request_id=text,
-    ok=st.booleans(),
-    status=st.integers(100, 599),
-    body=st.binary(max_size=32),
-    content_type=text,
-    headers=st.dictionaries(text, text, max_size=3),
-    message=text,
-)
 
 
 def decode_one(data: bytes):
