@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 import attrs
 from attrs import validators as v
 
+from supervisor import limits
 from supervisor.policy import RestartPolicy
 
 __all__ = [
@@ -57,6 +58,10 @@ _number = v.instance_of((int, float))  # so a string is named, not compared
 _positive = v.and_(_number, v.gt(0.0))
 _non_negative = v.and_(_number, v.ge(0.0))
 _int = v.instance_of(int)  # TOML floats such as ``batch_size = 2.5`` are not counts
+_duration = v.and_(_positive, limits.bounded(limits.MAX_DURATION, "seconds"))
+_per_model = limits.bounded(
+    limits.MAX_WORKERS_PER_MODEL, "workers per model (max_workers_per_model)"
+)
 _name = v.matches_re(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".mar", ".zip")
 
@@ -124,22 +129,42 @@ class ModelConfig:
     url: str = attrs.field(default="", validator=v.instance_of(str))
     version: str = attrs.field(default="1.0", validator=_name)
     model_dir: str = ""
-    workers: int = attrs.field(default=1, validator=[_int, v.ge(0)])
-    max_workers: int = attrs.field(default=0, validator=[_int, v.ge(0)])
-    batch_size: int = attrs.field(default=1, validator=[_int, v.ge(1)])
-    max_batch_delay: float = attrs.field(default=10 * MILLISECONDS, validator=_non_negative)
-    job_queue_size: int = attrs.field(default=100, validator=[_int, v.ge(1)])
-    client_timeout: float = attrs.field(default=0.0, validator=_non_negative)
-    torch_threads: int = attrs.field(default=0, validator=[_int, v.ge(0)])
+    workers: int = attrs.field(default=1, validator=[_int, v.ge(0), _per_model])
+    max_workers: int = attrs.field(default=0, validator=[_int, v.ge(0), _per_model])
+    batch_size: int = attrs.field(
+        default=1, validator=[_int, v.ge(1), limits.bounded(limits.MAX_BATCH_SIZE)]
+    )
+    max_batch_delay: float = attrs.field(
+        default=10 * MILLISECONDS,
+        validator=[_non_negative, limits.bounded(limits.MAX_BATCH_DELAY, "seconds")],
+    )
+    job_queue_size: int = attrs.field(
+        default=100, validator=[_int, v.ge(1), limits.bounded(limits.MAX_JOB_QUEUE_SIZE)]
+    )
+    client_timeout: float = attrs.field(
+        default=0.0, validator=[_non_negative, limits.bounded(limits.MAX_DURATION, "seconds")]
+    )
+    torch_threads: int = attrs.field(
+        default=0, validator=[_int, v.ge(0), limits.bounded(limits.MAX_TORCH_THREADS)]
+    )
     warm_spare: bool = attrs.field(default=False, validator=v.instance_of(bool))
-    response_timeout: float = attrs.field(default=120 * SECONDS, validator=_positive)
-    startup_timeout: float = attrs.field(default=120 * SECONDS, validator=_positive)
-    heartbeat_interval: float = attrs.field(default=1 * SECONDS, validator=_positive)
-    heartbeat_timeout: float = attrs.field(default=10 * SECONDS, validator=_positive)
-    stop_grace: float = attrs.field(default=2 * SECONDS, validator=_non_negative)
-    memory_limit_mb: int = attrs.field(default=0, validator=[_int, v.ge(0)])
-    log_lines: int = attrs.field(default=200, validator=[_int, v.ge(1)])
-    log_bytes: int = attrs.field(default=64 * KIB, validator=[_int, v.ge(1)])
+    response_timeout: float = attrs.field(default=120 * SECONDS, validator=_duration)
+    startup_timeout: float = attrs.field(default=120 * SECONDS, validator=_duration)
+    heartbeat_interval: float = attrs.field(default=1 * SECONDS, validator=_duration)
+    heartbeat_timeout: float = attrs.field(default=10 * SECONDS, validator=_duration)
+    stop_grace: float = attrs.field(
+        default=2 * SECONDS,
+        validator=[_non_negative, limits.bounded(limits.MAX_STOP_GRACE, "seconds")],
+    )
+    memory_limit_mb: int = attrs.field(
+        default=0, validator=[_int, v.ge(0), limits.bounded(limits.MAX_MEMORY_LIMIT_MB, "MiB")]
+    )
+    log_lines: int = attrs.field(
+        default=200, validator=[_int, v.ge(1), limits.bounded(limits.MAX_LOG_LINES)]
+    )
+    log_bytes: int = attrs.field(
+        default=64 * KIB, validator=[_int, v.ge(1), limits.bounded(limits.MAX_LOG_BYTES)]
+    )
     restart: RestartPolicy = attrs.field(factory=RestartPolicy)
     handler_config: Mapping[str, Any] = attrs.field(factory=dict)
 
@@ -181,6 +206,8 @@ class ServerConfig:
         lean_http: serve the inference port with the lean HTTP/1.1 front end (the
             prediction routes without a framework); false serves it with Hypercorn
             and Quart like the other ports.
+        max_workers_total: the most workers on this machine, all models and
+            versions together; a registration or scale beyond it gets 400.
         defaults: the model defaults (``[defaults]``), for models registered later.
     """
 
@@ -189,7 +216,10 @@ class ServerConfig:
     metrics_address: str = "127.0.0.1:8082"
     model_store: str = ""
     models: tuple[ModelConfig, ...] = ()
-    shutdown_grace: float = attrs.field(default=10 * SECONDS, validator=_non_negative)
+    shutdown_grace: float = attrs.field(
+        default=10 * SECONDS,
+        validator=[_non_negative, limits.bounded(limits.MAX_STOP_GRACE, "seconds")],
+    )
     enable_model_api: bool = attrs.field(default=False, validator=v.instance_of(bool))
     disable_token_authorization: bool = attrs.field(default=False, validator=v.instance_of(bool))
     key_file: str = attrs.field(default="key_file.json", validator=v.instance_of(str))
@@ -197,11 +227,15 @@ class ServerConfig:
         default=(), converter=_patterns, validator=v.deep_iterable(_regex)
     )
     max_request_size: int = attrs.field(default=6553500, validator=[_int, v.gt(0)])
-    download_timeout: float = attrs.field(default=60 * SECONDS, validator=_positive)
+    download_timeout: float = attrs.field(default=60 * SECONDS, validator=_duration)
     max_download_size: int = attrs.field(default=1024 * MIB, validator=[_int, v.gt(0)])
-    read_timeout: float = attrs.field(default=30 * SECONDS, validator=_positive)
-    keep_alive_timeout: float = attrs.field(default=5 * SECONDS, validator=_positive)
+    read_timeout: float = attrs.field(default=30 * SECONDS, validator=_duration)
+    keep_alive_timeout: float = attrs.field(default=5 * SECONDS, validator=_duration)
     lean_http: bool = attrs.field(default=True, validator=v.instance_of(bool))
+    max_workers_total: int = attrs.field(
+        default=limits.DEFAULT_MAX_WORKERS_TOTAL,
+        validator=[_int, v.ge(1), limits.bounded(limits.MAX_WORKERS_TOTAL)],
+    )
     defaults: Mapping[str, Any] = attrs.field(factory=dict)
 
 
