@@ -8,12 +8,10 @@ a streamed answer is serialised exactly like a whole answer.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any
 
 from handlers.protocol import ReplyItem
-
-if TYPE_CHECKING:
-    from handlers.context import Context
 
 __all__ = ["STREAM_NEXT_HEADER", "failure", "make_reply", "serialise"]
 
@@ -21,9 +19,19 @@ STREAM_NEXT_HEADER = "ts_stream_next"
 """TorchServe's response header: ``true`` on the parts of a stream, ``false`` on its last."""
 
 
-def make_reply(request_id: str, result: Any, context: Context, idx: int) -> ReplyItem:
-    """The reply for request ``idx`` of the batch: its result, status and headers."""
-    headers = {str(k): str(v) for k, v in context.get_response_headers(idx).items()}
+def make_reply(
+    request_id: str, result: Any, *, status: int, headers: Mapping[str, str]
+) -> ReplyItem:
+    """The reply to one request: its result, with the status and headers the handler set.
+
+    Args:
+        request_id: the request answered.
+        result: the handler's result for it (bytes, text, or anything JSON can hold).
+        status: the HTTP status the handler set (200 by default).
+        headers: the response headers the handler set; a ``Content-Type`` among them
+            overrides the type the result's kind gives.
+    """
+    headers = {str(k): str(v) for k, v in headers.items()}
     content_type = ""
     for key in [k for k in headers if k.lower() == "content-type"]:
         content_type = headers.pop(key)
@@ -34,7 +42,7 @@ def make_reply(request_id: str, result: Any, context: Context, idx: int) -> Repl
     return ReplyItem(
         request_id,
         ok=True,
-        status=context.response_status(idx),
+        status=status,
         body=body,
         content_type=content_type or default_type,
         headers=headers,

@@ -258,4 +258,9 @@ def _final(item: InferItem, result: Any, context: Context, idx: int) -> ReplyIte
     """The last answer for request ``idx``; after parts it says ``ts_stream_next: false``."""
     if context.get_response_headers(idx).get(STREAM_NEXT_HEADER) == "true":
         context.set_response_header(idx, STREAM_NEXT_HEADER, "false")
-    return make_reply(item.request_id, result, context, idx)
+    return make_reply(
+        item.request_id,
+        result,
+        status=context.response_status(idx),
+        headers=context.get_response_headers(idx),
+    )

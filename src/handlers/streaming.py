@@ -23,15 +23,37 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from handlers.protocol import ReplyItem
 from handlers.reply import STREAM_NEXT_HEADER, failure, make_reply
 
-if TYPE_CHECKING:
-    from handlers.context import Context
+__all__ = ["BatchContext", "PartSender", "send_intermediate_predict_response"]
 
-__all__ = ["PartSender", "send_intermediate_predict_response"]
+
+class BatchContext(Protocol):
+    """What sending an intermediate answer needs of a handler's context.
+
+    ``handlers.context.Context`` is one; naming the needs here keeps this module
+    below ``context`` (which imports it), without an import cycle.
+    """
+
+    @property
+    def part_sender(self) -> PartSender | None:
+        """The running batch's sender of parts, or None outside a batch."""
+
+    @property
+    def request_ids(self) -> dict[int, str]:
+        """``{index in the batch: request id}``."""
+
+    def set_response_header(self, idx: int, key: str, value: str) -> None:
+        """Set a response header of request ``idx``."""
+
+    def get_response_headers(self, idx: int) -> dict[str, str]:
+        """The response headers of request ``idx``."""
+
+    def response_status(self, idx: int) -> int:
+        """The response status of request ``idx``."""
 
 
 class PartSender:
@@ -68,7 +90,7 @@ def send_intermediate_predict_response(
     req_id_map: Mapping[int, str],
     message: str,
     code: int,
-    context: Context,
+    context: BatchContext,
 ) -> None:
     """Send an intermediate answer for requests of the running batch (TorchServe's function).
 
@@ -103,5 +125,6 @@ def send_intermediate_predict_response(
         except (IndexError, KeyError):
             raise ValueError(f"no result for request {idx} of the batch") from None
         context.set_response_header(idx, STREAM_NEXT_HEADER, "true")
-        parts.append(make_reply(request_id, result, context, idx))
+        status, headers = context.response_status(idx), context.get_response_headers(idx)
+        parts.append(make_reply(request_id, result, status=status, headers=headers))
     sender.send(parts)
