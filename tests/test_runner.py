@@ -89,17 +89,17 @@ def test_a_running_server_that_exits_aborts_the_runner():
     assert core.endpoint_nowait().headers() == {}  # token auth off: no key file
     core.observe(settle(returncode=-9, ready=REPORT.to_json(), keys=None, log_tail=("x",)))
     assert core.state is RunnerState.ABORTED
-    with pytest.raises(ServerStartFailed, match="killed by SIGKILL") as caught:
+    with pytest.raises(ServerStartFailed, match=r"killed by signal 9 \(SIGKILL\)") as caught:
         core.result()
     assert caught.value.failure.log_tail == ("x",)
-    with pytest.raises(RunnerStateError, match="Aborted: the server was killed"):
+    with pytest.raises(RunnerStateError, match=r"Aborted: the server exited \(killed by signal"):
         core.endpoint_nowait()
 
 
 def test_settle_waits_for_the_ready_file_and_blames_failed_models():
     assert settle(returncode=None, ready=None, keys=None, log_tail=()) is None
     exited = settle(returncode=2, ready=None, keys=None, log_tail=("error: bad flag",))
-    assert exited == Failure(FailureKind.EXITED, "the server exited with status 2",
+    assert exited == Failure(FailureKind.EXITED, "the server exited (exit code 2)",
                              ("error: bad flag",), 2)  # fmt: skip
     broken = ModelOutcome("b", "1.0", FAILED, "it raised", ("Traceback",))
     report = ReadyReport(1, "i", "m", "x", (REPORT.models[0], broken))
@@ -199,7 +199,7 @@ async def test_trio_runner_reports_a_server_killed_while_starting(store):
         await eventually(lambda: bool(server.children()))  # its worker is loading
         processes = family(runner.pid)
         os.kill(runner.pid, signal.SIGKILL)
-        with pytest.raises(ServerStartFailed, match="killed by SIGKILL") as caught:
+        with pytest.raises(ServerStartFailed, match=r"killed by signal 9 \(SIGKILL\)") as caught:
             await runner.wait_until_running(trio.current_time() + 30)
         assert runner.state is RunnerState.ABORTED
         assert caught.value.failure.returncode == -signal.SIGKILL
@@ -271,7 +271,7 @@ def test_sync_runner_serves_then_stops_without_leftovers(store):
 def test_sync_runner_reports_a_server_that_fails_to_start(tmp_path):
     with SyncModelServerRunner(["--batch-size", "0"]) as runner:
         runner.start()
-        with pytest.raises(ServerStartFailed, match="exited with status 2") as caught:
+        with pytest.raises(ServerStartFailed, match=r"exited \(exit code 2\)") as caught:
             runner.wait_until_running(time.monotonic() + 30)
         assert runner.state is RunnerState.ABORTED
         assert any(line.startswith("error:") for line in caught.value.failure.log_tail)

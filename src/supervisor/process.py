@@ -1,4 +1,4 @@
-"""Starting and killing worker processes: the only module that touches the OS.
+"""Starting and killing worker processes (the ``Launcher`` seam).
 
 A worker runs ``python -m handlers --fd N`` in a session of its own, so its
 process group holds any grandchildren too and one ``killpg`` reaches them all.
@@ -11,9 +11,7 @@ object with the ``WorkerProcess`` shape can stand in for a real process.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -21,7 +19,9 @@ from typing import Protocol
 
 import trio
 
-__all__ = ["Launcher", "ProcessLauncher", "RealProcess", "WorkerProcess"]
+from supervisor.exits import describe_returncode, signal_group
+
+__all__ = ["Launcher", "ProcessLauncher", "RealProcess", "WorkerProcess", "describe_returncode"]
 
 
 class WorkerProcess(Protocol):
@@ -72,8 +72,7 @@ class RealProcess:
 
     def signal_group(self, signum: int) -> None:
         """Signal the group; the pgid stays reserved while any member lives."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signum)
+        signal_group(self.pid, signum)
 
 
 class ProcessLauncher:
@@ -105,14 +104,3 @@ class ProcessLauncher:
         finally:
             child.close()  # the child holds its own copy; ours would hide its EOF
         return RealProcess(process, trio.SocketStream(trio.socket.from_stdlib_socket(parent)))
-
-
-def describe_returncode(code: int) -> str:
-    """Say how a process ended: ``exit code 3`` or ``killed by signal 9 (SIGKILL)``."""
-    if code >= 0:
-        return f"exit code {code}"
-    try:
-        name = signal.Signals(-code).name
-    except ValueError:
-        name = "unknown"
-    return f"killed by signal {-code} ({name})"

@@ -31,13 +31,13 @@ from types import TracebackType
 
 import trio
 
+from supervisor.exits import signal_group
 from supervisor.runner_io import (
     EOF_GRACE,
     POLL,
     SWEEP_GRACE,
     RunnerBase,
     read_scratch,
-    signal_group,
 )
 from supervisor.runner_state import (
     Endpoint,

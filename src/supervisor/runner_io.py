@@ -14,7 +14,6 @@ ends itself when its supervisor's socket closes.
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import sys
 import threading
@@ -36,7 +35,7 @@ from supervisor.runner_state import (
     exit_failure,
 )
 
-__all__ = ["Descendants", "RunnerBase", "read_scratch", "signal_group"]
+__all__ = ["Descendants", "RunnerBase", "read_scratch"]
 
 POLL = 0.05
 """Seconds between looks at the ready file while waiting."""
@@ -149,12 +148,6 @@ def _read(path: Path) -> bytes | None:
         return path.read_bytes()
     except FileNotFoundError:
         return None
-
-
-def signal_group(pid: int, signum: int) -> None:
-    """Send ``signum`` to the process group led by ``pid`` (no error if it is gone)."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signum)
 
 
 class Descendants:

@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import enum
 import json
-import signal
 from collections.abc import Sequence
 from pathlib import Path
 
 import attrs
 
+from supervisor.exits import describe_returncode
 from supervisor.readyfile import ModelOutcome, ReadyReport
 
 __all__ = [
@@ -253,18 +253,8 @@ def settle(
 
 def exit_failure(returncode: int, log_tail: tuple[str, ...]) -> Failure:
     """The failure for a server that exited with ``returncode``."""
-    if returncode < 0:
-        how = f"was killed by {_signal_name(-returncode)}"
-    else:
-        how = f"exited with status {returncode}"
-    return Failure(FailureKind.EXITED, f"the server {how}", log_tail, returncode)
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
+    how = describe_returncode(returncode)
+    return Failure(FailureKind.EXITED, f"the server exited ({how})", log_tail, returncode)
 
 
 def _keys(data: bytes | None) -> tuple[str | None, str | None]:

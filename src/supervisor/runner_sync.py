@@ -29,13 +29,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+from supervisor.exits import signal_group
 from supervisor.runner_io import (
     EOF_GRACE,
     POLL,
     SWEEP_GRACE,
     RunnerBase,
     read_scratch,
-    signal_group,
 )
 from supervisor.runner_state import (
     Endpoint,
