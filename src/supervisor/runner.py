@@ -23,9 +23,7 @@ import contextlib
 import logging
 import signal
 import subprocess
-import sys
 import tempfile
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -70,16 +68,7 @@ class ModelServerRunner(RunnerBase[trio.Process]):
         python: the interpreter that runs the server.
     """
 
-    def __init__(
-        self,
-        args: Sequence[str] = (),
-        *,
-        cwd: str | Path | None = None,
-        env: Mapping[str, str] | None = None,
-        stop_grace: float = 15.0,
-        python: str = sys.executable,
-    ) -> None:
-        super().__init__(args, cwd=cwd, env=env, stop_grace=stop_grace, python=python)
+    def _init_io(self) -> None:
         self._eof = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._stack = contextlib.AsyncExitStack()

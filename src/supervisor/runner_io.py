@@ -88,6 +88,10 @@ class RunnerBase(Generic[P]):
         self._descendants = Descendants()
         self._process: P | None = None
         self._scratch: Path | None = None
+        self._init_io()
+
+    def _init_io(self) -> None:
+        """Set up what the Trio or the blocking runner needs besides (a hook)."""
 
     @property
     def state(self) -> RunnerState:

@@ -20,11 +20,9 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -63,16 +61,7 @@ class SyncModelServerRunner(RunnerBase["subprocess.Popen[bytes]"]):
         python: the interpreter that runs the server.
     """
 
-    def __init__(
-        self,
-        args: Sequence[str] = (),
-        *,
-        cwd: str | Path | None = None,
-        env: Mapping[str, str] | None = None,
-        stop_grace: float = 15.0,
-        python: str = sys.executable,
-    ) -> None:
-        super().__init__(args, cwd=cwd, env=env, stop_grace=stop_grace, python=python)
+    def _init_io(self) -> None:
         self._reader: threading.Thread | None = None
 
     def __enter__(self) -> SyncModelServerRunner:
