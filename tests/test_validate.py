@@ -11,7 +11,7 @@ import pytest
 from supervisor.canary import CanaryError, read_canaries
 from supervisor.cli import main
 from supervisor.runner_state import Failure, FailureKind
-from supervisor.validate import CanaryResult, Report, TryResult, redact
+from supervisor.validate import CanaryCheck, Report, TryResult, redact
 from tests.helpers import CRASH_AT_LOAD_HANDLER, ECHO_HANDLER, make_mar
 
 # --- canary files (pure) --------------------------------------------------------------------
@@ -69,8 +69,8 @@ def test_a_report_passes_when_one_try_passes_and_renders_both_ways():
         log_tail=("curl -H 'Authorization: Bearer s3cret' http://x",),
         worker_log_tail=("RuntimeError: boom",),
     )
-    ok = CanaryResult("hello", 200, 200, 0.0031)
-    bad = CanaryResult("bad", 200, 503, 0.002, '{"code": 503}')
+    ok = CanaryCheck("hello", 200, 200, 0.0031)
+    bad = CanaryCheck("bad", 200, 503, 0.002, '{"code": 503}')
     passed = TryResult(2, model="m 1", load_seconds=0.8, canaries=(ok,))
     report = Report("m.mar", "load-and-query", 3, (failed, passed))
     assert report.passed
@@ -87,11 +87,11 @@ def test_a_report_passes_when_one_try_passes_and_renders_both_ways():
     failing = Report("m.mar", "load-and-query", 1, (TryResult(1, canaries=(ok, bad)),))
     assert not failing.passed
     assert "canary 'bad': 503 (expected 200) in 2.0 ms, FAILED: {\"code\": 503}" in failing.render()
-    no_answer = no_answer_text(CanaryResult("slow", 200, None, 30.0, "ReadTimeout"))
+    no_answer = no_answer_text(CanaryCheck("slow", 200, None, 30.0, "ReadTimeout"))
     assert "canary 'slow': no answer in 30000.0 ms, FAILED: ReadTimeout" in no_answer
 
 
-def no_answer_text(result: CanaryResult) -> str:
+def no_answer_text(result: CanaryCheck) -> str:
     return Report("m.mar", "load-and-query", 1, (TryResult(1, canaries=(result,)),)).render()
 
 

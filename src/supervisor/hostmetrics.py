@@ -13,7 +13,7 @@ import psutil
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["SystemCollector"]
+__all__ = ["SystemCollector", "process_rss"]
 
 _HOST = ("Level", "Hostname")
 _MIB = 1024.0**2
@@ -62,3 +62,13 @@ class SystemCollector(Collector):
             family = GaugeMetricFamily(name, f"Host {name} (TorchServe units)", labels=_HOST)
             family.add_metric(self._labels, float(value))
             yield family
+
+
+def process_rss(pid: int | None) -> int | None:
+    """The resident memory of ``pid`` in bytes, or None if it has no live process."""
+    if pid is None:
+        return None
+    try:
+        return int(psutil.Process(pid).memory_info().rss)
+    except (psutil.NoSuchProcess, psutil.AccessDenied):  # ZombieProcess is a NoSuchProcess
+        return None

@@ -24,7 +24,6 @@ import socket
 from collections.abc import Callable, Collection, Iterable, Iterator
 
 import attrs
-import psutil
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -36,7 +35,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from supervisor.hostmetrics import SystemCollector
+from supervisor.hostmetrics import SystemCollector, process_rss
 from supervisor.stats import ModelStats
 
 __all__ = [
@@ -178,7 +177,7 @@ class SupervisorCollector(Collector):
                 restarts.add_metric(worker, w.restarts)
                 incarnation.add_metric(worker, w.incarnation)
                 _one_hot(worker_state, worker, WORKER_STATES, w.state)
-                rss = _rss(w.pid)
+                rss = process_rss(w.pid)
                 if rss is not None:
                     memory.add_metric(worker, rss)
         yield from (model_state, depth, capacity, restarts, incarnation, worker_state, memory)
@@ -189,16 +188,6 @@ def _one_hot(
 ) -> None:
     for state in states if now in states else (*states, now):
         family.add_metric([*labels, state], 1.0 if state == now else 0.0)
-
-
-def _rss(pid: int | None) -> int | None:
-    """The resident memory of ``pid`` in bytes, or None if it has no live process."""
-    if pid is None:
-        return None
-    try:
-        return int(psutil.Process(pid).memory_info().rss)
-    except (psutil.NoSuchProcess, psutil.AccessDenied):  # ZombieProcess is a NoSuchProcess
-        return None
 
 
 @attrs.frozen

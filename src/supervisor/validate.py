@@ -16,7 +16,7 @@ import attrs
 
 from supervisor.runner_state import Failure
 
-__all__ = ["CanaryResult", "Report", "TryResult", "exit_status", "redact"]
+__all__ = ["CanaryCheck", "Report", "TryResult", "exit_status", "redact"]
 
 LOAD_ONLY = "load-only"
 LOAD_AND_QUERY = "load-and-query"
@@ -31,7 +31,7 @@ def redact(lines: Iterable[str]) -> tuple[str, ...]:
 
 
 @attrs.frozen
-class CanaryResult:
+class CanaryCheck:
     """One canary's answer.
 
     Attributes:
@@ -88,7 +88,7 @@ class TryResult:
     model: str | None = None
     load_seconds: float | None = None
     failure: Failure | None = None
-    canaries: tuple[CanaryResult, ...] = ()
+    canaries: tuple[CanaryCheck, ...] = ()
     log_tail: tuple[str, ...] = attrs.field(default=(), converter=redact)
     worker_log_tail: tuple[str, ...] = attrs.field(default=(), converter=redact)
 
@@ -180,7 +180,7 @@ def _render_try(result: TryResult) -> list[str]:
     return lines
 
 
-def _render_canary(c: CanaryResult) -> str:
+def _render_canary(c: CanaryCheck) -> str:
     took = f"in {c.latency * 1000:.1f} ms"
     if c.passed:
         return f"canary {c.name!r}: {c.status} {took}, ok"

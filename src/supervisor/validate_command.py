@@ -24,7 +24,7 @@ import trio
 from supervisor.canary import Canary, CanaryError, judge, read_canaries
 from supervisor.runner import ModelServerRunner
 from supervisor.runner_state import Endpoint, ServerStartFailed
-from supervisor.validate import LOAD_AND_QUERY, LOAD_ONLY, CanaryResult, Report, TryResult
+from supervisor.validate import LOAD_AND_QUERY, LOAD_ONLY, CanaryCheck, Report, TryResult
 
 __all__ = ["ValidateOptions", "add_validate_parser", "run_validate", "validate"]
 
@@ -165,7 +165,7 @@ async def _query(endpoint: Endpoint, options: ValidateOptions, loaded: TryResult
 
 async def _send(
     client: httpx.AsyncClient, url: str, endpoint: Endpoint, canary: Canary
-) -> CanaryResult:
+) -> CanaryCheck:
     headers = {"Content-Type": canary.content_type, **endpoint.headers("inference")}
     began = time.monotonic()
     try:
@@ -173,7 +173,7 @@ async def _send(
     except httpx.HTTPError as exc:
         spent = time.monotonic() - began
         why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        return CanaryResult(canary.name, canary.expect_status, None, spent, why)
+        return CanaryCheck(canary.name, canary.expect_status, None, spent, why)
     spent = time.monotonic() - began
     mismatch = judge(canary, answer.status_code, answer.content)
     detail = None
@@ -182,7 +182,7 @@ async def _send(
         if answer.status_code == canary.expect_status:
             detail = f"{mismatch}: {detail}"
     other = mismatch if answer.status_code == canary.expect_status else ""
-    return CanaryResult(
+    return CanaryCheck(
         canary.name, canary.expect_status, answer.status_code, spent, detail, mismatch=other
     )
 

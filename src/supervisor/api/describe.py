@@ -5,9 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-import psutil
-
 from supervisor.config import ModelConfig
+from supervisor.hostmetrics import process_rss
 from supervisor.stats import ExitStats, ModelStats, WorkerStats
 
 __all__ = ["describe_model", "model_url"]
@@ -73,7 +72,7 @@ def _worker(w: WorkerStats) -> dict[str, Any]:
         "batches": w.batches,
         "gpu": w.gpu is not None,
         "gpuId": w.gpu,
-        "memoryUsage": _rss(w.pid),
+        "memoryUsage": process_rss(w.pid),
         "lastExit": _exit(w.last_exit) if w.last_exit else None,
         "logTail": list(w.log_tail),
     }
@@ -90,14 +89,3 @@ def _exit(e: ExitStats) -> dict[str, Any]:
         "time": _date(e.ended_at),
         "logTail": list(e.log_tail[-20:]),
     }
-
-
-def _rss(pid: int | None) -> int | None:
-    """The worker's resident memory in bytes (None if it is gone)."""
-    if pid is None:
-        return None
-    try:
-        rss: int = psutil.Process(pid).memory_info().rss
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return None
-    return rss
