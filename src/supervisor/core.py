@@ -24,7 +24,7 @@ import math
 import random
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ import orjson
 import trio
 
 from handlers.protocol import InferItem, ReplyItem
+from supervisor import limits
 from supervisor.archive import remove_paths
 from supervisor.batching import Job
 from supervisor.canary import Canary, CanaryResult
@@ -56,10 +57,18 @@ class Supervisor:
     Args:
         launcher: starts worker processes (a fake one in deterministic tests).
         rng: randomness for restart jitter.
+        max_workers_total: the most workers on the machine, all models together.
     """
 
-    def __init__(self, launcher: Launcher | None = None, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        launcher: Launcher | None = None,
+        rng: random.Random | None = None,
+        *,
+        max_workers_total: int = limits.DEFAULT_MAX_WORKERS_TOTAL,
+    ) -> None:
         self.registry = Registry()
+        self.max_workers_total = max_workers_total
         self._launcher = launcher or ProcessLauncher()
         self._rng = rng or random.Random()
         self._nursery: trio.Nursery | None = None
@@ -98,10 +107,17 @@ class Supervisor:
         Raises:
             ModelConflict: that name and version are already loaded.
             InvalidModel: the model directory's ``canaries.json`` is not valid.
+            InvalidRequest: its workers and the other models' are more than
+                ``max_workers_total``.
             WorkerStartFailed: with ``wait``, the workers could not load the model
                 (the model stays registered, FAILED, so that describe explains it).
         """
         assert self._nursery is not None, "the supervisor is not running"
+        why = limits.check_total(
+            "workers", config.workers, self.worker_count(), self.max_workers_total
+        )
+        if why is not None:
+            raise InvalidRequest(f"model {config.name}: {why}")
         gpus = await trio.to_thread.run_sync(visible_gpus)
         try:
             device_for(0, config.handler_config, gpus)
@@ -114,6 +130,7 @@ class Supervisor:
             random.Random(self._rng.random()),
             gpus,
             machine_workers=self.worker_count,
+            max_workers_total=self.max_workers_total,
         )
         pool.on_batch = self._batch_observer(config)
         self.registry.add(pool, found)
@@ -122,6 +139,15 @@ class Supervisor:
         if wait:
             await pool.wait_ready()
         return pool.statistics(is_default=self.registry.is_default(pool))
+
+    def start_task(self, async_fn: Callable[[], Awaitable[None]]) -> None:
+        """Run ``async_fn`` in the supervisor's nursery: it outlives the caller's task.
+
+        A management call that answers before its work is done (a 202) hands that
+        work here. ``async_fn`` must handle its own expected failures.
+        """
+        assert self._nursery is not None, "the supervisor is not running"
+        self._nursery.start_soon(async_fn)
 
     def _batch_observer(self, config: ModelConfig) -> Callable[[int], None]:
         def observe(size: int) -> None:
@@ -241,7 +267,11 @@ class Supervisor:
     async def scale(
         self, name: str, workers: int, *, version: str | None = None, wait: bool = True
     ) -> None:
-        """Run ``workers`` workers for the model; with ``wait``, until they are ready."""
+        """Run ``workers`` workers for the model; with ``wait``, until they are ready.
+
+        Raises:
+            InvalidRequest: ``workers`` is beyond the limits (see ``Pool.check_scale``).
+        """
         pool = self.registry.get(name, version)
         pool.scale(workers)
         if wait:
@@ -424,6 +454,7 @@ async def open_supervisor(
     wait: bool = True,
     grace: float = 10.0,
     launcher: Launcher | None = None,
+    max_workers_total: int | None = None,
 ) -> AsyncIterator[Supervisor]:
     """Run a supervisor for the duration of the block.
 
@@ -432,12 +463,19 @@ async def open_supervisor(
         wait: wait for those models' workers to be ready before entering.
         grace: on a normal exit, seconds the workers get to stop politely.
         launcher: starts worker processes (tests pass a fake).
+        max_workers_total: the most workers on the machine (default: the config's,
+            else ``limits.DEFAULT_MAX_WORKERS_TOTAL``).
 
     Yields:
         The running supervisor.
     """
     async with trio.open_nursery() as nursery:
-        sup: Supervisor = await nursery.start(Supervisor(launcher).run)
+        if max_workers_total is None:
+            max_workers_total = (
+                config.max_workers_total if config else limits.DEFAULT_MAX_WORKERS_TOTAL
+            )
+        supervisor = Supervisor(launcher, max_workers_total=max_workers_total)
+        sup: Supervisor = await nursery.start(supervisor.run)
         try:
             for model in config.models if config else ():
                 await sup.load_model(model, wait=False)

@@ -80,6 +80,7 @@ def bounded(limit: float, what: str = "") -> Any:
         what: how the limit reads in the message ("workers per model").
     """
 
+    shown = f"{limit:g}" if isinstance(limit, float) else str(limit)
     unit = f" {what}" if what else ""
 
     def check(_instance: Any, attribute: Any, value: Any) -> None:
@@ -88,7 +89,7 @@ def bounded(limit: float, what: str = "") -> Any:
         if not math.isfinite(value):
             raise ValueError(f"{attribute.name} must be a finite number, got {value!r}")
         if value > limit:
-            raise ValueError(f"{attribute.name}={value!r} exceeds the limit of {limit:g}{unit}")
+            raise ValueError(f"{attribute.name}={value!r} exceeds the limit of {shown}{unit}")
 
     return check
 

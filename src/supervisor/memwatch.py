@@ -23,7 +23,7 @@ import trio
 
 from supervisor.config import MIB, SECONDS
 
-__all__ = ["CHECK_INTERVAL", "over_limit", "tree_rss", "watch_memory"]
+__all__ = ["CHECK_INTERVAL", "check_memory", "over_limit", "tree_rss", "watch_memory"]
 
 CHECK_INTERVAL = 0.5 * SECONDS
 """How often a worker's memory is measured."""
@@ -58,6 +58,16 @@ def tree_rss(pid: int) -> int | None:
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return total
+
+
+async def check_memory(pid: int, limit_mb: int) -> str | None:
+    """Measure ``pid``'s tree once: why it is over ``limit_mb``, or None.
+
+    A worker is checked once it has loaded its model, before it is reported
+    ready: a model over its limit never counts as READY, not even briefly.
+    """
+    rss = await trio.to_thread.run_sync(tree_rss, pid)
+    return None if rss is None else over_limit(rss, limit_mb * MIB)
 
 
 async def watch_memory(

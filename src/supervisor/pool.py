@@ -24,6 +24,7 @@ from functools import partial
 import trio
 
 from handlers.protocol import InferItem, ReplyItem
+from supervisor import limits
 from supervisor.batching import Job, fill_batch, live, take_first
 from supervisor.config import ModelConfig
 from supervisor.devices import Device, device_for
@@ -81,10 +82,12 @@ class Pool:
         rng: random.Random | None = None,
         gpus: Sequence[str] = (),
         machine_workers: Callable[[], int] | None = None,
+        max_workers_total: int = limits.DEFAULT_MAX_WORKERS_TOTAL,
     ) -> None:
         self.config = config
         self.gpus = tuple(gpus)
         self._machine_workers = machine_workers
+        self._max_workers_total = max_workers_total
         self.spares = SpareKeeper(self) if config.warm_spare else None
         self.state = ModelState.LOADING
         self.failure: str | None = None
@@ -171,15 +174,29 @@ class Pool:
             "Please use scale workers API to add workers."
         )
 
-    def scale(self, workers: int) -> None:
+    def check_scale(self, workers: int, key: str = "workers") -> None:
+        """Refuse ``workers`` (asked for by parameter ``key``) beyond the limits.
+
+        Raises:
+            InvalidRequest: below 0, above ``max_workers_per_model``, or more than
+                ``max_workers_total`` with the other models' workers.
+        """
+        others = self._machine_workers() - len(self.active_slots()) if self._machine_workers else 0
+        why = limits.check_workers(key, workers) or limits.check_total(
+            key, workers, others, self._max_workers_total
+        )
+        if why is not None:
+            raise InvalidRequest(f"Model {self.label}: {why}")
+
+    def scale(self, workers: int, key: str = "workers") -> None:
         """Run ``workers`` slots: start new ones or stop the newest (after their batch)."""
         if self.state in (ModelState.FAILED, ModelState.STOPPING, ModelState.STOPPED):
             raise ModelUnavailable(f"Model {self.label} is {self.state.value}; it cannot be scaled")
+        self.check_scale(workers, key)
         limit = self.config.max_workers
-        if workers < 0 or (limit and workers > limit):
+        if limit and workers > limit:
             raise InvalidRequest(
-                f"Model {self.label}: cannot scale to {workers} workers "
-                f"(max_workers is {limit or 'unset'})"
+                f"Model {self.label}: cannot scale to {workers} workers (max_workers is {limit})"
             )
         active = self.active_slots()
         for _ in range(len(active), workers):

@@ -21,7 +21,6 @@ import logging
 import os
 import shlex
 import signal
-import tempfile
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -52,6 +51,7 @@ from supervisor.readyfile import (
     write_ready_file,
 )
 from supervisor.registration import Registration, prepare_model
+from supervisor.sweep import open_scratch, sweep_leftovers
 
 __all__ = ["Endpoints", "ListenError", "serve"]
 
@@ -98,12 +98,18 @@ async def serve(
     async with trio.open_nursery() as root:
         if handle_signals:
             await root.start(_watch_signals, shutdown, root.cancel_scope)
+        await trio.to_thread.run_sync(sweep_leftovers)  # what a killed server left behind
         with (
-            tempfile.TemporaryDirectory(prefix="trio-supervisor-") as scratch,
+            open_scratch() as scratch,
             _key_file(config) as tokens,
             _ready_file(ready_file),
         ):
-            async with open_supervisor(None, launcher=launcher, grace=config.shutdown_grace) as sup:
+            async with open_supervisor(
+                None,
+                launcher=launcher,
+                grace=config.shutdown_grace,
+                max_workers_total=config.max_workers_total,
+            ) as sup:
                 started = _Started(tokens, ready_file, task_status)
                 await _serve_with(sup, config, Path(scratch), shutdown, started)
         root.cancel_scope.cancel()
@@ -190,7 +196,8 @@ def _key_file(config: ServerConfig) -> Iterator[Tokens | None]:
     try:
         yield tokens
     finally:
-        remove_key_file(path)
+        if not remove_key_file(path, tokens):
+            log.warning("left %s alone: it no longer holds this server's keys", path)
 
 
 async def _start_listeners(
@@ -225,6 +232,8 @@ async def _serve_lean(
         read_timeout=config.read_timeout,
         keep_alive_timeout=config.keep_alive_timeout,
         graceful_timeout=config.shutdown_grace + 1.0,
+        write_timeout=config.write_timeout,
+        max_connections=config.max_connections,
     )
     address = config.inference_address
     async with trio.open_nursery() as nursery:

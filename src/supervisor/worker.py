@@ -38,7 +38,7 @@ from handlers.protocol import (
 from supervisor.config import ModelConfig
 from supervisor.errors import SupervisorError, WorkerDied, WorkerStartFailed, WorkerTimeout
 from supervisor.logtail import LogTail
-from supervisor.memwatch import watch_memory
+from supervisor.memwatch import check_memory, watch_memory
 from supervisor.process import Launcher, WorkerProcess, describe_returncode
 
 __all__ = ["ExitRecord", "NotDelivered", "Worker", "WorkerState"]
@@ -246,10 +246,20 @@ class Worker:
                         f"no READY within startup_timeout ({self.config.startup_timeout:g} s)"
                     )
                     return
+                if await self._over_memory(proc):
+                    return
                 self.state = WorkerState.READY
                 self.ready_at = time.time()
                 nursery.start_soon(self._heartbeat)
                 task_status.started(self)
+
+    async def _over_memory(self, proc: WorkerProcess) -> bool:
+        """Whether the loaded worker is over ``memory_limit_mb`` (then it is ended)."""
+        limit = self.config.memory_limit_mb
+        why = await check_memory(proc.pid, limit) if limit else None
+        if why is not None:
+            self.kill(f"{why} (memory_limit_mb) right after loading the model")
+        return why is not None
 
     def _load_header(self) -> dict[str, object]:
         c = self.config

@@ -7,6 +7,7 @@ docs/updates.md.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
+from supervisor import limits
 from supervisor.api.common import json_response
 from supervisor.api.describe import describe_model, model_url
 from supervisor.archive import remove_paths
@@ -32,12 +34,33 @@ from supervisor.errors import (
     SupervisorError,
     Unauthorized,
 )
-from supervisor.registration import parse_registration, prepare_model, request_canaries
+from supervisor.registration import (
+    Registration,
+    parse_registration,
+    prepare_model,
+    request_canaries,
+)
 from supervisor.rollout import UpdateResult
 
-__all__ = ["ManagementContext", "add_management_routes"]
+__all__ = ["SYNC_REPLY_SHARE", "ManagementContext", "add_management_routes", "sync_reply_budget"]
+
+log = logging.getLogger("supervisor.api")
 
 MODEL_API_OFF = "Model API is disabled; start the server with --enable-model-api to allow it."
+
+SYNC_REPLY_SHARE = 0.8
+"""The share of ``read_timeout`` a synchronous call may wait for workers.
+
+Hypercorn drops a connection that received nothing for ``read_timeout`` seconds,
+even while its request is being answered; a synchronous register or scale whose
+workers are slower than that would get no answer at all. So it waits at most
+this share of it, then answers 202 with where to poll (the workers go on starting).
+"""
+
+
+def sync_reply_budget(config: ServerConfig) -> float:
+    """Seconds a synchronous management call may wait before it answers 202."""
+    return SYNC_REPLY_SHARE * max(1.0, round(config.read_timeout))  # as hypercorn rounds it
 
 
 @attrs.frozen
@@ -69,9 +92,10 @@ def add_management_routes(app: QuartTrio, ctx: ManagementContext) -> None:
 
     @app.route("/models", methods=["POST"])
     async def register() -> Response:
+        deadline = trio.current_time() + sync_reply_budget(ctx.config)
         if not ctx.config.enable_model_api:
             raise MethodNotAllowed(MODEL_API_OFF)
-        return await _register(ctx, await _params())
+        return await _register(ctx, await _params(), deadline)
 
     @app.route("/models/<name>", methods=["GET"])
     @app.route("/models/<name>/<version>", methods=["GET"])
@@ -85,7 +109,8 @@ def add_management_routes(app: QuartTrio, ctx: ManagementContext) -> None:
     @app.route("/models/<name>", methods=["PUT"])
     @app.route("/models/<name>/<version>", methods=["PUT"])
     async def scale(name: str, version: str | None = None) -> Response:
-        return await _scale(sup, name, version or request.args.get("model_version"))
+        deadline = trio.current_time() + sync_reply_budget(ctx.config)
+        return await _scale(sup, name, version or request.args.get("model_version"), deadline)
 
     @app.route("/models/<name>", methods=["DELETE"])
     @app.route("/models/<name>/<version>", methods=["DELETE"])
@@ -150,21 +175,20 @@ async def _canaries(ctx: ManagementContext, raw: Any) -> tuple[Canary, ...] | No
     return await trio.to_thread.run_sync(request_canaries, raw, ctx.config.model_store)
 
 
-async def _register(ctx: ManagementContext, params: Mapping[str, Any]) -> Response:
+async def _register(ctx: ManagementContext, params: Mapping[str, Any], deadline: float) -> Response:
     reg = parse_registration(params)
     canaries = await _canaries(ctx, params.get("canaries"))
     config, files = await prepare_model(reg, ctx.config, ctx.scratch)
+    if reg.synchronous and config.workers > 0:
+        update = _Update(ctx, reg, config, files.leftovers(), canaries)
+        ctx.sup.start_task(update.run)  # the supervisor's: it goes on after a 202
+        with trio.move_on_at(deadline):
+            await update.done.wait()
+        if not update.done.is_set():
+            return _still_starting(config.name, config.version)
+        result = update.result()
+        return json_response({"status": _registered(config) + _outcome(result)})
     try:
-        if reg.synchronous and config.workers > 0:
-            result = await ctx.sup.update(
-                config,
-                owned=files.leftovers(),
-                canaries=canaries,
-                set_default=reg.set_default,
-                retire_old=reg.retire_old,
-                grace=ctx.config.shutdown_grace,
-            )  # workers that fail to start, or canaries that fail: rolled back
-            return json_response({"status": _registered(config) + _outcome(result)})
         if reg.set_default:
             raise InvalidRequest("set_default=true needs initial_workers of 1 or more")
         await ctx.sup.load_model(config, wait=False, owned=files.leftovers(), canaries=canaries)
@@ -175,6 +199,55 @@ async def _register(ctx: ManagementContext, params: Mapping[str, Any]) -> Respon
         message = f"{_registered(config)}. Use scale workers API to add workers for the model."
         return json_response({"status": message})
     return json_response({"status": "Processing worker updates..."}, 202)
+
+
+@attrs.define
+class _Update:
+    """A synchronous registration, run in the supervisor's nursery (it may outlive the call)."""
+
+    ctx: ManagementContext
+    reg: Registration
+    config: ModelConfig
+    owned: tuple[Path, ...]
+    canaries: tuple[Canary, ...] | None
+    done: trio.Event = attrs.field(factory=trio.Event)
+    _outcome: UpdateResult | SupervisorError | None = None
+
+    async def run(self) -> None:
+        """Load, check and switch; workers or canaries that fail are rolled back."""
+        try:
+            self._outcome = await self.ctx.sup.update(
+                self.config,
+                owned=self.owned,
+                canaries=self.canaries,
+                set_default=self.reg.set_default,
+                retire_old=self.reg.retire_old,
+                grace=self.ctx.config.shutdown_grace,
+            )
+        except SupervisorError as exc:
+            await trio.to_thread.run_sync(remove_paths, self.owned)  # no-op once unloaded
+            self._outcome = exc
+            log.warning("registering %s failed: %s", self.config.name, exc.message)
+        finally:
+            self.done.set()
+
+    def result(self) -> UpdateResult:
+        """What the update did, once ``done`` is set; raises what it raised."""
+        if isinstance(self._outcome, SupervisorError):
+            raise self._outcome
+        if self._outcome is None:
+            raise ModelUnavailable(f"the server stopped while {self.config.name} was loading")
+        return self._outcome
+
+
+def _still_starting(name: str, version: str | None) -> Response:
+    """202: a synchronous call whose workers are still starting; where to poll."""
+    where = f"/models/{name}" + (f"/{version}" if version else "")
+    response = json_response(
+        {"status": f"Workers are still starting; poll GET {where} for the model's state"}, 202
+    )
+    response.headers["Location"] = where
+    return response
 
 
 def _registered(config: ModelConfig) -> str:
@@ -197,18 +270,28 @@ def _outcome(result: UpdateResult, *, switch: bool = True) -> str:
     return "".join(f"; {part}" for part in parts)
 
 
-async def _scale(sup: Supervisor, name: str, version: str | None) -> Response:
+async def _scale(sup: Supervisor, name: str, version: str | None, deadline: float) -> Response:
     pool = sup.pool(name, version)
     low = _int_arg("min_worker", 1)
     high = _int_arg("max_worker", low)
+    pool.check_scale(low, "min_worker")
+    why = limits.check_workers("max_worker", high)
+    if why is not None:
+        raise InvalidRequest(why)
     if high < low:
         raise InvalidRequest("max_worker cannot be less than min_worker.")
     if pool.config.max_workers != high:
         pool.config = attrs.evolve(pool.config, max_workers=high)
-    pool.scale(low)
+    pool.scale(low, "min_worker")
     if not _flag("synchronous"):
         return json_response({"status": "Processing worker updates..."}, 202)
-    await pool.wait_ready(low)  # WorkerStartFailed carries the reason and the log tail
+    with trio.move_on_at(deadline):
+        await pool.wait_ready(low)  # WorkerStartFailed carries the reason and the log tail
+        return _scaled(name, version, low)
+    return _still_starting(name, version)
+
+
+def _scaled(name: str, version: str | None, low: int) -> Response:
     suffix = f", version: {version}" if version else ""
     return json_response({"status": f"Workers scaled to {low} for model: {name}{suffix}"})
 
@@ -247,9 +330,14 @@ def _rotate(tokens: Tokens | None) -> Response:
 
 
 def _int_arg(key: str, default: int) -> int:
+    """An integer query parameter; one that is not a number is ignored, as TorchServe does."""
+    raw = request.args.get(key)
+    if raw is None:
+        return default
     try:
-        return int(request.args.get(key, default))
+        return int(raw)
     except ValueError:
+        log.warning("ignoring %s=%r: not an integer; using %d", key, raw, default)
         return default
 
 
