@@ -15,6 +15,7 @@ from supervisor.api.inference import add_inference_routes
 from supervisor.api.management import ManagementContext, add_management_routes
 from supervisor.api.metrics import metrics_app
 from supervisor.api.openapi import openapi_document
+from supervisor.api.predict import Predictor
 from supervisor.auth import Tokens
 from supervisor.config import ServerConfig
 from supervisor.core import Supervisor
@@ -47,7 +48,8 @@ def build_apps(
     inference = new_app("trio-supervisor-inference")
     if tokens is not None:
         require_token(inference, tokens, "inference", {"/ping", *_DESCRIPTION_PATHS})
-    add_inference_routes(inference, sup, metrics.observe_request)
+    predictor = Predictor(sup, tokens, metrics.observe_request, metrics.count_response)
+    add_inference_routes(inference, sup, predictor)
     _add_description(inference, "inference")
 
     management = new_app("trio-supervisor-management")

@@ -1,4 +1,8 @@
-"""What the three apps share: JSON bodies, the error table, app construction."""
+"""What the three Quart apps share: rendering answers, the error handlers, tokens.
+
+The bodies, the error table and the request-id rule are framework-free
+(``supervisor.api.replies``); this module renders them as Quart responses.
+"""
 
 from __future__ import annotations
 
@@ -6,40 +10,51 @@ import uuid
 from collections.abc import Callable, Collection
 from typing import Any
 
-import orjson
 from quart import Response, request
 from quart_trio import QuartTrio
+from werkzeug.datastructures import Headers
 from werkzeug.exceptions import HTTPException
 
+from supervisor.api.replies import (
+    TOKEN_FAILED,
+    Answer,
+    error_answer,
+    http_error_body,
+    json_bytes,
+    request_id,
+)
 from supervisor.auth import Tokens, bearer_matches
-from supervisor.errors import SupervisorError
+from supervisor.errors import SupervisorError, Unauthorized
 
 __all__ = [
-    "error_headers",
+    "RecordedResponse",
     "error_response",
-    "http_error_body",
-    "json_bytes",
     "json_response",
     "make_app",
+    "quart_headers",
     "require_token",
+    "routes_check_token",
+    "to_response",
 ]
 
-_HTTP_TYPES = {
-    400: "BadRequestException",
-    404: "ResourceNotFoundException",
-    405: "MethodNotAllowedException",
-    408: "RequestTimeoutException",
-    413: "RequestEntityTooLargeException",
-}
-_HTTP_MESSAGES = {
-    404: "Requested resource is not found, please refer to API document.",
-    405: "Requested method is not allowed, please refer to API document.",
-}
+_OWN_TOKEN_CHECK = "supervisor.own_token_check"  # app.extensions key: endpoints that check
 
 
-def json_bytes(body: Any) -> bytes:
-    """A JSON body, indented like TorchServe's, with a trailing newline."""
-    return orjson.dumps(body, option=orjson.OPT_INDENT_2) + b"\n"
+class RecordedResponse(Response):
+    """A response whose metrics its route recorded already (a prediction's).
+
+    ``make_app`` does not count it again in ``Requests2XX`` and kin.
+    """
+
+
+def to_response(answer: Answer, kind: type[Response] = Response) -> Response:
+    """``answer`` as a Quart response (of class ``kind``)."""
+    return kind(answer.body, answer.status, quart_headers(answer.headers))
+
+
+def quart_headers(pairs: list[tuple[bytes, bytes]]) -> Headers:
+    """Bytes header pairs as Werkzeug headers (repeated names stay repeated)."""
+    return Headers([(k.decode("latin-1"), v.decode("latin-1")) for k, v in pairs])
 
 
 def json_response(body: Any, status: int = 200) -> Response:
@@ -49,37 +64,12 @@ def json_response(body: Any, status: int = 200) -> Response:
 
 def error_response(error: SupervisorError) -> Response:
     """The JSON error body, status and headers for a supervisor error."""
-    response = json_response(error.to_json(), error.status)
-    for name, value in error_headers(error):
-        response.headers[name] = value
-    return response
+    return to_response(error_answer(error, _request_id().encode()))
 
 
-def error_headers(error: SupervisorError) -> list[tuple[str, str]]:
-    """The headers that go with a supervisor error (``WWW-Authenticate``, ``Retry-After``)."""
-    headers = []
-    if error.status == 401:
-        headers.append(("WWW-Authenticate", WWW_AUTHENTICATE))
-    retry_after = getattr(error, "retry_after", None)
-    if retry_after is not None:
-        headers.append(("Retry-After", str(retry_after)))
-    return headers
-
-
-def http_error_body(code: int, message: str) -> bytes:
-    """The JSON body of an HTTP-level error (404, 405, 413, ...), as TorchServe words it."""
-    body = {
-        "code": code,
-        "type": _HTTP_TYPES.get(code, "HttpException"),
-        "message": _HTTP_MESSAGES.get(code, message),
-    }
-    return json_bytes(body)
-
-
-WWW_AUTHENTICATE = 'Bearer realm="trio-supervisor"'
-TOKEN_FAILED = (
-    "Token Authorization failed. Token either incorrect, expired, or not provided correctly"
-)
+def _request_id() -> str:
+    """The current request's ``x-request-id`` (``supervisor.api.replies.request_id``)."""
+    return request_id(request.headers.get("X-Request-Id"), str(uuid.uuid4()))
 
 
 def make_app(
@@ -104,10 +94,11 @@ def make_app(
 
     @app.after_request
     async def _finish(response: Response) -> Response:
-        response.headers.setdefault("x-request-id", str(uuid.uuid4()))  # as TorchServe does
+        if "x-request-id" not in response.headers:
+            response.headers["x-request-id"] = _request_id()
         if not await _body_received():
             response.headers["Connection"] = "close"
-        if on_response is not None:
+        if on_response is not None and not isinstance(response, RecordedResponse):
             on_response(response.status_code)
         return response
 
@@ -154,6 +145,9 @@ async def _body_received() -> bool:
 def require_token(app: QuartTrio, tokens: Tokens, kind: str, open_paths: Collection[str]) -> None:
     """Refuse requests without ``Authorization: Bearer <the kind key>`` (401, JSON).
 
+    Routes named with ``routes_check_token`` are let through: they check the
+    token themselves (the prediction routes, in ``supervisor.api.predict``).
+
     Args:
         app: the app to protect.
         tokens: the current keys (read at each request, so rotation takes effect).
@@ -165,9 +159,13 @@ def require_token(app: QuartTrio, tokens: Tokens, kind: str, open_paths: Collect
     async def _check_token() -> Response | None:
         if request.path in open_paths or request.method == "OPTIONS":
             return None
+        if request.endpoint in app.extensions.get(_OWN_TOKEN_CHECK, ()):
+            return None
         if bearer_matches(request.headers.get("Authorization"), tokens.key(kind)):
             return None
-        body = {"code": 401, "type": "InvalidKeyException", "message": TOKEN_FAILED}
-        response = json_response(body, 401)
-        response.headers["WWW-Authenticate"] = WWW_AUTHENTICATE
-        return response
+        return error_response(Unauthorized(TOKEN_FAILED))
+
+
+def routes_check_token(app: QuartTrio, endpoints: Collection[str]) -> None:
+    """Say that the routes ``endpoints`` check the token themselves (``require_token``)."""
+    app.extensions.setdefault(_OWN_TOKEN_CHECK, set()).update(endpoints)

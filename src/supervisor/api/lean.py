@@ -34,7 +34,7 @@ import attrs
 import trio
 
 from supervisor import http1
-from supervisor.api.common import http_error_body
+from supervisor.api.replies import Answer, http_error_body
 from supervisor.http1 import ProtocolError, RequestHead
 
 __all__ = ["Answer", "CloseConnection", "LeanLimits", "Peer", "serve_lean"]
@@ -65,15 +65,6 @@ class LeanLimits:
 
 class CloseConnection(Exception):
     """Raised by a handler to end the connection at once (e.g. a stream cut short)."""
-
-
-@attrs.frozen
-class Answer:
-    """A complete response: status, headers (bytes pairs) and body."""
-
-    status: int
-    headers: list[tuple[bytes, bytes]]
-    body: bytes
 
 
 class Exchange:

@@ -1,72 +1,45 @@
-"""Streamed answers over HTTP: one chunk per part, and no clean end after a failure.
+"""Streamed answers in Quart: one chunk per part, and no clean end after a failure.
 
-The response head (status, content type, headers) is the first part's; each
-part's body goes out as one chunk of a ``Transfer-Encoding: chunked`` body, with
-nothing added between parts. A stream that breaks off midway must not look
-complete, so the body's generator raises ``StreamAborted``: Quart passes it on
-to Hypercorn, which closes the connection without the final zero-length chunk,
-and the client sees a truncated body (httpx raises ``RemoteProtocolError``, curl
-reports "transfer closed with outstanding read data remaining"). The reason is
-logged here, once, as a warning; Hypercorn's own record of the exception (an
-error with a traceback, as for a bug) is filtered out for this one exception.
+This renders a ``supervisor.api.predict.Stream``: the response head (status,
+content type, headers) is the first part's; each part's body goes out as one
+chunk of a ``Transfer-Encoding: chunked`` body, with nothing added between parts.
+A stream that breaks off midway must not look complete, so the stream raises
+``StreamAborted``: Quart passes it on to Hypercorn, which closes the connection
+without the final zero-length chunk, and the client sees a truncated body (httpx
+raises ``RemoteProtocolError``, curl reports "transfer closed with outstanding
+read data remaining"). The reason is logged once, as a warning, by the stream;
+Hypercorn's own record of the exception (an error with a traceback, as for a
+bug) is filtered out for this one exception.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 from quart import Response
 
-from handlers.protocol import ReplyItem
-from supervisor.batching import Job
-from supervisor.errors import DeadlineExceeded, SupervisorError
+from supervisor.api.common import RecordedResponse, quart_headers
+from supervisor.api.predict import Stream, StreamAborted
 
-__all__ = ["StreamAborted", "quiet_aborted_streams", "streamed_response"]
-
-log = logging.getLogger("supervisor.http")
+__all__ = ["quiet_aborted_streams", "streamed_response"]
 
 
-class StreamAborted(Exception):
-    """Raised by a streamed body to end the connection without the final chunk."""
-
-
-def streamed_response(job: Job, first: ReplyItem, record: Callable[[int], None]) -> Response:
-    """The chunked response for a streamed answer whose first part is ``first``.
-
-    Args:
-        job: the request's job; its next parts are read as the body is sent.
-        first: the part ``job.wait()`` returned.
-        record: called once with the status when the stream ends (metrics): the
-            first part's status, or the failure's if it broke off. Not called when
-            the client leaves first.
-    """
-    content_type = first.content_type or None
-    response = Response(_chunks(job, first, record), status=first.status, content_type=content_type)
-    for key, value in first.headers.items():
-        response.headers[key] = value
+def streamed_response(stream: Stream) -> Response:
+    """The chunked response for a streamed answer (its metrics are the stream's to record)."""
+    response = RecordedResponse(_chunks(stream), stream.status, quart_headers(stream.headers))
     # Quart cuts a response that takes longer than RESPONSE_TIMEOUT (60 s) to send;
     # a stream may run for longer: each part is bounded by response_timeout instead.
     response.timeout = None
     return response
 
 
-async def _chunks(
-    job: Job, first: ReplyItem, record: Callable[[int], None]
-) -> AsyncIterator[bytes]:
-    part: ReplyItem | None = first
+async def _chunks(stream: Stream) -> AsyncIterator[bytes]:
     try:
-        while part is not None:
-            if part.body:  # an empty chunk would end the body
-                yield part.body
-            part = await job.next_part()
-    except SupervisorError as exc:
-        log.warning("streamed answer to request %s broke off: %s", job.item.request_id, exc.message)
-        record(exc.status)
-        raise StreamAborted(exc.message) from None
+        while (chunk := await stream.next_chunk()) is not None:
+            yield chunk
     finally:
-        job.fail(DeadlineExceeded("the client went away during the streamed answer"))
-    record(first.status)
+        stream.close()
 
 
 class _AbortedStreamFilter(logging.Filter):

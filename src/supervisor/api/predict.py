@@ -1,0 +1,296 @@
+"""The prediction route, once for both front ends: a request in, an outcome out.
+
+``Predictor.predict`` takes what every HTTP front end has (the path's parts, the
+headers as ``(lower-case name, value)`` bytes pairs, the body, the client's
+address) and returns the outcome::
+
+    Answer   a complete response (a result, a worker's failure or an error)
+    Stream   a streamed answer: its head now, its parts' bodies as they come
+
+It checks the token, reads the deadline, builds the ``InferItem``, submits the
+job, waits, and records the metrics, all in one place: an ``Answer`` when it is
+made, a ``Stream`` when it ends. The lean server (``supervisor.api.fastpath``)
+and the Quart route (``supervisor.api.inference``) only render outcomes.
+Nothing here imports a web framework.
+
+Every outcome carries ``x-request-id``: the client's own ``X-Request-Id`` if it
+sent a usable one (``supervisor.api.replies.request_id``), else the request id
+the worker sees. A stream that breaks off midway is recorded with the failure's
+status and ends by raising ``StreamAborted``, which each front end turns into a
+connection closed without the last chunk.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from collections.abc import Callable, Iterable
+from functools import partial
+
+import trio
+
+from handlers.protocol import InferItem, ReplyItem
+from supervisor.api.replies import TOKEN_FAILED, Answer, error_answer, json_answer, request_id
+from supervisor.auth import Tokens, bearer_matches
+from supervisor.batching import Job
+from supervisor.core import Supervisor
+from supervisor.errors import (
+    DeadlineExceeded,
+    InvalidRequest,
+    ModelNotFound,
+    ModelVersionNotFound,
+    SupervisorError,
+    Unauthorized,
+)
+
+__all__ = [
+    "DEADLINE_HEADER",
+    "FORM_TYPES",
+    "RESERVED_HEADERS",
+    "Form",
+    "Predictor",
+    "RequestObserver",
+    "Route",
+    "Stream",
+    "StreamAborted",
+    "parse_deadline",
+]
+
+log = logging.getLogger("supervisor.http")
+
+DEADLINE_HEADER = "X-Client-Timeout-Ms"
+"""A request header: milliseconds the client will wait for the answer."""
+FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+"""Bodies whose fields become parameters of their own."""
+RESERVED_HEADERS = frozenset({"url_path", "explain", "describe"})
+"""Header names the server sets for the worker, never taken from clients (lower case)."""
+
+RequestObserver = Callable[[str, str, int, float, float | None], None]
+"""Called once per answered request: model, version, status, latency s, queue s."""
+Route = tuple[str, str, str | None, str | None]
+"""The path's parts: ``predictions`` or ``explanations``, model, version, the rest."""
+Form = dict[str, tuple[str, bytes]]
+"""A form body's fields: name -> (content type, bytes)."""
+
+_DEFAULT_TYPE = b"text/html; charset=utf-8"  # what Quart gives a body without a type
+_UNOBSERVED = (ModelNotFound, ModelVersionNotFound, Unauthorized)  # no series for these
+
+
+class StreamAborted(Exception):
+    """A streamed answer broke off midway: end the connection without the last chunk."""
+
+
+class Predictor:
+    """Turns prediction requests into outcomes, and records them in the metrics.
+
+    Args:
+        sup: the supervisor.
+        tokens: the keys, if authorization is on.
+        observe: called once per answered request for a model that exists.
+        on_response: called with every outcome's status (``Requests2XX`` and kin).
+    """
+
+    def __init__(
+        self,
+        sup: Supervisor,
+        tokens: Tokens | None,
+        observe: RequestObserver | None,
+        on_response: Callable[[int], None] | None,
+    ) -> None:
+        self.sup = sup
+        self.tokens = tokens
+        self.observe = observe
+        self.on_response = on_response
+
+    async def predict(
+        self,
+        route: Route,
+        headers: Iterable[tuple[bytes, bytes]],
+        body: bytes,
+        client: str,
+        *,
+        form: Form | None = None,
+        gone: Callable[[], bool] | None = None,
+    ) -> Answer | Stream:
+        """Answer one request.
+
+        Args:
+            route: the path's parts.
+            headers: the request headers, names in lower case (as HTTP/1.1 parsers
+                and ASGI servers give them).
+            body: the request body (ignored with ``form``).
+            client: the client's address (the worker sees it as ``Remote-Addr``).
+            form: a form body's fields, parsed by the front end.
+            gone: says whether the client has left; its job is then dropped before
+                it reaches a worker.
+        """
+        started = trio.current_time()
+        own = str(uuid.uuid4())
+        fields = _fields(headers, client, route)
+        rid = request_id(fields.get("X-Request-Id"), own).encode()
+        job: Job | None = None
+        try:
+            self._authorize(fields)
+            deadline = parse_deadline(fields.get(DEADLINE_HEADER), started)
+            params = form if form is not None else {"body": (fields.get("Content-Type", ""), body)}
+            job = self.sup.submit(InferItem(own, fields, params), route[1], route[2], deadline)
+            job.gone = gone
+            reply = await job.wait()
+        except _UNOBSERVED as exc:
+            return self._count(error_answer(exc, rid))
+        except SupervisorError as exc:
+            answer = error_answer(exc, rid)
+        else:
+            if job.streamed:
+                end = partial(self._record, route, started=started, job=job)
+                return Stream(reply, _headers(reply, rid), job, end)
+            answer = _answer(reply, rid)
+        self._record(route, answer.status, started=started, job=job)
+        return answer
+
+    def _authorize(self, fields: dict[str, str]) -> None:
+        if self.tokens is None:
+            return
+        if not bearer_matches(fields.get("Authorization"), self.tokens.key("inference")):
+            raise Unauthorized(TOKEN_FAILED)
+
+    def _count(self, answer: Answer) -> Answer:
+        if self.on_response is not None:
+            self.on_response(answer.status)
+        return answer
+
+    def _record(self, route: Route, status: int, *, started: float, job: Job | None) -> None:
+        """The one place a prediction's metrics are recorded."""
+        if self.on_response is not None:
+            self.on_response(status)
+        if self.observe is None:
+            return
+        model, version = route[1], route[2]
+        latency = trio.current_time() - started
+        self.observe(model, _job_version(self.sup, model, version), status, latency, _queued(job))
+
+
+class Stream:
+    """A streamed answer: the first part's status and headers, then each part's body.
+
+    A front end sends the head, then ``next_chunk()`` until it gives None (the
+    answer is complete) or raises ``StreamAborted`` (it broke off), and calls
+    ``close()`` in the end, whatever happened. The metrics are recorded when the
+    stream ends: the first part's status if it completed, the failure's if it
+    broke off, nothing if the client left first.
+
+    Attributes:
+        status: the response status (the first part's).
+        headers: the response headers (lower-case bytes names).
+    """
+
+    def __init__(
+        self,
+        first: ReplyItem,
+        headers: list[tuple[bytes, bytes]],
+        job: Job,
+        end: Callable[[int], None],
+    ) -> None:
+        self.status = first.status
+        self.headers = headers
+        self._job = job
+        self._next: ReplyItem | None = first
+        self._end = end
+        self._done = False
+
+    async def next_chunk(self) -> bytes | None:
+        """The next part's body (never empty), or None once the answer is complete.
+
+        Raises:
+            StreamAborted: the answer broke off (the worker died or timed out, the
+                handler failed, or this reader fell behind).
+        """
+        while not self._done:
+            part, self._next = self._next, None
+            if part is None:
+                part = await self._following()
+            if part is None:
+                self._finish(self.status)
+            elif part.body:  # an empty chunk would end the body
+                return part.body
+        return None
+
+    def close(self) -> None:
+        """Give up the rest of the answer (nothing happens if it is complete)."""
+        self._done = True
+        self._job.fail(DeadlineExceeded("the client went away during the streamed answer"))
+
+    async def _following(self) -> ReplyItem | None:
+        try:
+            return await self._job.next_part()
+        except SupervisorError as exc:
+            rid = self._job.item.request_id
+            log.warning("streamed answer to request %s broke off: %s", rid, exc.message)
+            self._finish(exc.status)
+            raise StreamAborted(exc.message) from None
+
+    def _finish(self, status: int) -> None:
+        self._done = True
+        self._end(status)
+
+
+def parse_deadline(raw: str | None, started: float) -> float:
+    """The deadline a ``X-Client-Timeout-Ms`` value sets (``math.inf`` without one).
+
+    Raises:
+        InvalidRequest: the value is not a positive number of milliseconds.
+    """
+    if raw is None:
+        return math.inf
+    try:
+        millis = float(raw)
+    except ValueError:
+        millis = -1.0
+    if not millis > 0:
+        raise InvalidRequest(f"{DEADLINE_HEADER} must be a positive number of milliseconds")
+    return started + millis / 1000
+
+
+def _fields(headers: Iterable[tuple[bytes, bytes]], client: str, route: Route) -> dict[str, str]:
+    """The headers as the worker sees them: title-cased, as Quart shows them, plus extras."""
+    fields = {"Remote-Addr": client}
+    for name, value in headers:
+        key = name.decode("latin-1")
+        if key not in RESERVED_HEADERS:
+            fields[key.title()] = value.decode("latin-1")
+    fields["url_path"] = route[3] or ""
+    if route[0] == "explanations":
+        fields["explain"] = "True"
+    return fields
+
+
+def _answer(reply: ReplyItem, rid: bytes) -> Answer:
+    if not reply.ok:
+        body = {"code": reply.status, "type": "InternalServerException", "message": reply.message}
+        return json_answer(body, reply.status, rid)
+    return Answer(reply.status, _headers(reply, rid), reply.body)
+
+
+def _headers(reply: ReplyItem, rid: bytes) -> list[tuple[bytes, bytes]]:
+    """The headers of a result (or of a stream's first part)."""
+    content_type = reply.content_type.encode("latin-1") if reply.content_type else _DEFAULT_TYPE
+    headers = [(b"content-type", content_type), (b"x-request-id", rid)]
+    for key, value in reply.headers.items():
+        headers.append((key.encode("latin-1"), value.encode("latin-1")))
+    return headers
+
+
+def _queued(job: Job | None) -> float | None:
+    """Seconds the job waited before a worker took it (None if none did)."""
+    if job is None or job.dispatched_at is None:
+        return None
+    return job.dispatched_at - job.enqueued_at
+
+
+def _job_version(sup: Supervisor, model: str, version: str | None) -> str:
+    """The version that served (or would serve) a request, for metric labels."""
+    try:
+        return sup.pool(model, version).config.version
+    except SupervisorError:
+        return version or ""
