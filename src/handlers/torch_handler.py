@@ -29,6 +29,7 @@ from handlers.base import PredictionException
 from handlers.context import Context
 from handlers.labels import list_classes_from_module, load_label_mapping
 from handlers.metrics import timed
+from handlers.modelfile import model_file
 
 __all__ = ["BaseHandler", "request_payload"]
 
@@ -65,7 +66,8 @@ class BaseHandler:
 
         Raises:
             RuntimeError: no model file, or one of a kind this handler cannot load.
-            ValueError: the model file does not define exactly one module class.
+            ValueError: the model file does not define exactly one module class, or
+                a file the manifest names leads out of the model directory.
         """
         self.context = context
         self.model_yaml_config = context.model_yaml_config
@@ -75,8 +77,11 @@ class BaseHandler:
         model_dir = str(properties.get("model_dir") or "")
         model = self.manifest.get("model", {})
         serialized = model.get("serializedFile")
-        self.model_pt_path = os.path.join(model_dir, serialized) if serialized else None
+        self.model_pt_path = (
+            model_file(model_dir, serialized, "serializedFile") if serialized else None
+        )
         if model.get("modelFile"):
+            model_file(model_dir, model["modelFile"], "modelFile")
             self.model = self._load_pickled_model(model_dir, model["modelFile"], self.model_pt_path)
         elif self.model_pt_path:
             self.model = self._load_torchscript_model(self.model_pt_path)
@@ -86,7 +91,8 @@ class BaseHandler:
             )
         self.model.to(self.device)
         self.model.eval()
-        self.mapping = load_label_mapping(os.path.join(model_dir, "index_to_name.json"))
+        labels = model_file(model_dir, "index_to_name.json", "index_to_name.json")
+        self.mapping = load_label_mapping(labels)
         self.initialized = True
 
     def _pick_device(self, gpu_id: Any) -> Any:

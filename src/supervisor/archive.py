@@ -3,7 +3,9 @@
 A registration ``url`` is one of:
 
 * a name in the model store: a ``.mar``/``.zip``/``.tar.gz``/``.tgz`` archive or a
-  directory (no ``/``, ``\\`` or ``..``: a name can never leave the store);
+  directory (no ``/``, ``\\`` or ``..``, no NUL, at most ``MAX_NAME_LENGTH``
+  characters: a name can never leave the store, and neither can a link in the
+  store: the name must resolve inside it once links are followed);
 * an ``http(s)://`` or ``file://`` URL, accepted only if it matches one of the
   ``allowed_urls`` expressions in full (none by default). Downloads are bounded
   in size and time, and a redirect must lead to an allowed URL too.
@@ -12,6 +14,10 @@ Archives are unpacked into a fresh directory of their own, refusing absolute
 paths, ``..``, links and oversized contents; the caller removes the directory
 when the model is unloaded. An archive holding nothing but one folder (a
 ``torch-model-archiver --archive-format tgz`` one) is unpacked from that folder.
+
+Every file a manifest names (``configFile``, ``handler``, ``modelFile``,
+``serializedFile``, ``requirementsFile``, ``extraFiles``) must resolve inside the
+model's directory, links followed; errors never quote a file's content.
 """
 
 from __future__ import annotations
@@ -34,11 +40,27 @@ import attrs
 
 from supervisor.errors import InvalidModel, InvalidRequest, ModelNotFound
 
-__all__ = ["ARCHIVE_SUFFIXES", "ModelFiles", "check_url", "local_source", "remove_paths", "unpack"]
+__all__ = [
+    "ARCHIVE_SUFFIXES",
+    "MAX_MANIFEST_BYTES",
+    "MAX_NAME_LENGTH",
+    "ModelFiles",
+    "check_manifest_paths",
+    "check_url",
+    "local_source",
+    "remove_paths",
+    "store_entry",
+    "unpack",
+]
 
 ARCHIVE_SUFFIXES = (".mar", ".zip", ".tar.gz", ".tgz")
 MAX_UNPACKED_BYTES = 8 << 30
 MAX_ENTRIES = 100_000
+MAX_NAME_LENGTH = 255  # NAME_MAX on Linux: a longer name cannot be a file in the store
+MAX_MANIFEST_BYTES = 1 << 20
+DEFAULT_CONFIG_FILE = "model-config.yaml"
+# The manifest's file fields; "handler" only when it names a file (``x.py``, ``a/x``).
+_PATH_FIELDS = ("configFile", "modelFile", "serializedFile", "requirementsFile")
 
 
 @attrs.frozen
@@ -102,23 +124,53 @@ def local_source(url: str, model_store: str) -> Path:
     """
     if not model_store:
         raise ModelNotFound("Model store is not configured; cannot load " + url)
-    path = Path(model_store) / url
-    if not path.exists():
-        raise ModelNotFound(f"Model not found at: {url}")
-    return path
+    return store_entry(url, Path(model_store))
+
+
+def store_entry(name: str, store: Path) -> Path:
+    """``store / name``, once it is known to exist inside the store, links followed.
+
+    Raises:
+        InvalidRequest: the name holds a NUL, is longer than ``MAX_NAME_LENGTH``,
+            cannot be resolved, or leads out of the store (through a link).
+        ModelNotFound: there is no such entry.
+    """
+    if "\x00" in name:
+        raise InvalidRequest(f"the model store name {_brief(name)} holds a NUL character")
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidRequest(
+            f"the model store name {_brief(name)} is longer than {MAX_NAME_LENGTH} characters"
+        )
+    root = store.resolve()
+    try:
+        resolved = (root / name).resolve(strict=True)
+    except FileNotFoundError:
+        raise ModelNotFound(f"Model not found at: {name}") from None
+    except (OSError, RuntimeError, ValueError):  # a link loop, a name the OS refuses
+        raise InvalidRequest(f"the model store name {name!r} cannot be resolved") from None
+    if resolved == root or not resolved.is_relative_to(root):
+        raise InvalidRequest(
+            f"{name!r} leads out of the model store (through a link); "
+            "a store name must stay inside the store"
+        )
+    return store / name
 
 
 def open_model(source: Path, scratch: Path) -> ModelFiles:
     """Unpack ``source`` (if an archive) under ``scratch`` and read its manifest."""
     if source.is_dir():
-        return ModelFiles(source.resolve(), read_manifest(source), owned=False)
+        files = ModelFiles(source.resolve(), read_manifest(source.resolve()), owned=False)
+        check_manifest_paths(files)
+        return files
     if not source.name.endswith(ARCHIVE_SUFFIXES):
         raise InvalidModel(f"{source.name} is not a model archive ({', '.join(ARCHIVE_SUFFIXES)})")
-    directory = Path(tempfile.mkdtemp(prefix="model-", dir=scratch))
+    directory = Path(tempfile.mkdtemp(prefix="model-", dir=scratch)).resolve()
     try:
         unpack(source, directory)
         _hoist_single_folder(directory)
-        return ModelFiles(directory, read_manifest(directory), owned=True)
+        files = ModelFiles(directory, read_manifest(directory), owned=True)
+        check_manifest_paths(files)
+        return files
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)
         raise
@@ -139,17 +191,90 @@ def _hoist_single_folder(directory: Path) -> None:
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
-    """``MAR-INF/MANIFEST.json`` as a dict ({} if absent; InvalidModel if unreadable)."""
+    """``MAR-INF/MANIFEST.json`` as a dict ({} if absent).
+
+    Raises:
+        InvalidModel: the manifest is a link out of ``directory``, is over
+            ``MAX_MANIFEST_BYTES``, or is not a JSON object.
+    """
     path = directory / "MAR-INF" / "MANIFEST.json"
     if not path.exists():
         return {}
+    _inside(directory, path, "MANIFEST.json")
     try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
+        with path.open("rb") as file:
+            data = file.read(MAX_MANIFEST_BYTES + 1)
+        if len(data) > MAX_MANIFEST_BYTES:
+            raise InvalidModel(f"MANIFEST.json is over the limit of {MAX_MANIFEST_BYTES >> 20} MiB")
+        manifest = json.loads(data)
+    except json.JSONDecodeError as exc:  # its message has a place, never an excerpt
         raise InvalidModel(f"unreadable MANIFEST.json: {exc}") from None
+    except (OSError, ValueError) as exc:
+        raise InvalidModel(f"unreadable MANIFEST.json: {type(exc).__name__}") from None
     if not isinstance(manifest, dict):
         raise InvalidModel("MANIFEST.json is not a JSON object")
     return manifest
+
+
+def check_manifest_paths(files: ModelFiles) -> Path:
+    """Check that each file the manifest names resolves inside ``files.directory``.
+
+    Returns:
+        The model-config.yaml's path (``configFile``, else the default name).
+
+    Raises:
+        InvalidModel: a field that is not a string, or a path that leads out of the
+            directory (absolute, through ``..`` or a link).
+    """
+    model = files.model
+    for field in _PATH_FIELDS:
+        if model.get(field):
+            _inside(files.directory, _field_path(files.directory, field, model[field]), field)
+    handler = model.get("handler")
+    if isinstance(handler, str) and _names_a_file(handler.partition(":")[0]):
+        _inside(files.directory, files.directory / handler.partition(":")[0], "handler")
+    for extra in _extra_files(model.get("extraFiles")):
+        _inside(files.directory, _field_path(files.directory, "extraFiles", extra), "extraFiles")
+    config = _field_path(files.directory, "configFile", model.get("configFile") or "")
+    if not model.get("configFile"):
+        config = files.directory / DEFAULT_CONFIG_FILE
+    return _inside(files.directory, config, "configFile")
+
+
+def _field_path(directory: Path, field: str, value: Any) -> Path:
+    if not isinstance(value, str):
+        raise InvalidModel(f"MANIFEST.json model.{field} must be a string")
+    return directory / value
+
+
+def _names_a_file(module: str) -> bool:
+    """Whether a handler spec names a file (``x.py``, ``dir/x``) rather than a module."""
+    return module.endswith(".py") or "/" in module or "\\" in module
+
+
+def _extra_files(value: Any) -> list[Any]:
+    """``extraFiles``: a comma-separated string (as the archiver's option) or a list."""
+    if isinstance(value, str):
+        return [name.strip() for name in value.split(",") if name.strip()]
+    return list(value) if isinstance(value, list) else [value] if value else []
+
+
+def _inside(directory: Path, path: Path, field: str) -> Path:
+    """``path``, resolved; InvalidModel unless it is inside ``directory`` (resolved)."""
+    shown = _brief(str(path.relative_to(directory)) if path.is_relative_to(directory) else path)
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError, ValueError):  # a link loop, a NUL, a name too long
+        raise InvalidModel(f"{field} {shown} cannot be resolved") from None
+    if not resolved.is_relative_to(directory):
+        raise InvalidModel(f"{field} {shown} must stay inside the archive")
+    return resolved
+
+
+def _brief(value: Any) -> str:
+    """``value`` for a message: its repr cut short (a name may be thousands of characters)."""
+    text = repr(str(value))
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def unpack(archive: Path, target: Path) -> None:

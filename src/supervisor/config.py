@@ -62,7 +62,26 @@ _duration = v.and_(_positive, limits.bounded(limits.MAX_DURATION, "seconds"))
 _per_model = limits.bounded(
     limits.MAX_WORKERS_PER_MODEL, "workers per model (max_workers_per_model)"
 )
-_name = v.matches_re(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+MAX_MODEL_NAME_LENGTH = 255
+_NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_.\-]{{0,{MAX_MODEL_NAME_LENGTH - 1}}}")
+_NAME_RULE = (
+    f"use 1-{MAX_MODEL_NAME_LENGTH} letters, digits, '_', '.' or '-', "
+    "starting with a letter or digit"
+)
+
+
+def _name(_instance: Any, attribute: Any, value: Any) -> None:
+    """A model name or version: it appears in URLs, metric labels and file names."""
+    if not (isinstance(value, str) and _NAME.fullmatch(value)):
+        raise ValueError(f"model {attribute.name} {_brief(value)} is invalid: {_NAME_RULE}")
+
+
+def _brief(value: Any) -> str:
+    """``value`` for a message: its repr, cut short (a name may be thousands of characters)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 _ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".mar", ".zip")
 
 
@@ -270,7 +289,7 @@ def model_config(
     merged["restart"] = _build(RestartPolicy, restart, f"model {table.get('name', '?')} restart")
     if "name" not in merged and isinstance(merged.get("url"), str):
         merged["name"] = name_from_url(merged["url"])
-    where = f"model {merged.get('name', '?')!s}"
+    where = f"model {str(merged.get('name', '?'))[:60]}"  # a name may be very long
     if "name" not in merged or not ({"handler", "url"} & merged.keys()):
         raise ConfigError(f"{where}: 'name' and a 'handler' or a 'url' are required")
     return _build(ModelConfig, merged, where)  # type: ignore[no-any-return]

@@ -21,12 +21,20 @@ from typing import Any
 import attrs
 import trio
 
-from supervisor.archive import ModelFiles, check_url, local_source, open_model, remove_paths
+from supervisor.archive import (
+    ModelFiles,
+    check_manifest_paths,
+    check_url,
+    local_source,
+    open_model,
+    remove_paths,
+    store_entry,
+)
 from supervisor.canary import Canary, CanaryError, parse_canaries, read_canaries
 from supervisor.config import ConfigError, ModelConfig, ServerConfig, model_config, name_from_url
 from supervisor.download import fetch
-from supervisor.errors import InvalidModel, InvalidRequest
-from supervisor.tsconfig import model_yaml_settings
+from supervisor.errors import InvalidModel, InvalidRequest, ModelNotFound
+from supervisor.tsconfig import MAX_YAML_BYTES, model_yaml_settings
 
 __all__ = ["Registration", "parse_registration", "prepare_model", "request_canaries"]
 
@@ -119,8 +127,13 @@ def _store_file(name: str, store: Path | None) -> Path:
         raise InvalidRequest("canaries: a canary file needs a model store")
     if "/" in name or "\\" in name or ".." in name or name.startswith("."):
         raise InvalidRequest(f"canaries: not a file name in the model store: {name}")
-    path = store / name
-    if not path.is_file():
+    try:
+        path = store_entry(name, store)
+    except ModelNotFound:
+        path = None
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"canaries: {exc.message}") from None
+    if path is None or not path.is_file():
         raise InvalidRequest(f"canaries: no such file in the model store: {name}")
     return path
 
@@ -171,7 +184,10 @@ async def prepare_model(
         raise
     files = attrs.evolve(files, downloaded=downloaded)
     try:
-        layers = _layers(files, server.defaults if base is None else base)
+        # read and parsed in a thread: a YAML of a megabyte takes a while
+        layers = await trio.to_thread.run_sync(
+            _layers, files, server.defaults if base is None else base
+        )
         return _model_config(reg, files, layers), files
     except BaseException:
         await trio.to_thread.run_sync(remove_paths, files.leftovers())
@@ -179,12 +195,16 @@ async def prepare_model(
 
 
 def _layers(files: ModelFiles, base: Mapping[str, Any]) -> dict[str, Any]:
-    """``base`` with the archive's model-config.yaml on top (restart keys merged)."""
-    path = files.directory / str(files.model.get("configFile") or "model-config.yaml")
+    """``base`` with the archive's model-config.yaml on top (restart keys merged).
+
+    Blocking (it reads and parses the file): run it in a thread.
+    """
+    path = check_manifest_paths(files)  # the config file, resolved inside the model
     if not path.is_file():
         return dict(base)
     try:
-        keys, handler_config = model_yaml_settings(path.read_text())
+        with path.open("rb") as file:  # no more than the limit, plus one to tell
+            keys, handler_config = model_yaml_settings(file.read(MAX_YAML_BYTES + 1))
     except (ConfigError, OSError) as exc:
         raise InvalidModel(f"{path.name}: {exc}") from None
     restart = {**dict(base.get("restart", {})), **dict(keys.pop("restart", {}))}

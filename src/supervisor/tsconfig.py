@@ -53,7 +53,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from supervisor.archive import ARCHIVE_SUFFIXES
-from supervisor.config import MILLISECONDS, SECONDS, ConfigError, name_from_url
+from supervisor.config import MIB, MILLISECONDS, SECONDS, ConfigError, name_from_url
 
 __all__ = [
     "ALL_MODELS",
@@ -75,6 +75,18 @@ _Convert = Callable[[str, Any], Any]
 
 _FILE = "config.properties"
 _YAML = "model-config.yaml"
+
+MAX_YAML_BYTES = 1 * MIB
+"""The largest model-config.yaml read."""
+MAX_YAML_EXPANDED = 10 * MIB
+"""The most a model-config.yaml may hold with its aliases expanded: a node counts
+one, a scalar one more per character (so a 1 KB "billion laughs" cannot become the
+gigabytes of JSON that go to every worker)."""
+MAX_YAML_DEPTH = 100
+"""The deepest nesting of collections in a model-config.yaml."""
+
+# libyaml's parser when PyYAML has it: the pure-Python one takes seconds a megabyte.
+_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 # TorchServe keys that exist there and have no effect here (JVM, Netty, TLS,
 # gRPC, CORS, metrics modes, GPUs, workflows, ...): logged, never an error.
@@ -268,8 +280,8 @@ def _address(where: str, value: Any) -> str:
 
 
 def _object(where: str, value: Any) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+    if not isinstance(value, Mapping):  # its type only: the value may be a whole file
+        raise ConfigError(f"{where}: expected a mapping, got a {type(value).__name__}")
     return value
 
 
@@ -465,7 +477,7 @@ def _entries(where: str, data: Any) -> list[_Entry]:
 # --- model-config.yaml ------------------------------------------------------------
 
 
-def model_yaml_settings(yaml_text: str) -> tuple[_Table, _Table]:
+def model_yaml_settings(yaml_text: str | bytes) -> tuple[_Table, _Table]:
     """Map a model archive's ``model-config.yaml`` to model keys and handler config.
 
     The frontend keys map as in the module docstring. ``maxRetryTimeoutInSec``
@@ -479,7 +491,8 @@ def model_yaml_settings(yaml_text: str) -> tuple[_Table, _Table]:
     the rest are not mapped; they stay in the handler config.
 
     Args:
-        yaml_text: the file's text (``yaml.safe_load`` only).
+        yaml_text: the file's text or bytes (safe loading only, within
+            ``MAX_YAML_BYTES``, ``MAX_YAML_EXPANDED`` and ``MAX_YAML_DEPTH``).
 
     Returns:
         ``(model keys, handler_config)``: the model keys for ``model_config`` and
@@ -487,13 +500,10 @@ def model_yaml_settings(yaml_text: str) -> tuple[_Table, _Table]:
         ``context.model_yaml_config``.
 
     Raises:
-        ConfigError: invalid YAML, a top level that is not a mapping, or a value of
-            the wrong type.
+        ConfigError: invalid YAML, a document over a limit, a top level that is
+            not a mapping, or a value of the wrong type.
     """
-    try:
-        data = yaml.safe_load(yaml_text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{_YAML}: invalid YAML: {exc}") from None
+    data = _load_yaml(yaml_text, _YAML)
     data = _object(_YAML, {} if data is None else data)
     table = _mapped(data, _MODEL, _YAML)
     restart: dict[str, Any] = {}
@@ -504,6 +514,77 @@ def model_yaml_settings(yaml_text: str) -> tuple[_Table, _Table]:
     if restart:
         table["restart"] = restart
     return table, dict(data)
+
+
+def _load_yaml(text: str | bytes, where: str) -> Any:
+    """Parse one YAML document safely, within the size, alias and nesting limits.
+
+    Raises:
+        ConfigError: invalid YAML (the message gives the problem and its place,
+            never an excerpt of the text), or a document over a limit.
+    """
+    if len(text) > MAX_YAML_BYTES:
+        raise ConfigError(f"{where}: over the limit of {MAX_YAML_BYTES // MIB} MiB")
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expansion(node, where)
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: invalid YAML: {_yaml_problem(exc)}") from None
+    finally:
+        loader.dispose()
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """What is wrong and where; PyYAML's own message quotes the lines around it."""
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return type(exc).__name__
+    problem = str(exc.problem or exc.context or "malformed")[:100]
+    mark = exc.problem_mark or exc.context_mark
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
+
+
+def _check_expansion(root: yaml.Node, where: str) -> None:
+    """Refuse a node graph whose tree, aliases expanded, is over ``MAX_YAML_EXPANDED``.
+
+    Walks the graph once, depth first without recursion, sizing each node once
+    (an alias is the node it names, so a shared node is counted at each use).
+    """
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()  # the path from the root: meeting one again is a cycle
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if children_done:
+            open_nodes.discard(id(node))
+            sizes[id(node)] = _node_size(node, sizes, where)
+        elif id(node) in open_nodes:
+            raise ConfigError(f"{where}: an alias refers to itself (a recursive document)")
+        elif id(node) not in sizes:
+            if len(open_nodes) >= MAX_YAML_DEPTH:
+                raise ConfigError(f"{where}: nested deeper than {MAX_YAML_DEPTH} levels")
+            open_nodes.add(id(node))
+            stack.append((node, True))
+            stack.extend((child, False) for child in _children(node))
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return list(node.value) if isinstance(node, yaml.SequenceNode) else []
+
+
+def _node_size(node: yaml.Node, sizes: Mapping[int, int], where: str) -> int:
+    own = 1 + (len(node.value) if isinstance(node, yaml.ScalarNode) else 0)
+    size = own + sum(sizes[id(child)] for child in _children(node))
+    if size > MAX_YAML_EXPANDED:
+        raise ConfigError(
+            f"{where}: its aliases expand it past {MAX_YAML_EXPANDED // MIB} MiB (the limit)"
+        )
+    return size
 
 
 _RESTART_KEYS = {

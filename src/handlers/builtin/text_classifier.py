@@ -31,6 +31,7 @@ from typing import Any
 from handlers.builtin.rejection import BadInput, RejectingHandler
 from handlers.context import Context
 from handlers.labels import top_labels
+from handlers.modelfile import model_file
 from handlers.torch_handler import request_payload
 
 __all__ = ["TextClassifier", "load_vocab", "tokenize"]
@@ -131,12 +132,11 @@ def load_vocab(model_dir: str, name: str | None = None) -> dict[str, int]:
 
     Raises:
         RuntimeError: no such file, or not a dict of ids or list of tokens.
+        ValueError: the name leads out of the model directory.
     """
     names = (name,) if name else VOCAB_FILES
-    path = next(
-        (os.path.join(model_dir, n) for n in names if os.path.isfile(os.path.join(model_dir, n))),
-        None,
-    )
+    paths = (model_file(model_dir, n, "vocab") for n in names)
+    path = next((p for p in paths if os.path.isfile(p)), None)
     if path is None:
         raise RuntimeError(
             f"text_classifier needs a vocabulary file in the archive: {' or '.join(names)}"
