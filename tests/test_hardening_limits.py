@@ -193,6 +193,30 @@ async def test_an_archive_asking_for_100000_workers_is_refused_with_400(start_se
 @pytest.mark.parametrize(
     ("params", "message"),
     [
+        ({"initial_workers": "-1"}, "'workers' must be >= 0: -1"),
+        ({"initial_workers": "100000"}, "(max_workers_per_model)"),
+        ({"batch_size": str(10**30)}, "batch_size=1000000000000000000000000000000 exceeds"),
+        ({"response_timeout": "inf"}, "response_timeout must be a finite number"),
+        ({"startup_timeout": "1e300"}, "exceeds the limit of 86400 seconds"),
+        ({"max_batch_delay": "nan"}, "max_batch_delay"),
+    ],
+)
+async def test_registering_beyond_the_limits_gets_400_naming_the_limit(
+    start_server, params, message
+):
+    server = await start_server()
+    with trio.fail_after(20):
+        r = await server.register(url="echo.mar", synchronous="false", **params)
+    assert r.status_code == 400, r.text
+    assert message in r.json()["message"]
+    assert await server.state("echo") == "404"
+    await assert_alive(server)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
         ({"min_worker": "999999999999999999999999"}, "min_worker=999999999999999999999999 exceeds"),
         ({"min_worker": "-1"}, "min_worker=-1 must be 0 or more"),
         ({"min_worker": "1", "max_worker": "-5"}, "max_worker=-5 must be 0 or more"),

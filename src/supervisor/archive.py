@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import lzma
-import re
 import shutil
 import struct
 import tarfile
@@ -34,11 +33,11 @@ import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import attrs
 
 from supervisor.errors import InvalidModel, InvalidRequest, ModelNotFound
+from supervisor.urlpolicy import allowed_url, url_scheme
 
 __all__ = [
     "ARCHIVE_SUFFIXES",
@@ -102,14 +101,13 @@ def check_url(url: str, allowed_urls: tuple[str, ...]) -> bool:
     """Whether ``url`` is remote (True) after checking it is allowed; False for a store name.
 
     Raises:
-        InvalidRequest: the url is empty.
+        InvalidRequest: the url is empty, or a malformed URL (see ``supervisor.urlpolicy``).
         ModelNotFound: a name that could leave the store, or a URL that is not allowed.
     """
     if not url:
         raise InvalidRequest("Parameter url is required.")
-    if urlsplit(url).scheme in ("http", "https", "file"):
-        if not any(re.fullmatch(pattern, url) for pattern in allowed_urls):
-            raise ModelNotFound(f"Given URL {url} does not match any allowed URL(s)")
+    if url_scheme(url) in ("http", "https", "file"):
+        allowed_url(url, allowed_urls)  # matched in its normal form: no dot-segment escapes
         return True
     if "/" in url or "\\" in url or ".." in url or url.startswith("."):
         raise ModelNotFound(f"Relative path is not allowed in url: {url}")

@@ -4,8 +4,9 @@ At start-up the server makes three random keys: one for the inference API, one
 for the management API, and an API key that may rotate the other two
 (``GET /token?type=...`` on the management port). They are written to a key
 file with mode 0600 (TorchServe's layout, so existing scripts can read it) and
-the file is removed at shutdown. Clients send ``Authorization: Bearer <key>``;
-keys are compared in constant time. Keys do not expire.
+the file is removed at shutdown, if it still holds this server's keys. A link
+at the key file's path is replaced by the file, never followed. Clients send
+``Authorization: Bearer <key>``; keys are compared in constant time. Keys do not expire.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import hmac
 import os
 import re
 import secrets
+import stat
 import tempfile
 from pathlib import Path
 
@@ -23,7 +25,7 @@ import orjson
 
 __all__ = ["Tokens", "bearer_matches", "remove_key_file", "write_key_file"]
 
-_BEARER = re.compile(r"^Bearer\s+(\S+)$")
+_BEARER = re.compile(r"^Bearer\s+(\S+)$", re.IGNORECASE)  # a scheme is case-insensitive
 
 KINDS = ("inference", "management")
 """The keys a client may present; the API key only rotates these."""
@@ -65,15 +67,25 @@ class Tokens:
 
 
 def bearer_matches(header: str | None, key: str) -> bool:
-    """Whether an ``Authorization`` header carries ``key`` (constant-time compare)."""
+    """Whether an ``Authorization`` header carries ``key`` (constant-time compare).
+
+    The scheme is matched case-insensitively (``bearer``, ``BEARER``: RFC 9110
+    section 11.1); the key itself exactly.
+    """
     match = _BEARER.match(header or "")
     presented = match.group(1) if match else ""
     return hmac.compare_digest(presented.encode(), key.encode()) and bool(match)
 
 
 def write_key_file(path: str | Path, tokens: Tokens) -> Path:
-    """Write the keys to ``path`` with mode 0600, atomically; returns the absolute path."""
-    target = Path(path).resolve()
+    """Write the keys to ``path`` with mode 0600, atomically; returns the absolute path.
+
+    The keys go to a new file next to ``path`` that is then renamed over it, so
+    a symbolic link at ``path`` is replaced, never followed: whatever it points
+    to is left as it was.
+    """
+    given = Path(path)
+    target = given.parent.resolve() / given.name  # the link itself, not where it leads
     fd, temporary = tempfile.mkstemp(prefix=".key_file.", dir=target.parent)
     try:
         os.fchmod(fd, 0o600)
@@ -87,7 +99,33 @@ def write_key_file(path: str | Path, tokens: Tokens) -> Path:
     return target
 
 
-def remove_key_file(path: str | Path) -> None:
-    """Delete the key file (no error if it is already gone)."""
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
+def remove_key_file(path: str | Path, tokens: Tokens) -> bool:
+    """Delete the key file if it is still the one these ``tokens`` were written to.
+
+    Only a regular file (not a link) that holds ``tokens.api`` is deleted: the
+    API key never rotates, so it marks this server's file across rotations, and
+    a file someone else put in its place is left alone.
+
+    Returns:
+        False when a file that is not ours is there (True if deleted or gone).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False  # a link (ELOOP) or unreadable: not ours to delete
+    with os.fdopen(fd, "rb") as handle:
+        ours = stat.S_ISREG(os.fstat(fd).st_mode) and _holds_api_key(handle.read(1 << 16), tokens)
+    if ours:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    return ours
+
+
+def _holds_api_key(data: bytes, tokens: Tokens) -> bool:
+    try:
+        key = orjson.loads(data)["API"]["key"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    return isinstance(key, str) and hmac.compare_digest(key.encode(), tokens.api.encode())

@@ -34,6 +34,7 @@ from supervisor.canary import Canary, CanaryError, parse_canaries, read_canaries
 from supervisor.config import ConfigError, ModelConfig, ServerConfig, model_config, name_from_url
 from supervisor.download import fetch
 from supervisor.errors import InvalidModel, InvalidRequest, ModelNotFound
+from supervisor.sweep import DOWNLOAD_JOURNAL
 from supervisor.tsconfig import MAX_YAML_BYTES, model_yaml_settings
 
 __all__ = ["Registration", "parse_registration", "prepare_model", "request_canaries"]
@@ -173,6 +174,7 @@ async def prepare_model(
             allowed_urls=server.allowed_urls,
             max_bytes=server.max_download_size,
             time_limit=server.download_timeout,
+            journal=scratch / DOWNLOAD_JOURNAL,  # a crashed server's downloads are swept
         )
     else:
         source = local_source(reg.url, server.model_store)
