@@ -216,7 +216,14 @@ class _Update:
     async def run(self) -> None:
         """Load, check and switch; workers or canaries that fail are rolled back."""
         try:
-            self._outcome = await self.ctx.sup.update(
+            self._outcome = await self._update()
+        finally:
+            self.done.set()
+
+    async def _update(self) -> UpdateResult | SupervisorError:
+        failure: SupervisorError
+        try:
+            return await self.ctx.sup.update(
                 self.config,
                 owned=self.owned,
                 canaries=self.canaries,
@@ -225,11 +232,13 @@ class _Update:
                 grace=self.ctx.config.shutdown_grace,
             )
         except SupervisorError as exc:
-            await trio.to_thread.run_sync(remove_paths, self.owned)  # no-op once unloaded
-            self._outcome = exc
+            failure = exc
             log.warning("registering %s failed: %s", self.config.name, exc.message)
-        finally:
-            self.done.set()
+        except Exception as exc:  # a bug: a 500 for this call, as Quart gives; the server stays
+            log.exception("registering %s failed", self.config.name)
+            failure = SupervisorError(f"internal error: {exc!r}")
+        await trio.to_thread.run_sync(remove_paths, self.owned)  # no-op once unloaded
+        return failure
 
     def result(self) -> UpdateResult:
         """What the update did, once ``done`` is set; raises what it raised."""
