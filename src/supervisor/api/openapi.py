@@ -378,7 +378,10 @@ def _register_op() -> Json:
     body["content"] = _json(_ref("RegisterRequest"))
     responses = {
         "200": _status("Registered (with its workers up, or with none)."),
-        "202": _status("Registered; workers are starting (`synchronous=false`)."),
+        "202": _status(
+            "Registered; workers are starting (`synchronous=false`, or still loading at "
+            "0.8 x read_timeout; `Location` names the model to poll)."
+        ),
         **_errors(400, 404, 405, 409, 422),
         "500": _error(500, "Workers failed to start; the registration was rolled back."),
         **_errors(503, 507),
@@ -405,7 +408,10 @@ def _model_item(versioned: bool) -> Json:
     described = _response("The model's versions.", _array(_ref("ModelDescription")))
     scale_ok = {
         "200": _status("Scaled."),
-        "202": _status("Scaling started (`synchronous=false`)."),
+        "202": _status(
+            "Scaling started (`synchronous=false`, or still loading at 0.8 x read_timeout; "
+            "`Location` names the model to poll)."
+        ),
         "206": _status("Scaling is still in progress."),
     }
     forbidden = _error(403, "The default version cannot be removed while others exist.")
