@@ -346,7 +346,7 @@ def _int_arg(key: str, default: int) -> int:
     try:
         return int(raw)
     except ValueError:
-        log.warning("ignoring %s=%r: not an integer; using %d", key, raw, default)
+        log.warning("ignoring %s=%r: not an integer; using %d", key, raw[:40], default)
         return default
 
 
