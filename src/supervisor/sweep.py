@@ -35,9 +35,11 @@ import psutil
 
 __all__ = [
     "DOWNLOAD_JOURNAL",
+    "OWNER_FILE",
     "SCRATCH_PREFIX",
     "Owner",
     "open_scratch",
+    "read_owner",
     "record_file",
     "sweep_leftovers",
 ]
