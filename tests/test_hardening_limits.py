@@ -81,6 +81,16 @@ def test_the_limits_hold_for_toml_files(tmp_path):
     path.write_text("[server]\nmax_workers_total = 0\n")
     with pytest.raises(ConfigError, match="max_workers_total"):
         load_config(path)
+    models = "".join(f'[[models]]\nname = "m{i}"\nhandler = "h"\nworkers = 40\n' for i in range(2))
+    path.write_text(models)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value) == (
+        "server: the configured models, all together: workers=80 exceeds the limit of 64 "
+        "workers on this server (max_workers_total)"
+    )
+    path.write_text(f"[server]\nmax_workers_total = 80\n{models}")
+    assert load_config(path).max_workers_total == 80
 
 
 def test_the_limits_hold_for_config_properties_and_model_config_yaml():
@@ -252,14 +262,15 @@ async def test_the_workers_of_all_models_are_capped_by_max_workers_total(start_s
     assert (await server.register(url="echo.mar", initial_workers=1)).status_code == 200
     r = await server.register(url="echo2.mar", initial_workers=2)
     assert r.status_code == 400
-    assert (
-        "exceeds the limit of 2 workers on this server (max_workers_total)" in (r.json()["message"])
+    assert r.json()["message"] == (
+        "model echo2: workers=2 with 1 worker of other models exceeds the limit of 2 workers "
+        "on this server (max_workers_total)"
     )
     r = await server.scale("echo", min_worker=3)
     assert r.status_code == 400
-    assert (
-        "min_worker=3 with 0 workers of other models exceeds the limit of 2"
-        in (r.json()["message"])
+    assert r.json()["message"] == (
+        "Model echo/1.0: min_worker=3 exceeds the limit of 2 workers on this server "
+        "(max_workers_total)"
     )
     assert (await server.scale("echo", min_worker=2, synchronous="true")).status_code == 200
 

@@ -257,6 +257,12 @@ class ServerConfig:
     )
     defaults: Mapping[str, Any] = attrs.field(factory=dict)
 
+    def __attrs_post_init__(self) -> None:
+        workers = sum(m.workers for m in self.models)
+        why = limits.check_total("workers", workers, 0, self.max_workers_total)
+        if why is not None:
+            raise ValueError(f"the configured models, all together: {why}")
+
 
 def _build(cls: type[Any], table: Mapping[str, Any], where: str) -> Any:
     known = {f.name for f in attrs.fields(cls)}

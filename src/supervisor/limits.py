@@ -117,7 +117,9 @@ def check_total(key: str, count: int, others: int, limit: int) -> str | None:
     """
     if count + others <= limit:
         return None
+    plural = "" if others == 1 else "s"
+    beside = f" with {others} worker{plural} of other models" if others else ""
     return (
-        f"{key}={count} with {others} workers of other models exceeds the limit of "
-        f"{limit} workers on this server (max_workers_total)"
+        f"{key}={count}{beside} exceeds the limit of {limit} workers on this server "
+        "(max_workers_total)"
     )
