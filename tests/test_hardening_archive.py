@@ -229,6 +229,19 @@ def test_aliases_within_the_bound_are_fine():
     assert len(json.dumps(handler_config)) > 1000 * len(LAUGH)
 
 
+def test_the_expansion_limit_is_exact():
+    # the root mapping 1, keys "a" and "b" 2 each, the sequence 1, each "x"*999 1000
+    fixed, each = 1 + 2 + 1000 + 2 + 1, 1000
+    most = (MAX_YAML_EXPANDED - fixed) // each
+
+    def aliases(count: int) -> str:
+        return f"a: &a {'x' * 999}\nb: [{', '.join(['*a'] * count)}]\n"
+
+    model_yaml_settings(aliases(most))
+    with pytest.raises(ConfigError, match="aliases expand it past"):
+        model_yaml_settings(aliases(most + 1))
+
+
 def test_recursive_aliases_are_refused():
     with pytest.raises(ConfigError, match="refers to itself"):
         model_yaml_settings("a: &a [1, *a]\n")
@@ -250,10 +263,6 @@ def test_yaml_errors_do_not_quote_the_file():
     with pytest.raises(ConfigError, match="expected a mapping, got a str") as caught:
         model_yaml_settings("root:x:0:0:root:/root:/bin/bash\n")
     assert "root:" not in str(caught.value)
-
-
-def test_expansion_limit_counts_content():
-    assert MAX_YAML_EXPANDED == 10 * MAX_YAML_BYTES
 
 
 # --- worker side (unit) ----------------------------------------------------------------
@@ -411,10 +420,10 @@ async def test_big_yaml_neither_stalls_the_server_nor_passes(nursery, tmp_path, 
     auth = bearer(read_keys(config)["management"])
     r, slowest = await register_pinging(client, endpoints, auth, "huge.mar")
     assert_error(r, 400, "InvalidModelException", "over the limit of 1 MiB")
-    assert slowest < 1.0
+    assert slowest < 2.0  # parsed on the event loop, 1 MB stalled it for 12 s
     r, slowest = await register_pinging(client, endpoints, auth, "fits.mar")
     assert r.status_code == 200, r.text
-    assert slowest < 1.0
+    assert slowest < 2.0  # parsed on the event loop, 1 MB stalled it for 12 s
 
 
 @pytest.mark.slow
@@ -437,4 +446,3 @@ async def test_yaml_bombs_get_400_and_memory_stays_small(nursery, tmp_path, clie
     r = await register(client, endpoints.management, auth, url="loop.mar")
     assert_error(r, 400, "InvalidModelException", "refers to itself")
     assert me.memory_info().rss - before < 100 * 1024 * 1024
-    assert [p for p in me.children(recursive=True) if "handlers" in " ".join(p.cmdline())] == []

@@ -548,42 +548,39 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
 
 
 def _check_expansion(root: yaml.Node, where: str) -> None:
-    """Refuse a node graph whose tree, aliases expanded, is over ``MAX_YAML_EXPANDED``.
+    """Refuse a node graph over ``MAX_YAML_EXPANDED`` once its aliases are expanded.
 
-    Walks the graph once, depth first without recursion, sizing each node once
-    (an alias is the node it names, so a shared node is counted at each use).
+    Each collection is sized once (an alias is the node it names, so a shared
+    node counts at each use); the recursion is bounded by ``MAX_YAML_DEPTH``.
     """
-    sizes: dict[int, int] = {}
-    open_nodes: set[int] = set()  # the path from the root: meeting one again is a cycle
-    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
-    while stack:
-        node, children_done = stack.pop()
-        if children_done:
-            open_nodes.discard(id(node))
-            sizes[id(node)] = _node_size(node, sizes, where)
-        elif id(node) in open_nodes:
-            raise ConfigError(f"{where}: an alias refers to itself (a recursive document)")
-        elif id(node) not in sizes:
-            if len(open_nodes) >= MAX_YAML_DEPTH:
-                raise ConfigError(f"{where}: nested deeper than {MAX_YAML_DEPTH} levels")
-            open_nodes.add(id(node))
-            stack.append((node, True))
-            stack.extend((child, False) for child in _children(node))
+    _expanded_size(root, {}, set(), where)
 
 
-def _children(node: yaml.Node) -> list[yaml.Node]:
-    if isinstance(node, yaml.MappingNode):
-        return [part for pair in node.value for part in pair]
-    return list(node.value) if isinstance(node, yaml.SequenceNode) else []
-
-
-def _node_size(node: yaml.Node, sizes: Mapping[int, int], where: str) -> int:
-    own = 1 + (len(node.value) if isinstance(node, yaml.ScalarNode) else 0)
-    size = own + sum(sizes[id(child)] for child in _children(node))
-    if size > MAX_YAML_EXPANDED:
-        raise ConfigError(
-            f"{where}: its aliases expand it past {MAX_YAML_EXPANDED // MIB} MiB (the limit)"
-        )
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], path: set[int], where: str) -> int:
+    if isinstance(node, yaml.ScalarNode):
+        return 1 + len(node.value)
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in path:  # an ancestor: the alias is inside the node it names
+        raise ConfigError(f"{where}: an alias refers to itself (a recursive document)")
+    if len(path) >= MAX_YAML_DEPTH:
+        raise ConfigError(f"{where}: nested deeper than {MAX_YAML_DEPTH} levels")
+    path.add(key)
+    children = (
+        [part for pair in node.value for part in pair]
+        if isinstance(node, yaml.MappingNode)
+        else node.value
+    )
+    size = 1
+    for child in children:
+        size += _expanded_size(child, sizes, path, where)
+        if size > MAX_YAML_EXPANDED:
+            raise ConfigError(
+                f"{where}: its aliases expand it past {MAX_YAML_EXPANDED // MIB} MiB (the limit)"
+            )
+    path.discard(key)
+    sizes[key] = size
     return size
 
 
