@@ -7,7 +7,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from supervisor.http1 import ChunkedBody, ProtocolError, chunk, parse_head, response_head
+from supervisor.http1 import (
+    MAX_HEAD,
+    ChunkedBody,
+    ProtocolError,
+    chunk,
+    find_head,
+    parse_head,
+    response_head,
+)
 
 
 def test_a_plain_request_head():
@@ -24,14 +32,14 @@ def test_a_plain_request_head():
 
 
 def test_keep_alive_follows_the_version_and_connection_header():
-    assert not parse_head(b"GET / HTTP/1.1\r\nConnection: close").keep_alive
+    assert not parse_head(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close").keep_alive
     assert not parse_head(b"GET / HTTP/1.0").keep_alive
     assert parse_head(b"GET / HTTP/1.0\r\nConnection: Keep-Alive").keep_alive
 
 
 def test_expect_continue_is_noticed():
     assert parse_head(
-        b"PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1"
+        b"PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 1"
     ).expect_continue
 
 
@@ -53,6 +61,11 @@ def test_expect_continue_is_noticed():
         (b"POST http://evil/ HTTP/1.1", 400),
         (b"GET", 400),
         (b"G(T / HTTP/1.1", 400),
+        (b"GET / HTTP/1.1", 400),  # no Host
+        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: a", 400),
+        (b"GET / HTTP/1.0\r\nHost: a\r\nhost: b", 400),
+        (b"get / HTTP/1.1\r\nHost: a", 501),  # methods are case-sensitive
+        (b"BREW / HTTP/1.1\r\nHost: a", 501),
     ],
 )
 def test_ambiguous_or_unsupported_heads_are_refused(head, status):
@@ -62,7 +75,31 @@ def test_ambiguous_or_unsupported_heads_are_refused(head, status):
 
 
 def test_repeated_equal_lengths_are_one_length():
-    assert parse_head(b"POST / HTTP/1.1\r\nContent-Length: 3, 3").content_length == 3
+    assert parse_head(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3, 3").content_length == 3
+
+
+def test_http10_may_leave_host_out():
+    assert parse_head(b"GET / HTTP/1.0").http10
+
+
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        (b"GET /" + b"a" * MAX_HEAD, 414),
+        (b"GET / HTTP/1.1\r\nX: " + b"a" * MAX_HEAD, 431),
+        (b"GET / HTTP/1.1\r\nX: " + b"a" * MAX_HEAD + b"\r\n\r\n", 431),  # whole, still too big
+    ],
+)
+def test_heads_over_the_limit_are_refused_however_they_arrive(data, status):
+    with pytest.raises(ProtocolError) as caught:
+        find_head(data)
+    assert caught.value.status == status
+
+
+def test_a_head_at_the_limit_is_found():
+    data = b"GET / HTTP/1.1\r\nX: " + b"a" * (MAX_HEAD - 40) + b"\r\n\r\nNEXT"
+    assert data[find_head(data) :].startswith(b"\r\n\r\nNEXT")
+    assert find_head(b"GET / HTTP/1.1\r\nHost: a\r\n") == -1  # not yet
 
 
 def test_a_chunked_body_in_pieces_with_extensions_and_trailers():

@@ -165,7 +165,10 @@ async def test_a_chunked_request_body_and_expect_continue(connect, open_server):
             400,
         ),
         (b"POST /predictions/echo HTTP/3\r\n\r\n", 505),
-        (b"POST /predictions/echo HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n", 413),
+        (
+            b"POST /predictions/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n",
+            413,
+        ),
     ],
 )
 async def test_bad_framing_gets_a_json_error_and_the_connection_closes(
@@ -253,7 +256,9 @@ async def test_a_slow_body_gets_408_while_others_are_served(
 
         await _until(ready)
         slow = await connect(endpoints)
-        await slow.send_all(b"POST /predictions/echo HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc")
+        await slow.send_all(
+            b"POST /predictions/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc"
+        )
         assert (await client.post(url, content=b"meanwhile")).status_code == 200
         status, _, body = await _read_response(slow, bytearray())
         assert status == 408

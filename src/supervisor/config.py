@@ -222,6 +222,10 @@ class ServerConfig:
         max_download_size: the largest remote archive accepted, in bytes.
         read_timeout: seconds a client may take to send a request before it is dropped.
         keep_alive_timeout: seconds an idle keep-alive connection is kept open.
+        write_timeout: seconds a client may take to take (read) each part of a
+            response before its connection is dropped.
+        max_connections: open connections per port at most; more get 503 (the lean
+            inference port) or are not accepted until others close (Hypercorn ports).
         lean_http: serve the inference port with the lean HTTP/1.1 front end (the
             prediction routes without a framework); false serves it with Hypercorn
             and Quart like the other ports.
@@ -250,6 +254,8 @@ class ServerConfig:
     max_download_size: int = attrs.field(default=1024 * MIB, validator=[_int, v.gt(0)])
     read_timeout: float = attrs.field(default=30 * SECONDS, validator=_duration)
     keep_alive_timeout: float = attrs.field(default=5 * SECONDS, validator=_duration)
+    write_timeout: float = attrs.field(default=30 * SECONDS, validator=_duration)
+    max_connections: int = attrs.field(default=1000, validator=[_int, v.gt(0)])
     lean_http: bool = attrs.field(default=True, validator=v.instance_of(bool))
     max_workers_total: int = attrs.field(
         default=limits.DEFAULT_MAX_WORKERS_TOTAL,

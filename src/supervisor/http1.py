@@ -6,6 +6,12 @@ request ends (request smuggling): a request with both ``Content-Length`` and
 lengths, folded header lines or whitespace before a header's colon is refused
 with 400. What it accepts is what ``h11`` accepts for the requests a model
 server receives. Nothing here does I/O or imports trio.
+
+Other refusals: an HTTP/1.1 request without exactly one ``Host`` (an HTTP/1.0
+one with two) is 400 (RFC 9112 section 3.2); a method this server does not know,
+including a known one in lower case (methods are case-sensitive, RFC 9110
+section 9.1), is 501; a request line longer than ``MAX_HEAD`` is 414 and a head
+longer than that 431.
 """
 
 from __future__ import annotations
@@ -21,10 +27,12 @@ import attrs
 __all__ = [
     "LAST_CHUNK",
     "MAX_HEAD",
+    "METHODS",
     "ChunkedBody",
     "ProtocolError",
     "RequestHead",
     "chunk",
+    "find_head",
     "parse_head",
     "response_head",
 ]
@@ -32,6 +40,8 @@ __all__ = [
 MAX_HEAD = 64 * 1024
 """The most bytes a request line and its headers may take."""
 MAX_HEADERS = 128
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE"})
+"""The methods the server knows; any other (``get`` included) is 501."""
 _LAST_CHUNK = b"0\r\n\r\n"
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -97,6 +107,21 @@ class RequestHead:
         return self.chunked or bool(self.content_length)
 
 
+def find_head(buffer: bytes | bytearray) -> int:
+    """Where the head at the start of ``buffer`` ends (its blank line), or -1 if not yet.
+
+    Raises:
+        ProtocolError: 414 if the request line, 431 if the head, is longer than
+            ``MAX_HEAD`` (however many bytes arrived at once).
+    """
+    if buffer.find(b"\r\n", 0, MAX_HEAD + 2) < 0 and len(buffer) >= MAX_HEAD + 2:
+        raise ProtocolError(414, f"the request line is longer than {MAX_HEAD} bytes")
+    end = buffer.find(b"\r\n\r\n", 0, MAX_HEAD + 4)
+    if end < 0 and len(buffer) >= MAX_HEAD + 4:
+        raise ProtocolError(431, f"the request head is longer than {MAX_HEAD} bytes")
+    return end
+
+
 def parse_head(data: bytes) -> RequestHead:
     """Parse a request head: the bytes before the blank line that ends it.
 
@@ -111,6 +136,7 @@ def parse_head(data: bytes) -> RequestHead:
     path, _, query = target.partition(b"?")
     head = RequestHead(method.decode(), target.decode(), path.decode(), query, http10, headers)
     _framing(head)
+    _check_host(head)
     return head
 
 
@@ -127,6 +153,8 @@ def _request_line(line: bytes) -> tuple[bytes, bytes, bool]:
         raise ProtocolError(505, "only HTTP/1.1 and HTTP/1.0 are supported")
     else:
         raise ProtocolError(400, "malformed request line")
+    if method.decode() not in METHODS:
+        raise ProtocolError(501, f"method {method.decode()!r} is not implemented")
     if not _TARGET.fullmatch(target):
         raise ProtocolError(400, "the request target must be a path starting with /")
     return method, target, http10
@@ -170,6 +198,13 @@ def _framing(head: RequestHead) -> None:
         head.keep_alive = b"keep-alive" in connection
     else:
         head.keep_alive = b"close" not in connection
+
+
+def _check_host(head: RequestHead) -> None:
+    """One ``Host`` header in HTTP/1.1 (at most one in HTTP/1.0): RFC 9112 section 3.2."""
+    hosts = sum(1 for name, _ in head.headers if name == b"host")
+    if hosts > 1 or (hosts == 0 and not head.http10):
+        raise ProtocolError(400, "a request must have exactly one Host header")
 
 
 class ChunkedBody:

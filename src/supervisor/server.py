@@ -24,6 +24,7 @@ import signal
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import attrs
 import trio
@@ -33,12 +34,14 @@ from quart_trio import QuartTrio
 
 from supervisor.api.apps import Apps, build_apps
 from supervisor.api.fastpath import FastRoutes
+from supervisor.api.guard import Guard, GuardLimits, json_protocol_errors
 from supervisor.api.lean import LeanLimits, serve_lean
 from supervisor.archive import remove_paths
 from supervisor.auth import Tokens, remove_key_file, write_key_file
 from supervisor.config import DEFAULT_MODEL, ModelConfig, ServerConfig, name_from_url
 from supervisor.core import Supervisor, open_supervisor
 from supervisor.errors import SupervisorError, WorkerStartFailed
+from supervisor.http1 import MAX_HEAD
 from supervisor.metrics import Metrics
 from supervisor.pool import Pool
 from supervisor.process import Launcher
@@ -258,16 +261,22 @@ async def _serve_app(
 ) -> None:
     hc = HypercornConfig()
     hc.bind = [address]
+    hc.h11_max_incomplete_size = MAX_HEAD + 4  # the lean front end's limit: 431 beyond
     hc.graceful_timeout = config.shutdown_grace + 1.0
     hc.read_timeout = max(1, round(config.read_timeout))  # a client that stops sending is dropped
     # hypercorn closes a connection stalled in its headers only when this fires
     hc.keep_alive_timeout = min(config.keep_alive_timeout, config.read_timeout)
     hc.accesslog = None
     hc.errorlog = logging.getLogger("hypercorn.error")
+    json_protocol_errors()
+    limits = GuardLimits(
+        max_request_size=config.max_request_size, max_requests=config.max_connections
+    )
+    guarded: Any = Guard(app, limits)  # an ASGI app; hypercorn's types want a function
     async with trio.open_nursery() as nursery:
         try:
             binds: list[str] = await nursery.start(
-                partial(hypercorn_serve, app, hc, shutdown_trigger=shutdown.wait)
+                partial(hypercorn_serve, guarded, hc, shutdown_trigger=shutdown.wait)
             )
         except* OSError as group:
             exc = _first_leaf(group)

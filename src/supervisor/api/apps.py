@@ -61,7 +61,31 @@ def build_apps(
         metrics, max_request_size=config.max_request_size, read_timeout=config.read_timeout
     )
     _add_description(metrics_port, "metrics")
+    for app in (inference, management, metrics_port):
+        _no_redirects(app)
     return Apps(inference, management, metrics_port)
+
+
+def _no_redirects(app: QuartTrio) -> None:
+    """Match paths as they are: no 308 to a merged-slash or slash-added path.
+
+    Werkzeug redirects ``//predictions//x`` to ``/predictions/x`` (an HTML body,
+    a Location built from the client's Host header). Here that path is simply not
+    found (a JSON 404), like any other path no route has.
+    """
+    old = app.url_map
+    new = type(old)(
+        strict_slashes=False,
+        merge_slashes=False,
+        host_matching=old.host_matching,
+        converters=old.converters,
+    )
+    for rule in list(old.iter_rules()):
+        rule.map = None  # type: ignore[assignment]  # rebound (and recompiled) by add()
+        rule.strict_slashes = False
+        rule.merge_slashes = False
+        new.add(rule)
+    app.url_map = new
 
 
 def _add_description(app: QuartTrio, kind: str) -> None:

@@ -14,10 +14,17 @@ API keeps one implementation.
     ├── accept loop per listener
     └── connection tasks: read a request -> FastRoutes or the ASGI bridge -> write
 
-Limits: request heads of at most 64 KiB, bodies of at most ``max_request_size``
-(413 before reading), ``read_timeout`` for a request to arrive once started
-(heads: the connection is closed; bodies: 408), ``keep_alive_timeout`` between
-requests, and ``read_timeout`` for a response to be taken by the client.
+Limits: request heads of at most 64 KiB (414, 431), bodies of at most
+``max_request_size`` (413 before reading), ``read_timeout`` for a request to
+arrive once started (heads: the connection is closed; bodies: 408),
+``keep_alive_timeout`` between requests, ``write_timeout`` for each part of a
+response to be taken by the client (then the connection is dropped), at most
+``read_ahead`` bytes read past the request being answered (a client that
+pipelines without reading its answers is not read further), and at most
+``max_connections`` connections (more get 503). An error answered before the
+request was read is followed by a lingering close: the write side is shut and
+what the client still sends is discarded for a bounded time, so a client that
+sends its whole body before reading (urllib) gets the answer, not a reset.
 """
 
 from __future__ import annotations
@@ -51,16 +58,26 @@ class LeanLimits:
 
     Attributes:
         max_request_size: the largest body accepted (413 beyond, before reading).
-        read_timeout: seconds a started request may take to arrive, and a response
-            to be taken.
+        read_timeout: seconds a started request may take to arrive.
         keep_alive_timeout: seconds an idle connection is kept open.
         graceful_timeout: seconds connections get to finish on shutdown.
+        write_timeout: seconds a client may take to take each part of a response.
+        max_connections: open connections at most; more get 503 and are closed.
+        read_ahead: bytes read past the request being answered, at most.
+        linger_timeout: seconds an early error waits, discarding, for the client
+            to finish sending before the connection is closed.
+        linger_size: bytes discarded in that time, at most.
     """
 
     max_request_size: int = 6553500
     read_timeout: float = 30.0
     keep_alive_timeout: float = 5.0
     graceful_timeout: float = 11.0
+    write_timeout: float = 30.0
+    max_connections: int = 1000
+    read_ahead: int = 64 * 1024
+    linger_timeout: float = 2.0
+    linger_size: int = 16 * 1024 * 1024
 
 
 class CloseConnection(Exception):
@@ -133,11 +150,15 @@ class _Server:
         self.closing = False
         self.connections: set[_Connection] = set()
         self.all_closed = trio.Event()
+        self.refusing = 0
 
     async def handle(self, stream: trio.SocketStream) -> None:
         conn = _Connection(self, stream)
-        self.connections.add(conn)
         try:
+            if len(self.connections) >= self.limits.max_connections:
+                await self._refuse(conn)
+                return
+            self.connections.add(conn)
             await conn.serve()
         finally:
             conn.peeker.close()
@@ -145,6 +166,18 @@ class _Server:
             self.connections.discard(conn)
             if self.closing and not self.connections:
                 self.all_closed.set()
+
+    async def _refuse(self, conn: _Connection) -> None:
+        """503 to a connection over ``max_connections``; refusals in progress are bounded too."""
+        if self.refusing >= self.limits.max_connections:
+            return
+        self.refusing += 1
+        try:
+            limit = self.limits.max_connections
+            message = f"too many connections (max_connections = {limit}); try again later"
+            await conn.fail(503, message, [(b"retry-after", b"1")])
+        finally:
+            self.refusing -= 1
 
     def close(self) -> None:
         self.closing = True
@@ -190,9 +223,9 @@ class _Connection:
             with self.scope:
                 await self._requests()
             if self.scope.cancelled_caught and self.phase == _BODY:
-                await self._error(408, "the request body did not arrive in time")
+                await self.fail(408, "the request body did not arrive in time")
         except ProtocolError as exc:
-            await self._error(exc.status, exc.message)
+            await self.fail(exc.status, exc.message)
         except (trio.BrokenResourceError, trio.ClosedResourceError, CloseConnection):
             pass
 
@@ -217,19 +250,17 @@ class _Connection:
 
     async def _head(self) -> RequestHead | None:
         """The next request's head; None if the client closed first."""
-        end = self.buffer.find(b"\r\n\r\n")
+        end = http1.find_head(self.buffer)
         while end < 0:
-            if len(self.buffer) > http1.MAX_HEAD:
-                raise ProtocolError(431, "the request head is larger than 64 KiB")
             if not await self._receive():
                 return None
-            end = self.buffer.find(b"\r\n\r\n")
+            end = http1.find_head(self.buffer)
         data = bytes(self.buffer[:end])
         del self.buffer[: end + 4]
         return http1.parse_head(data)
 
-    async def _receive(self) -> bool:
-        data = await self.stream.receive_some(65536)
+    async def _receive(self, most: int = 65536) -> bool:
+        data = await self.stream.receive_some(most)
         self.buffer += data
         return bool(data)
 
@@ -273,7 +304,7 @@ class _Connection:
         keep = exchange.keep_alive
         if answer is None:
             return keep
-        self._enter(_WRITING, self.limits.read_timeout)
+        self._enter(_WRITING, self.limits.write_timeout)
         await self.stream.send_all(
             http1.response_head(
                 answer.status, answer.headers, content_length=len(answer.body), keep_alive=keep
@@ -284,7 +315,7 @@ class _Connection:
 
     async def write(self, data: bytes) -> None:
         """Send part of a response; a client that does not take it in time is dropped."""
-        self._enter(_WRITING, self.limits.read_timeout)
+        self._enter(_WRITING, self.limits.write_timeout)
         await self.stream.send_all(data)
         self._enter(_BUSY, math.inf)
 
@@ -298,23 +329,51 @@ class _Connection:
             return True
 
     async def until_eof(self) -> None:
-        """Read (keeping the bytes) until the client closes or the connection breaks."""
-        try:
-            while await self._receive():
-                if len(self.buffer) > self.limits.max_request_size + http1.MAX_HEAD:
-                    await trio.sleep_forever()  # a client flooding pipelined bytes waits
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+        """Read (keeping the bytes) until the client closes or the connection breaks.
 
-    async def _error(self, status: int, message: str) -> None:
+        At most ``read_ahead`` bytes are kept: past that, a client pipelining
+        requests (and perhaps not reading the answers) is not read further, and
+        its closing goes unnoticed until the answer is written.
+        """
+        room = self.limits.read_ahead
+        try:
+            while len(self.buffer) < room:
+                if not await self._receive(room - len(self.buffer)):
+                    return
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+        await trio.sleep_forever()
+
+    async def fail(
+        self, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
+        """Answer with a JSON error, then close lingering: see ``_linger``."""
         body = http_error_body(status, message)
-        headers = [(b"content-type", b"application/json")]
+        headers = [(b"content-type", b"application/json"), *(headers or [])]
         data = http1.response_head(status, headers, content_length=len(body), keep_alive=False)
-        with (
-            trio.move_on_after(self.limits.read_timeout),
-            contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
-        ):
-            await self.stream.send_all(data + body)
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            with trio.move_on_after(self.limits.write_timeout) as sending:
+                await self.stream.send_all(data + body)
+            if not sending.cancelled_caught:
+                await self._linger()
+
+    async def _linger(self) -> None:
+        """Shut the write side, then discard what the client still sends, within bounds.
+
+        Closing a socket with unread bytes makes the kernel reset the connection,
+        and a reset can destroy the answer before the client reads it: a client
+        that sends its whole body before reading (urllib) would see "connection
+        reset" instead of the 413. So the close waits until the client has sent
+        all (or ``linger_size`` bytes, or ``linger_timeout`` seconds are over).
+        """
+        await self.stream.send_eof()
+        left = self.limits.linger_size
+        with trio.move_on_after(self.limits.linger_timeout):
+            while left > 0:
+                data = await self.stream.receive_some(min(left, 65536))
+                if not data:
+                    return
+                left -= len(data)
 
 
 async def serve_lean(
@@ -453,8 +512,8 @@ class _Bridge:
         self.complete = False
         self.status = 500
         self.headers: list[tuple[bytes, bytes]] = []
-        self.length: int | None = None
         self.chunked = False
+        self.bodiless = False
 
     async def receive(self) -> dict[str, Any]:
         if not self.body_given:
@@ -475,30 +534,37 @@ class _Bridge:
         more = bool(message.get("more_body", False))
         if not self.started:
             await self._start(data, more)
+        elif self.bodiless:
+            pass
         elif self.chunked:
             await self.exchange.send_chunk(data)
         elif data:
             await self.exchange.send_raw(data)
         if not more:
-            if self.chunked:
+            if self.chunked and not self.bodiless:
                 await self.exchange.end_chunks()
             self.complete = True
 
     async def _start(self, data: bytes, more: bool) -> None:
+        """Send the head, and the body's first part unless the request was HEAD.
+
+        An answer to HEAD has no body (RFC 9110 section 9.3.2); its Content-Length
+        is the GET answer's. A body sent anyway would be read by a keep-alive
+        client as the start of its next answer.
+        """
         self.started = True
-        keep = self.exchange.keep_alive
+        self.bodiless = self.exchange.head.method == "HEAD"
         length = next((int(v) for k, v in self.headers if k == b"content-length"), None)
-        if not more:
+        if not more and not (self.bodiless and length is not None):
             length = len(data)
-        if length is None:
-            self.chunked = True
-            await self.exchange.send_head(self.status, self.headers)
-            await self.exchange.send_chunk(data)
-            return
+        self.chunked = length is None
         head = http1.response_head(
-            self.status, self.headers, content_length=length, keep_alive=keep
+            self.status, self.headers, content_length=length, keep_alive=self.exchange.keep_alive
         )
-        await self.exchange.send_raw(head + data)
+        if self.bodiless:
+            await self.exchange.send_raw(head)
+        else:
+            await self.exchange.send_raw(head + (http1.chunk(data) if self.chunked else data))
 
 
 def _unquote(path: str) -> str:
