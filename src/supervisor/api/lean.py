@@ -490,7 +490,9 @@ async def _asgi(server: _Server, exchange: Exchange) -> bool:
     }
     try:
         await server.app(scope, bridge.receive, bridge.send)
-    except Exception:
+    except Exception as exc:
+        if _connection_lost(exc):
+            return False  # the client went away mid-answer: nothing to log
         log.exception("unexpected error in the app for %s %s", head.method, head.path)
         if bridge.started:
             return False
@@ -565,6 +567,13 @@ class _Bridge:
             await self.exchange.send_raw(head)
         else:
             await self.exchange.send_raw(head + (http1.chunk(data) if self.chunked else data))
+
+
+def _connection_lost(error: BaseException) -> bool:
+    """Whether ``error`` (or every error in its group) is the connection breaking."""
+    if isinstance(error, BaseExceptionGroup):
+        return all(_connection_lost(e) for e in error.exceptions)
+    return isinstance(error, (trio.BrokenResourceError, trio.ClosedResourceError))
 
 
 def _unquote(path: str) -> str:
