@@ -328,6 +328,18 @@ async def test_host_and_method_rules_on_the_lean_port(
     assert http10.startswith(b"HTTP/1.1 200")  # HTTP/1.0 may leave Host out
 
 
+async def test_hypercorn_ports_answer_a_missing_or_doubled_host_with_json(
+    nursery, tmp_path, handler_dir, client
+):
+    endpoints, _ = await open_server(
+        nursery, tmp_path, handler_dir, client, disable_token_authorization=True
+    )
+    for wire, _status in BAD_HEADS[:2]:
+        for base in (endpoints.management, endpoints.metrics):
+            got, body = status_and_body(await raw(base, wire))
+            assert (got, body["code"]) == (400, 400)  # h11's refusal, as JSON
+
+
 async def test_doubled_slashes_get_a_json_404_and_no_redirect(
     nursery, tmp_path, handler_dir, client
 ):
