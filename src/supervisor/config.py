@@ -224,8 +224,8 @@ class ServerConfig:
         keep_alive_timeout: seconds an idle keep-alive connection is kept open.
         write_timeout: seconds a client may take to take (read) each part of a
             response before its connection is dropped.
-        max_connections: open connections per port at most; more get 503 (the lean
-            inference port) or are not accepted until others close (Hypercorn ports).
+        max_connections: open connections on the lean inference port at most, and
+            requests in progress on each Hypercorn port; more get 503.
         lean_http: serve the inference port with the lean HTTP/1.1 front end (the
             prediction routes without a framework); false serves it with Hypercorn
             and Quart like the other ports.

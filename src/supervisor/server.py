@@ -34,7 +34,7 @@ from quart_trio import QuartTrio
 
 from supervisor.api.apps import Apps, build_apps
 from supervisor.api.fastpath import FastRoutes
-from supervisor.api.guard import Guard, GuardLimits, json_protocol_errors
+from supervisor.api.guard import Guard, GuardLimits, patch_hypercorn
 from supervisor.api.lean import LeanLimits, serve_lean
 from supervisor.archive import remove_paths
 from supervisor.auth import Tokens, remove_key_file, write_key_file
@@ -268,7 +268,8 @@ async def _serve_app(
     hc.keep_alive_timeout = min(config.keep_alive_timeout, config.read_timeout)
     hc.accesslog = None
     hc.errorlog = logging.getLogger("hypercorn.error")
-    json_protocol_errors()
+    hc.write_timeout = config.write_timeout  # type: ignore[attr-defined]  # see patch_hypercorn
+    patch_hypercorn()
     limits = GuardLimits(
         max_request_size=config.max_request_size, max_requests=config.max_connections
     )

@@ -19,25 +19,31 @@ this middleware does what Hypercorn and Quart do not:
   cancellation caught Hypercorn closing the connection, which stayed open for
   as long as the client kept trickling bytes (found by tests/test_hardening_http.py).
 
-``json_protocol_errors`` makes Hypercorn's own answers to malformed requests
-(a missing Host, an oversized head) JSON like every other error.
+``patch_hypercorn`` makes Hypercorn's own answers to malformed requests (a
+missing Host, an oversized head) JSON like every other error, and gives its
+writes a timeout (``write_timeout`` on its config): Hypercorn shields every
+write from cancellation, so a client that never reads its answers held the
+connection, and its request's task, for as long as it stayed connected.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
 import h11
 import trio
+from hypercorn.events import Closed, Event, RawData
 from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.trio.tcp_server import TCPServer
 
 from supervisor.api.replies import http_error_body
 from supervisor.http1 import MAX_HEAD
 
-__all__ = ["Guard", "GuardLimits", "json_protocol_errors"]
+__all__ = ["Guard", "GuardLimits", "patch_hypercorn"]
 
 ASGIApp = Callable[..., Awaitable[None]]
 Message = dict[str, Any]
@@ -181,6 +187,28 @@ async def _json_error_response(self: H11Protocol, status_code: int) -> None:
     await self._send_h11_event(h11.EndOfMessage())
 
 
-def json_protocol_errors() -> None:
-    """Make Hypercorn's answers to requests h11 cannot parse JSON errors (idempotent)."""
+_hypercorn_send = TCPServer.protocol_send
+
+
+async def _send_with_timeout(self: TCPServer, event: Event) -> None:
+    """Hypercorn's write, still shielded, but given up after ``config.write_timeout``."""
+    if not isinstance(event, RawData):
+        await _hypercorn_send(self, event)
+        return
+    timeout: float = getattr(self.config, "write_timeout", math.inf)
+    async with self.send_lock:
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + timeout) as scope:
+            try:
+                await self.stream.send_all(event.data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                await self.protocol.handle(Closed())
+                return
+        if scope.cancelled_caught:  # the client does not read: drop it
+            await self.stream.aclose()
+            await self.protocol.handle(Closed())
+
+
+def patch_hypercorn() -> None:
+    """JSON answers to requests h11 cannot parse; a write timeout (idempotent)."""
     H11Protocol._send_error_response = _json_error_response  # type: ignore[method-assign]
+    TCPServer.protocol_send = _send_with_timeout  # type: ignore[method-assign]
