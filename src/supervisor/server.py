@@ -259,21 +259,12 @@ async def _serve_app(
     *,
     task_status: trio.TaskStatus[str],
 ) -> None:
-    hc = HypercornConfig()
-    hc.bind = [address]
-    hc.h11_max_incomplete_size = MAX_HEAD + 4  # the lean front end's limit: 431 beyond
-    hc.graceful_timeout = config.shutdown_grace + 1.0
-    hc.read_timeout = max(1, round(config.read_timeout))  # a client that stops sending is dropped
-    # hypercorn closes a connection stalled in its headers only when this fires
-    hc.keep_alive_timeout = min(config.keep_alive_timeout, config.read_timeout)
-    hc.accesslog = None
-    hc.errorlog = logging.getLogger("hypercorn.error")
-    hc.write_timeout = config.write_timeout  # type: ignore[attr-defined]  # see patch_hypercorn
     patch_hypercorn()
     limits = GuardLimits(
         max_request_size=config.max_request_size, max_requests=config.max_connections
     )
     guarded: Any = Guard(app, limits)  # an ASGI app; hypercorn's types want a function
+    hc = _hypercorn_config(address, config)
     async with trio.open_nursery() as nursery:
         try:
             binds: list[str] = await nursery.start(
@@ -284,6 +275,21 @@ async def _serve_app(
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
             raise ListenError(f"cannot listen on {address}: {why}") from None
         task_status.started(binds[0])
+
+
+def _hypercorn_config(address: str, config: ServerConfig) -> HypercornConfig:
+    """Hypercorn's settings for one port: the server's limits, no access log."""
+    hc = HypercornConfig()
+    hc.bind = [address]
+    hc.h11_max_incomplete_size = MAX_HEAD + 4  # the lean front end's limit: 431 beyond
+    hc.graceful_timeout = config.shutdown_grace + 1.0
+    hc.read_timeout = max(1, round(config.read_timeout))  # a client that stops sending is dropped
+    # hypercorn closes a connection stalled in its headers only when this fires
+    hc.keep_alive_timeout = min(config.keep_alive_timeout, config.read_timeout)
+    hc.accesslog = None
+    hc.errorlog = logging.getLogger("hypercorn.error")
+    hc.write_timeout = config.write_timeout  # type: ignore[attr-defined]  # see patch_hypercorn
+    return hc
 
 
 def _first_leaf(error: BaseException) -> BaseException:
