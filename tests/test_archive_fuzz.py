@@ -25,9 +25,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from supervisor import archive
-from supervisor.archive import ModelFiles, open_model
 from supervisor.errors import InvalidModel
+from supervisor.models import archive
+from supervisor.models.archive import ModelFiles, open_model
 
 FUZZ = settings(
     max_examples=int(os.environ.get("FUZZ_EXAMPLES", "150")),

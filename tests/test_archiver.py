@@ -27,8 +27,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from supervisor import ModelConfig, ServerConfig
-from supervisor.archive import open_model
-from supervisor.archiver import (
+from supervisor.cli import main
+from supervisor.models.archive import open_model
+from supervisor.models.archiver import (
     ARCHIVER_VERSION,
     ArchiverError,
     ArchiveSpec,
@@ -37,7 +38,6 @@ from supervisor.archiver import (
     manifest,
     validate,
 )
-from supervisor.cli import main
 from supervisor.server import serve
 
 with warnings.catch_warnings():

@@ -32,7 +32,7 @@ from handlers.builtin.vision_handler import (
 from handlers.context import Context
 from handlers.runtime import read_manifest
 from supervisor import ModelConfig, ServerConfig
-from supervisor.server import Endpoints, serve
+from supervisor.server import BaseURLs, serve
 from tests.helpers import make_mar
 
 LABELS = {str(i): name for i, name in enumerate("abcdefghij")}
@@ -419,7 +419,7 @@ class Custom(BaseHandler):
 
 
 @pytest.fixture
-async def server(nursery, tmp_path) -> AsyncIterator[tuple[Endpoints, httpx.AsyncClient]]:
+async def server(nursery, tmp_path) -> AsyncIterator[tuple[BaseURLs, httpx.AsyncClient]]:
     store = tmp_path / "store"
     names = ("images", "bags", "tensors")
     for name in names:
@@ -453,7 +453,7 @@ async def server(nursery, tmp_path) -> AsyncIterator[tuple[Endpoints, httpx.Asyn
     shutdown.set()
 
 
-async def wait_ready(client: httpx.AsyncClient, endpoints: Endpoints, name: str) -> None:
+async def wait_ready(client: httpx.AsyncClient, endpoints: BaseURLs, name: str) -> None:
     with trio.fail_after(60):
         while True:
             [desc] = (await client.get(f"{endpoints.management}/models/{name}")).json()

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from supervisor.canary import (
+from supervisor.models.canary import (
     MAX_CANARIES,
     Canary,
     CanaryError,

@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from supervisor import ModelConfig, ServerConfig
-from supervisor.server import Endpoints, serve
+from supervisor.server import BaseURLs, serve
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +37,7 @@ class Recorder:
 
 
 @pytest.fixture
-async def server(nursery, handler_dir, request) -> AsyncIterator[tuple[Endpoints, Path]]:
+async def server(nursery, handler_dir, request) -> AsyncIterator[tuple[BaseURLs, Path]]:
     model_dir = handler_dir("recorder", RECORDING_HANDLER)
     settings = getattr(request, "param", {})
     model = ModelConfig(name="rec", handler="recorder", model_dir=str(model_dir), **settings)
@@ -77,7 +77,7 @@ async def has(log: Path, word: str, times: int = 1) -> bool:
     return (await seen(log)).count(word) >= times
 
 
-async def has_queued(endpoints: Endpoints, client: httpx.AsyncClient) -> bool:
+async def has_queued(endpoints: BaseURLs, client: httpx.AsyncClient) -> bool:
     [desc] = (await client.get(f"{endpoints.management}/models/rec")).json()
     return int(desc["jobQueueStatus"]["pendingRequests"]) == 1
 

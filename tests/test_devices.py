@@ -10,9 +10,9 @@ import pytest
 import trio
 
 from supervisor import InvalidRequest, ModelConfig, ServerConfig, open_supervisor
-from supervisor.devices import Device, device_for, parse_visible, visible_gpus
-from supervisor.pool import threads_per_worker
 from supervisor.server import serve
+from supervisor.supervision.devices import Device, device_for, parse_visible, visible_gpus
+from supervisor.supervision.factory import threads_per_worker
 
 
 def test_visible_devices_are_parsed_from_the_environment_value():

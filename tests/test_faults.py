@@ -21,7 +21,7 @@ import trio
 
 from supervisor import ModelConfig, ServerConfig, open_supervisor
 from supervisor.config import KIB
-from supervisor.server import Endpoints, serve
+from supervisor.server import BaseURLs, serve
 from tests.helpers import ECHO_HANDLER, FAST_RESTARTS, eventually
 from tests.invariants import Ledger, violations
 
@@ -86,7 +86,7 @@ def steady_model(handler_dir) -> ModelConfig:
 class Served:
     """A running server, its client, and the ledger of what was sent."""
 
-    endpoints: Endpoints
+    endpoints: BaseURLs
     client: httpx.AsyncClient
     ledger: Ledger
 

@@ -22,16 +22,16 @@ from handlers.builtin.text_classifier import load_vocab
 from handlers.context import Context
 from handlers.modelfile import model_file
 from handlers.torch_handler import BaseHandler
-from supervisor.archive import (
+from supervisor.config import ConfigError, model_config
+from supervisor.errors import InvalidModel, InvalidRequest, ModelNotFound
+from supervisor.models.archive import (
     MAX_MANIFEST_BYTES,
     MAX_NAME_LENGTH,
     check_manifest_paths,
     local_source,
     open_model,
 )
-from supervisor.config import ConfigError, model_config
-from supervisor.errors import InvalidModel, InvalidRequest, ModelNotFound
-from supervisor.tsconfig import (
+from supervisor.models.tsconfig import (
     MAX_YAML_BYTES,
     MAX_YAML_DEPTH,
     MAX_YAML_EXPANDED,

@@ -20,8 +20,8 @@ import pytest
 import trio
 
 from supervisor import ServerConfig
-from supervisor.http1 import MAX_HEAD
-from supervisor.server import Endpoints
+from supervisor.http.framing import MAX_HEAD
+from supervisor.server import BaseURLs
 from tests.test_security import (
     assert_error,
     bearer,
@@ -47,7 +47,7 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
 
 async def open_server(
     nursery: trio.Nursery, tmp_path, handler_dir, client: httpx.AsyncClient, **settings
-) -> tuple[Endpoints, ServerConfig]:
+) -> tuple[BaseURLs, ServerConfig]:
     """A server with the echo model, ready to answer."""
     config = secure_config(tmp_path, echo_model(handler_dir), **settings)
     endpoints = await start(nursery, config)

@@ -22,8 +22,8 @@ import trio
 from supervisor import limits
 from supervisor.api.management import sync_reply_budget
 from supervisor.config import ConfigError, ServerConfig, load_config, model_config
-from supervisor.server import Endpoints, serve
-from supervisor.tsconfig import model_yaml_settings, server_settings
+from supervisor.models.tsconfig import model_yaml_settings, server_settings
+from supervisor.server import BaseURLs, serve
 from tests.helpers import ECHO_HANDLER, FAST_RESTARTS, make_mar
 
 LOCAL = "127.0.0.1:0"
@@ -124,7 +124,7 @@ def test_a_synchronous_call_answers_before_hypercorn_drops_its_connection():
 
 @attrs.define
 class Server:
-    endpoints: Endpoints
+    endpoints: BaseURLs
     client: httpx.AsyncClient
 
     async def register(self, **params: Any) -> httpx.Response:

@@ -30,9 +30,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from supervisor.errors import DownloadFailed, InvalidRequest, ModelNotFound
+from supervisor.models.sweep import OWNER_FILE, open_scratch, sweep_leftovers
+from supervisor.models.urlpolicy import (
+    allowed_url,
+    archive_name,
+    normalize_url,
+    remove_dot_segments,
+)
 from supervisor.server import serve
-from supervisor.sweep import OWNER_FILE, open_scratch, sweep_leftovers
-from supervisor.urlpolicy import allowed_url, archive_name, normalize_url, remove_dot_segments
 from tests.helpers import ECHO_HANDLER, eventually, make_mar
 from tests.serveproc import ServeProcess, local_ports
 from tests.test_security import (
@@ -373,7 +378,7 @@ async def start_until(nursery, config, shutdown):
 _KILLED_MID_DOWNLOAD = """
 import os, signal, sys
 from pathlib import Path
-from supervisor.sweep import DOWNLOAD_JOURNAL, open_scratch, record_file
+from supervisor.models.sweep import DOWNLOAD_JOURNAL, open_scratch, record_file
 
 store = Path(sys.argv[1])
 with open_scratch(sys.argv[2]) as scratch:
@@ -480,7 +485,7 @@ async def test_a_killed_servers_leftovers_are_swept_and_its_url_registers_again(
 
 
 class _Base:
-    """What ``register`` needs of an ``Endpoints``: the management URL."""
+    """What ``register`` needs of an ``BaseURLs``: the management URL."""
 
     def __init__(self, management: str) -> None:
         self.management = management

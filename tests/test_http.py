@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from supervisor import ModelConfig, ServerConfig
-from supervisor.server import Endpoints, serve
+from supervisor.server import BaseURLs, serve
 from tests.helpers import CRASH_AT_LOAD_HANDLER, ECHO_HANDLER, FAST_RESTARTS
 
 pytestmark = pytest.mark.slow
@@ -67,7 +67,7 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
-async def server(nursery, client) -> AsyncIterator[Endpoints]:
+async def server(nursery, client) -> AsyncIterator[BaseURLs]:
     """A server with the built-in iris model, ready."""
     shutdown = trio.Event()
     config = server_config(ModelConfig(name="iris", handler="handlers.builtin.iris"))
@@ -77,7 +77,7 @@ async def server(nursery, client) -> AsyncIterator[Endpoints]:
     shutdown.set()
 
 
-async def wait_ready(client: httpx.AsyncClient, endpoints: Endpoints, name: str) -> dict:
+async def wait_ready(client: httpx.AsyncClient, endpoints: BaseURLs, name: str) -> dict:
     async def ready() -> dict:
         while True:
             desc = (await client.get(f"{endpoints.management}/models/{name}")).json()[0]

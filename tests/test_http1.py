@@ -7,10 +7,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from supervisor.http1 import (
+from supervisor.http.framing import (
     MAX_HEAD,
     ChunkedBody,
-    ProtocolError,
+    RequestRefused,
     chunk,
     find_head,
     parse_head,
@@ -69,7 +69,7 @@ def test_expect_continue_is_noticed():
     ],
 )
 def test_ambiguous_or_unsupported_heads_are_refused(head, status):
-    with pytest.raises(ProtocolError) as caught:
+    with pytest.raises(RequestRefused) as caught:
         parse_head(head)
     assert caught.value.status == status
 
@@ -91,7 +91,7 @@ def test_http10_may_leave_host_out():
     ],
 )
 def test_heads_over_the_limit_are_refused_however_they_arrive(data, status):
-    with pytest.raises(ProtocolError) as caught:
+    with pytest.raises(RequestRefused) as caught:
         find_head(data)
     assert caught.value.status == status
 
@@ -117,14 +117,14 @@ def test_a_chunked_body_in_pieces_with_extensions_and_trailers():
 
 def test_a_chunked_body_over_the_limit_is_413():
     decoder = ChunkedBody(limit=4)
-    with pytest.raises(ProtocolError) as caught:
+    with pytest.raises(RequestRefused) as caught:
         decoder.feed(bytearray(b"5\r\nhello\r\n0\r\n\r\n"))
     assert caught.value.status == 413
 
 
 @pytest.mark.parametrize("wire", [b"zz\r\n", b"5\r\nhelloXX", b"-1\r\n"])
 def test_malformed_chunks_are_400(wire):
-    with pytest.raises(ProtocolError) as caught:
+    with pytest.raises(RequestRefused) as caught:
         ChunkedBody(limit=100).feed(bytearray(wire))
     assert caught.value.status == 400
 
@@ -146,7 +146,7 @@ def test_chunked_round_trip(parts, step):
 def test_any_bytes_either_parse_or_raise_protocol_error(data):
     try:
         parse_head(data)
-    except ProtocolError as exc:
+    except RequestRefused as exc:
         status = exc.status
     else:
         status = 400

@@ -15,13 +15,13 @@ import pytest
 import trio
 
 from supervisor import ModelConfig, ServerConfig
-from supervisor.server import Endpoints, serve
+from supervisor.server import BaseURLs, serve
 from tests.helpers import ECHO_HANDLER
 
 pytestmark = pytest.mark.slow
 
 
-async def _start(nursery, handler_dir, tmp_path, **settings) -> Endpoints:
+async def _start(nursery, handler_dir, tmp_path, **settings) -> BaseURLs:
     model = ModelConfig(
         name="echo", handler="echo", model_dir=str(handler_dir("echo", ECHO_HANDLER))
     )
@@ -43,12 +43,12 @@ async def _start(nursery, handler_dir, tmp_path, **settings) -> Endpoints:
 _SHUTDOWN: dict[str, trio.Event] = {}
 
 
-def _stop(endpoints: Endpoints) -> trio.Event:
+def _stop(endpoints: BaseURLs) -> trio.Event:
     return _SHUTDOWN.pop(endpoints.inference)
 
 
 @pytest.fixture
-async def open_server(nursery, handler_dir, tmp_path) -> AsyncIterator[Endpoints]:
+async def open_server(nursery, handler_dir, tmp_path) -> AsyncIterator[BaseURLs]:
     endpoints = await _start(nursery, handler_dir, tmp_path, disable_token_authorization=True)
     async with httpx.AsyncClient(timeout=30) as client:
 
@@ -68,11 +68,11 @@ async def _until(check) -> None:
 
 
 @pytest.fixture
-async def connect() -> AsyncIterator[Callable[[Endpoints], Awaitable[trio.SocketStream]]]:
+async def connect() -> AsyncIterator[Callable[[BaseURLs], Awaitable[trio.SocketStream]]]:
     """Opens raw connections to the inference port; all are closed at the end."""
     streams: list[trio.SocketStream] = []
 
-    async def open_one(endpoints: Endpoints) -> trio.SocketStream:
+    async def open_one(endpoints: BaseURLs) -> trio.SocketStream:
         host, port = endpoints.inference.removeprefix("http://").split(":")
         streams.append(await trio.open_tcp_stream(host, int(port)))
         return streams[-1]

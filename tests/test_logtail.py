@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from supervisor.logtail import LogTail
+from supervisor.supervision.logtail import LogTail
 
 MARK = " [...line cut]"
 

@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from supervisor import ModelConfig, ServerConfig
-from supervisor.server import Endpoints, serve
+from supervisor.server import BaseURLs, serve
 from tests.helpers import CRASH_AT_LOAD_HANDLER, ECHO_HANDLER, make_mar
 
 pytestmark = pytest.mark.slow
@@ -41,7 +41,7 @@ class Described:
 
 @attrs.define
 class Server:
-    endpoints: Endpoints
+    endpoints: BaseURLs
     store: Path
     client: httpx.AsyncClient
 

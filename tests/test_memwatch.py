@@ -20,7 +20,7 @@ from supervisor import (
 )
 from supervisor.api.describe import describe_model
 from supervisor.config import MIB
-from supervisor.memwatch import over_limit, tree_rss
+from supervisor.supervision.memwatch import over_limit, tree_rss
 from tests.helpers import ECHO_HANDLER, FAST_RESTARTS, eventually, gone
 
 # Allocates on request and keeps the memory (bytes objects are written, so resident).

@@ -22,7 +22,7 @@ from prometheus_client.samples import Sample
 
 from supervisor import ModelConfig, ServerConfig, open_supervisor
 from supervisor.api.metrics import metrics_app
-from supervisor.metrics import (
+from supervisor.supervision.metrics import (
     BATCH_SIZE_BUCKETS,
     CONTENT_TYPE,
     LATENCY_BUCKETS,
@@ -30,9 +30,9 @@ from supervisor.metrics import (
     WORKER_STATES,
     Metrics,
 )
-from supervisor.pool import ModelState
-from supervisor.stats import ModelStats, WorkerStats
-from supervisor.worker import WorkerState
+from supervisor.supervision.pool import ModelState
+from supervisor.supervision.stats import ModelStats, WorkerStats
+from supervisor.supervision.worker import WorkerState
 
 HOST = "testhost"
 IRIS = ModelConfig(name="iris", handler="handlers.builtin.iris")

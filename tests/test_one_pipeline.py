@@ -412,7 +412,7 @@ async def test_both_front_ends_answer_alike(servers: dict[str, Server], name: st
 def test_the_lean_front_end_loads_no_web_framework() -> None:
     code = (
         "import sys\n"
-        "import supervisor.api.fastpath, supervisor.api.lean, supervisor.api.predict\n"
+        "import supervisor.api.fastpath, supervisor.http.lean, supervisor.api.predict\n"
         "print(sorted({m.split('.')[0] for m in sys.modules}))\n"
     )
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}

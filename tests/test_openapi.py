@@ -14,11 +14,11 @@ from openapi_spec_validator import validate
 
 from supervisor.api.describe import describe_model
 from supervisor.api.openapi import KINDS, openapi_document
-from supervisor.canary import CanaryResult, parse_canaries
 from supervisor.config import ModelConfig
 from supervisor.errors import CanaryFailed, ModelUnavailable, WorkerDied, WorkerTimeout
-from supervisor.metrics import CONTENT_TYPE
-from supervisor.stats import ExitStats, ModelStats, WorkerStats
+from supervisor.models.canary import CanaryResult, parse_canaries
+from supervisor.supervision.metrics import CONTENT_TYPE
+from supervisor.supervision.stats import ExitRecord, ModelStats, WorkerStats
 
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
@@ -252,12 +252,11 @@ def test_error_bodies_match_the_error_schema(docs):
 
 def test_describe_output_matches_the_schema(docs):
     """The real describe renderer, with a live worker, a restarted one and a FAILED model."""
-    died = ExitStats(
+    died = ExitRecord(
         incarnation=1,
         pid=8216,
         reason="the process exited",
         returncode=-9,
-        signal=9,
         uptime=5.7361,
         ended_at=1_700_000_000.0,
         log_tail=("worker: loaded iris",),

@@ -20,9 +20,7 @@ import trio
 from trio.testing import MockClock
 
 from handlers.protocol import InferItem, Kind, ReplyItem
-from supervisor.batching import Job
 from supervisor.config import ModelConfig
-from supervisor.core import open_supervisor
 from supervisor.errors import (
     ModelNotFound,
     ModelUnavailable,
@@ -32,7 +30,10 @@ from supervisor.errors import (
     WorkerTimeout,
 )
 from supervisor.policy import RestartPolicy
-from supervisor.pool import ModelState, Pool, Slot
+from supervisor.supervision.batching import Job
+from supervisor.supervision.core import open_supervisor
+from supervisor.supervision.pool import ModelState, Pool
+from supervisor.supervision.slot import Slot
 from tests.fakeworker import (
     Behaviour,
     FakeLauncher,

@@ -9,18 +9,18 @@ import trio
 from trio.testing import MockClock
 
 from handlers.protocol import InferItem, ReplyItem
-from supervisor.batching import Job
-from supervisor.canary import Canary
 from supervisor.config import ModelConfig
-from supervisor.core import open_supervisor
 from supervisor.errors import (
     CanaryFailed,
     ModelUnavailable,
     ModelVersionNotFound,
     WorkerStartFailed,
 )
+from supervisor.models.canary import Canary
 from supervisor.policy import RestartPolicy
-from supervisor.pool import ModelState
+from supervisor.supervision.batching import Job
+from supervisor.supervision.core import open_supervisor
+from supervisor.supervision.pool import ModelState
 from tests.fakeworker import Behaviour, FakeLauncher, sleep_then_echo
 
 SAYS_PING = Canary(body=b"ping", content_type="text/plain", expect_contains="ping")

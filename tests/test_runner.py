@@ -13,7 +13,8 @@ import psutil
 import pytest
 import trio
 
-from supervisor.readyfile import (
+from supervisor.runner.blocking import SyncModelServerRunner
+from supervisor.runner.readyfile import (
     FAILED,
     READY,
     ModelOutcome,
@@ -21,8 +22,7 @@ from supervisor.readyfile import (
     remove_ready_file,
     write_ready_file,
 )
-from supervisor.runner import ModelServerRunner
-from supervisor.runner_state import (
+from supervisor.runner.state import (
     Endpoint,
     Failure,
     FailureKind,
@@ -33,7 +33,7 @@ from supervisor.runner_state import (
     serve_command,
     settle,
 )
-from supervisor.runner_sync import SyncModelServerRunner
+from supervisor.runner.trio_runner import ModelServerRunner
 from tests.helpers import ECHO_HANDLER, eventually, gone, make_mar
 
 SLOW_LOAD_HANDLER = """

@@ -25,7 +25,7 @@ import pytest
 import trio
 
 from supervisor import ModelConfig, ServerConfig
-from supervisor.server import Endpoints, serve
+from supervisor.server import BaseURLs, serve
 from tests.helpers import ECHO_HANDLER, make_mar
 
 pytestmark = pytest.mark.slow
@@ -76,16 +76,16 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-async def start(nursery: trio.Nursery, config: ServerConfig) -> Endpoints:
+async def start(nursery: trio.Nursery, config: ServerConfig) -> BaseURLs:
     """Run a server in ``nursery`` (cancelled when the test ends)."""
-    endpoints: Endpoints = await nursery.start(
+    endpoints: BaseURLs = await nursery.start(
         partial(serve, config, shutdown=trio.Event(), handle_signals=False)
     )
     return endpoints
 
 
 async def wait_ready(
-    client: httpx.AsyncClient, endpoints: Endpoints, name: str, headers: dict[str, str]
+    client: httpx.AsyncClient, endpoints: BaseURLs, name: str, headers: dict[str, str]
 ) -> None:
     with trio.fail_after(30):
         while True:
@@ -97,7 +97,7 @@ async def wait_ready(
 
 
 async def predict(
-    client: httpx.AsyncClient, endpoints: Endpoints, body: bytes, headers: dict[str, str]
+    client: httpx.AsyncClient, endpoints: BaseURLs, body: bytes, headers: dict[str, str]
 ) -> httpx.Response:
     return await client.post(
         f"{endpoints.inference}/predictions/echo",
@@ -142,7 +142,7 @@ async def test_tokens_are_on_by_default_and_the_key_file_goes_away(tmp_path, han
 
 
 async def _check_inference_port(
-    client: httpx.AsyncClient, endpoints: Endpoints, keys: dict[str, str]
+    client: httpx.AsyncClient, endpoints: BaseURLs, keys: dict[str, str]
 ) -> None:
     r = await predict(client, endpoints, b"hi", {})
     assert_error(r, 401, "InvalidKeyException", TOKEN_FAILED)
@@ -161,7 +161,7 @@ async def _check_inference_port(
 
 
 async def _check_management_and_metrics_ports(
-    client: httpx.AsyncClient, endpoints: Endpoints, keys: dict[str, str]
+    client: httpx.AsyncClient, endpoints: BaseURLs, keys: dict[str, str]
 ) -> None:
     url = f"{endpoints.management}/models"
     assert_error(await client.get(url), 401, "InvalidKeyException", TOKEN_FAILED)
@@ -415,7 +415,7 @@ async def test_remote_urls_are_refused_by_default(nursery, tmp_path, client, arc
     assert list(store.iterdir()) == []
 
 
-async def start_downloader(nursery: trio.Nursery, tmp_path: Path) -> tuple[Endpoints, Path, dict]:
+async def start_downloader(nursery: trio.Nursery, tmp_path: Path) -> tuple[BaseURLs, Path, dict]:
     """A server that may fetch archives from 127.0.0.1 only: 64 KiB at most, within 1 s."""
     store = tmp_path / "store"
     store.mkdir()
@@ -432,7 +432,7 @@ async def start_downloader(nursery: trio.Nursery, tmp_path: Path) -> tuple[Endpo
 
 
 async def register(
-    client: httpx.AsyncClient, endpoints: Endpoints, url: str, key: str
+    client: httpx.AsyncClient, endpoints: BaseURLs, url: str, key: str
 ) -> httpx.Response:
     with trio.fail_after(10):
         return await client.post(

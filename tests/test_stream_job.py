@@ -11,10 +11,10 @@ import trio
 from trio.testing import MockClock
 
 from handlers.protocol import InferItem, ReplyItem
-from supervisor.batching import STREAM_MAX_BYTES, STREAM_MAX_PARTS, Job
 from supervisor.config import MIB, ModelConfig
 from supervisor.errors import DeadlineExceeded, StreamFailed, WorkerDied, WorkerTimeout
-from supervisor.pool import Pool
+from supervisor.supervision.batching import STREAM_MAX_BYTES, STREAM_MAX_PARTS, Job
+from supervisor.supervision.pool import Pool
 from tests.fakeworker import Behaviour, FakeLauncher, FakeProcess, crash, echo_replies
 
 # --- the Job on its own

@@ -15,8 +15,8 @@ import trio
 
 from handlers.protocol import InferItem
 from supervisor import ModelConfig, ServerConfig, StreamFailed, open_supervisor
-from supervisor.batching import STREAM_MAX_PARTS
-from supervisor.server import Endpoints, serve
+from supervisor.server import BaseURLs, serve
+from supervisor.supervision.batching import STREAM_MAX_PARTS
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.slow
@@ -103,7 +103,7 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
 
 async def start_server(
     nursery: trio.Nursery, *models: ModelConfig, lean_http: bool = True
-) -> Endpoints:
+) -> BaseURLs:
     """A server on free local ports (no tokens) with ``models`` loaded and ready.
 
     ``lean_http`` picks the inference port's front end (both must stream alike).
@@ -118,7 +118,7 @@ async def start_server(
         disable_token_authorization=True,
     )
     shutdown = trio.Event()
-    endpoints: Endpoints = await nursery.start(
+    endpoints: BaseURLs = await nursery.start(
         partial(serve, config, shutdown=shutdown, handle_signals=False)
     )
     nursery.start_soon(_stop_at_the_end, shutdown)

@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from supervisor import tsconfig
 from supervisor.cli import _parser, config_from_args
 from supervisor.config import (
     MILLISECONDS,
@@ -19,8 +18,8 @@ from supervisor.config import (
     model_config,
     name_from_url,
 )
-from supervisor.policy import RestartPolicy
-from supervisor.tsconfig import (
+from supervisor.models import tsconfig
+from supervisor.models.tsconfig import (
     ignored_keys,
     model_yaml_settings,
     parse_properties,
@@ -29,6 +28,7 @@ from supervisor.tsconfig import (
     store_tables,
     substitute_env,
 )
+from supervisor.policy import RestartPolicy
 
 # Shaped like the examples in TorchServe's docs/configuration.md and docker/ (the
 # models JSON continued over lines with backslashes, as the docs write it).
@@ -75,6 +75,7 @@ def load(props, store_entries=()):
 def test_exported_members():
     assert set(tsconfig.__all__) == {
         "ALL_MODELS",
+        "MAX_YAML_BYTES",
         "ignored_keys",
         "model_yaml_settings",
         "parse_properties",
@@ -714,7 +715,7 @@ def test_cli_help_states_the_precedence(capsys, monkeypatch):
 
 def test_model_config_yaml_sets_the_restart_policy():
     from supervisor.config import model_config
-    from supervisor.tsconfig import model_yaml_settings
+    from supervisor.models.tsconfig import model_yaml_settings
 
     keys, _ = model_yaml_settings(
         "maxRetryTimeoutInSec: 120\nrestartPolicy:\n  maxRestarts: 9\n  backoffMax: 4\n"
@@ -726,7 +727,7 @@ def test_model_config_yaml_sets_the_restart_policy():
 
 def test_unknown_restart_policy_keys_are_refused():
     from supervisor.config import ConfigError
-    from supervisor.tsconfig import model_yaml_settings
+    from supervisor.models.tsconfig import model_yaml_settings
 
     with pytest.raises(ConfigError, match="restartPolicy: unknown key"):
         model_yaml_settings("restartPolicy:\n  retries: 3\n")

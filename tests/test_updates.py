@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from supervisor import ServerConfig
-from supervisor.server import Endpoints, serve
+from supervisor.server import BaseURLs, serve
 from tests.helpers import CRASH_AT_LOAD_HANDLER, make_mar
 
 pytestmark = pytest.mark.slow
@@ -62,7 +62,7 @@ def archive(store: Path, file: str, version: str, handler: str, canaries: Any = 
 
 @attrs.define
 class Server:
-    endpoints: Endpoints
+    endpoints: BaseURLs
     client: httpx.AsyncClient
 
     async def register(self, **params: Any) -> httpx.Response:

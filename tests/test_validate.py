@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.canary import CanaryError, read_canaries
 from supervisor.cli import main
-from supervisor.runner_state import Failure, FailureKind
-from supervisor.validate import CanaryCheck, Report, TryResult, redact
+from supervisor.models.canary import CanaryError, read_canaries
+from supervisor.runner.state import Failure, FailureKind
+from supervisor.runner.validate import CanaryCheck, Report, TryResult, redact
 from tests.helpers import CRASH_AT_LOAD_HANDLER, ECHO_HANDLER, make_mar
 
 # --- canary files (pure) --------------------------------------------------------------------

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from handlers.protocol import InferItem, ReplyItem
 from supervisor.config import ModelConfig, ServerConfig, load_config
-from supervisor.core import Supervisor, open_supervisor
 from supervisor.errors import (
     CanaryFailed,
     InvalidRequest,
@@ -25,6 +24,7 @@ from supervisor.errors import (
     WorkerTimeout,
 )
 from supervisor.policy import RestartPolicy
+from supervisor.supervision.core import Supervisor, open_supervisor
 
 __all__ = [
     "DISTRIBUTION",

@@ -10,6 +10,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+__all__ = ["check_identity", "run"]
+
 
 def check_identity() -> str | None:
     """Return an explanation if ``import supervisor`` is not trio-supervisor."""

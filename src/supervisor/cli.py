@@ -20,10 +20,10 @@ from typing import Any
 
 import trio
 
-from supervisor import archiver, tsconfig
-from supervisor.archive import ARCHIVE_SUFFIXES
 from supervisor.config import ConfigError, ServerConfig, load_config, read_toml
-from supervisor.validate_command import add_validate_parser, run_validate
+from supervisor.models import archiver, tsconfig
+from supervisor.models.archive import ARCHIVE_SUFFIXES
+from supervisor.runner.command import add_validate_parser, run_validate
 
 __all__ = ["main"]
 
@@ -143,7 +143,7 @@ def _add_server_flags(serve: argparse.ArgumentParser) -> None:
 
 
 def _add_archive(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """``archive``: torch-model-archiver's flags (see supervisor.archiver)."""
+    """``archive``: torch-model-archiver's flags (see supervisor.models.archiver)."""
     archive = commands.add_parser(
         "archive",
         help="build a model archive (.mar) as torch-model-archiver does",
@@ -371,7 +371,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from supervisor.server import ListenError, serve
+    from supervisor.http.listeners import ListenError
+    from supervisor.server import serve
 
     failures: list[BaseException] = []
     try:

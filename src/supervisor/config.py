@@ -47,6 +47,7 @@ __all__ = [
     "load_config",
     "model_config",
     "name_from_url",
+    "read_toml",
 ]
 
 SECONDS = 1.0

@@ -23,6 +23,21 @@
 
 The ``type`` of each error is the name TorchServe clients see for the same case,
 so error bodies keep their shape: ``{"code", "type", "message"}``.
+
+Errors that never reach an HTTP client stay local to the module that raises them
+and catches them (``LOCAL_ERRORS`` names them; a test holds every exception class
+of the package to this tree or that list)::
+
+    supervisor.config.ConfigError              a bad setting, at start-up (CLI: exit 2)
+    supervisor.models.archiver.ArchiverError   ``python -m supervisor archive`` refused its input
+    supervisor.models.canary.CanaryError       a canary list is malformed (becomes InvalidModel)
+    supervisor.http.listeners.ListenError      a port cannot be listened on (CLI: exit 1)
+    supervisor.http.framing.RequestRefused     bytes that are no acceptable HTTP/1.1 request
+    supervisor.http.exchange.CloseConnection   a lean route ends its connection at once
+    supervisor.api.predict.StreamAborted       a streamed answer broke off after its head
+    supervisor.supervision.worker.NotDelivered a batch never reached its worker (requeued)
+    supervisor.runner.state.RunnerError        the runners' own tree (RunnerStateError,
+                                               ServerStartFailed), for code that starts a server
 """
 
 from __future__ import annotations
@@ -30,6 +45,7 @@ from __future__ import annotations
 import signal
 
 __all__ = [
+    "LOCAL_ERRORS",
     "CanaryFailed",
     "DeadlineExceeded",
     "DownloadFailed",
@@ -49,6 +65,21 @@ __all__ = [
     "WorkerStartFailed",
     "WorkerTimeout",
 ]
+
+LOCAL_ERRORS = (
+    "supervisor.config.ConfigError",
+    "supervisor.models.archiver.ArchiverError",
+    "supervisor.models.canary.CanaryError",
+    "supervisor.http.listeners.ListenError",
+    "supervisor.http.framing.RequestRefused",
+    "supervisor.http.exchange.CloseConnection",
+    "supervisor.api.predict.StreamAborted",
+    "supervisor.supervision.worker.NotDelivered",
+    "supervisor.runner.state.RunnerError",
+    "supervisor.runner.state.RunnerStateError",
+    "supervisor.runner.state.ServerStartFailed",
+)
+"""Exceptions outside the tree above, each raised and handled within its own layer."""
 
 
 class SupervisorError(Exception):

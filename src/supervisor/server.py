@@ -6,7 +6,8 @@
     ├── signal watcher (SIGTERM/SIGINT -> graceful shutdown; a second one -> now)
     └── supervisor nursery (outlives HTTP, so in-flight requests can finish)
         ├── pool per model version -> slot per worker -> worker incarnation
-        └── HTTP nursery: hypercorn serve() for inference, management, metrics
+        └── HTTP nursery: the lean server for inference (or Hypercorn with
+            ``lean_http = false``), Hypercorn for management and metrics
 
 Workers are spawned before the listeners open, so the interpreter start-up of
 the workers overlaps with the server's own. On shutdown the listeners stop
@@ -22,30 +23,21 @@ import os
 import shlex
 import signal
 from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
-from typing import Any
 
 import attrs
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
-from quart_trio import QuartTrio
 
 from supervisor.api.apps import Apps, build_apps
 from supervisor.api.fastpath import FastRoutes
-from supervisor.api.guard import Guard, GuardLimits, patch_hypercorn
-from supervisor.api.lean import LeanLimits, serve_lean
-from supervisor.archive import remove_paths
 from supervisor.auth import Tokens, remove_key_file, write_key_file
 from supervisor.config import DEFAULT_MODEL, ModelConfig, ServerConfig, name_from_url
-from supervisor.core import Supervisor, open_supervisor
 from supervisor.errors import SupervisorError, WorkerStartFailed
-from supervisor.http1 import MAX_HEAD
-from supervisor.metrics import Metrics
-from supervisor.pool import Pool
-from supervisor.process import Launcher
-from supervisor.readyfile import (
+from supervisor.http.listeners import serve_asgi_port, serve_lean_port
+from supervisor.models.archive import remove_paths
+from supervisor.models.registration import Registration, prepare_model
+from supervisor.models.sweep import open_scratch, sweep_leftovers
+from supervisor.runner.readyfile import (
     FAILED,
     READY,
     ModelOutcome,
@@ -53,10 +45,12 @@ from supervisor.readyfile import (
     remove_ready_file,
     write_ready_file,
 )
-from supervisor.registration import Registration, prepare_model
-from supervisor.sweep import open_scratch, sweep_leftovers
+from supervisor.supervision.core import Supervisor, open_supervisor
+from supervisor.supervision.metrics import Metrics
+from supervisor.supervision.pool import Pool
+from supervisor.supervision.process import Launcher
 
-__all__ = ["Endpoints", "ListenError", "serve"]
+__all__ = ["BaseURLs", "serve"]
 
 log = logging.getLogger("supervisor.server")
 
@@ -64,12 +58,8 @@ IRIS_EXAMPLE = "[5.1, 3.5, 1.4, 0.2]"
 _IDENTITY = frozenset({"name", "version", "handler", "url", "model_dir"})
 
 
-class ListenError(OSError):
-    """A listener could not be opened (address in use, no permission, bad address)."""
-
-
 @attrs.frozen
-class Endpoints:
+class BaseURLs:
     """The base URLs the server listens on."""
 
     inference: str
@@ -84,7 +74,7 @@ async def serve(
     handle_signals: bool = True,
     launcher: Launcher | None = None,
     ready_file: str | Path | None = None,
-    task_status: trio.TaskStatus[Endpoints] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[BaseURLs] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the server until ``shutdown`` is set (or SIGTERM/SIGINT arrives).
 
@@ -94,8 +84,8 @@ async def serve(
         handle_signals: capture SIGTERM and SIGINT (only in the main thread).
         launcher: starts worker processes.
         ready_file: where to write the ready file once start-up is over (see
-            ``supervisor.readyfile``); removed when the server stops.
-        task_status: receives the ``Endpoints`` once every listener is bound.
+            ``supervisor.runner.readyfile``); removed when the server stops.
+        task_status: receives the ``BaseURLs`` once every listener is bound.
     """
     shutdown = trio.Event() if shutdown is None else shutdown
     async with trio.open_nursery() as root:
@@ -125,7 +115,7 @@ class _Started:
 
     tokens: Tokens | None
     ready_file: str | Path | None
-    task_status: trio.TaskStatus[Endpoints]
+    task_status: trio.TaskStatus[BaseURLs]
 
 
 async def _serve_with(
@@ -205,97 +195,21 @@ def _key_file(config: ServerConfig) -> Iterator[Tokens | None]:
 
 async def _start_listeners(
     nursery: trio.Nursery, apps: Apps, fast: FastRoutes, config: ServerConfig, shutdown: trio.Event
-) -> Endpoints:
+) -> BaseURLs:
     if config.lean_http:
-        urls = [await nursery.start(_serve_lean, apps.inference, fast, config, shutdown)]
+        urls = [await nursery.start(serve_lean_port, apps.inference, fast.route, config, shutdown)]
     else:
         urls = [
             await nursery.start(
-                _serve_app, apps.inference, config.inference_address, config, shutdown
+                serve_asgi_port, apps.inference, config.inference_address, config, shutdown
             )
         ]
     for app, address in (
         (apps.management, config.management_address),
         (apps.metrics, config.metrics_address),
     ):
-        urls.append(await nursery.start(_serve_app, app, address, config, shutdown))
-    return Endpoints(*urls)
-
-
-async def _serve_lean(
-    app: QuartTrio,
-    fast: FastRoutes,
-    config: ServerConfig,
-    shutdown: trio.Event,
-    *,
-    task_status: trio.TaskStatus[str],
-) -> None:
-    limits = LeanLimits(
-        max_request_size=config.max_request_size,
-        read_timeout=config.read_timeout,
-        keep_alive_timeout=config.keep_alive_timeout,
-        graceful_timeout=config.shutdown_grace + 1.0,
-        write_timeout=config.write_timeout,
-        max_connections=config.max_connections,
-    )
-    address = config.inference_address
-    async with trio.open_nursery() as nursery:
-        try:
-            url = await nursery.start(
-                partial(serve_lean, app, fast.route, address, limits, shutdown)
-            )
-        except* OSError as group:
-            exc = _first_leaf(group)
-            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-            raise ListenError(f"cannot listen on {address}: {why}") from None
-        task_status.started(url)
-
-
-async def _serve_app(
-    app: QuartTrio,
-    address: str,
-    config: ServerConfig,
-    shutdown: trio.Event,
-    *,
-    task_status: trio.TaskStatus[str],
-) -> None:
-    patch_hypercorn()
-    limits = GuardLimits(
-        max_request_size=config.max_request_size, max_requests=config.max_connections
-    )
-    guarded: Any = Guard(app, limits)  # an ASGI app; hypercorn's types want a function
-    hc = _hypercorn_config(address, config)
-    async with trio.open_nursery() as nursery:
-        try:
-            binds: list[str] = await nursery.start(
-                partial(hypercorn_serve, guarded, hc, shutdown_trigger=shutdown.wait)
-            )
-        except* OSError as group:
-            exc = _first_leaf(group)
-            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-            raise ListenError(f"cannot listen on {address}: {why}") from None
-        task_status.started(binds[0])
-
-
-def _hypercorn_config(address: str, config: ServerConfig) -> HypercornConfig:
-    """Hypercorn's settings for one port: the server's limits, no access log."""
-    hc = HypercornConfig()
-    hc.bind = [address]
-    hc.h11_max_incomplete_size = MAX_HEAD + 4  # the lean front end's limit: 431 beyond
-    hc.graceful_timeout = config.shutdown_grace + 1.0
-    hc.read_timeout = max(1, round(config.read_timeout))  # a client that stops sending is dropped
-    # hypercorn closes a connection stalled in its headers only when this fires
-    hc.keep_alive_timeout = min(config.keep_alive_timeout, config.read_timeout)
-    hc.accesslog = None
-    hc.errorlog = logging.getLogger("hypercorn.error")
-    hc.write_timeout = config.write_timeout  # type: ignore[attr-defined]  # see patch_hypercorn
-    return hc
-
-
-def _first_leaf(error: BaseException) -> BaseException:
-    while isinstance(error, BaseExceptionGroup):
-        error = error.exceptions[0]
-    return error
+        urls.append(await nursery.start(serve_asgi_port, app, address, config, shutdown))
+    return BaseURLs(*urls)
 
 
 async def _drain_after_grace(sup: Supervisor, shutdown: trio.Event, grace: float) -> None:
@@ -321,7 +235,7 @@ def _ready_file(path: str | Path | None) -> Iterator[None]:
 
 
 async def _announce(
-    loaded: list[tuple[ModelConfig, Pool | str]], endpoints: Endpoints, started: _Started
+    loaded: list[tuple[ModelConfig, Pool | str]], endpoints: BaseURLs, started: _Started
 ) -> None:
     """Log the addresses, then each model as it settles; then write the ready file."""
     log.info(
@@ -341,7 +255,7 @@ async def _announce(
 
 
 async def _settled(
-    configured: ModelConfig, pool: Pool | str, endpoints: Endpoints, tokens: Tokens | None
+    configured: ModelConfig, pool: Pool | str, endpoints: BaseURLs, tokens: Tokens | None
 ) -> ModelOutcome:
     """Wait until a start-up model is ready or failed; log how to call a ready one."""
     if isinstance(pool, str):
@@ -356,7 +270,7 @@ async def _settled(
     return ModelOutcome(model.name, model.version, READY)
 
 
-def _log_try_line(pool: Pool, endpoints: Endpoints, tokens: Tokens | None) -> None:
+def _log_try_line(pool: Pool, endpoints: BaseURLs, tokens: Tokens | None) -> None:
     model = pool.config
     url = f"{endpoints.inference}/predictions/{model.name}"
     auth = f"-H 'Authorization: Bearer {tokens.inference}' " if tokens else ""

@@ -5,3 +5,5 @@
 ``image_classifier`` and ``text_classifier``. A model archive names them by
 these bare names, as it would name TorchServe's.
 """
+
+__all__: list[str] = []

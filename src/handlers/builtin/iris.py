@@ -19,6 +19,8 @@ from typing import Any
 
 from handlers.base import Context
 
+__all__ = ["CENTROIDS", "EXAMPLE", "LABELS", "IrisClassifier", "build_model", "features"]
+
 LABELS = ("setosa", "versicolor", "virginica")
 CENTROIDS = (
     (5.006, 3.428, 1.462, 0.246),

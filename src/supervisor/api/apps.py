@@ -18,8 +18,8 @@ from supervisor.api.openapi import openapi_document
 from supervisor.api.predict import Predictor
 from supervisor.auth import Tokens
 from supervisor.config import ServerConfig
-from supervisor.core import Supervisor
-from supervisor.metrics import Metrics
+from supervisor.supervision.core import Supervisor
+from supervisor.supervision.metrics import Metrics
 
 __all__ = ["Apps", "build_apps"]
 

@@ -1,7 +1,7 @@
 """What the three Quart apps share: rendering answers, the error handlers, tokens.
 
 The bodies, the error table and the request-id rule are framework-free
-(``supervisor.api.replies``); this module renders them as Quart responses.
+(``supervisor.http.replies``); this module renders them as Quart responses.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ from quart_trio import QuartTrio
 from werkzeug.datastructures import Headers
 from werkzeug.exceptions import HTTPException
 
-from supervisor.api.replies import (
+from supervisor.auth import Tokens, bearer_matches
+from supervisor.errors import SupervisorError, Unauthorized
+from supervisor.http.replies import (
     TOKEN_FAILED,
     Answer,
     error_answer,
@@ -23,8 +25,6 @@ from supervisor.api.replies import (
     json_bytes,
     request_id,
 )
-from supervisor.auth import Tokens, bearer_matches
-from supervisor.errors import SupervisorError, Unauthorized
 
 __all__ = [
     "RecordedResponse",
@@ -68,7 +68,7 @@ def error_response(error: SupervisorError) -> Response:
 
 
 def _request_id() -> str:
-    """The current request's ``x-request-id`` (``supervisor.api.replies.request_id``)."""
+    """The current request's ``x-request-id`` (``supervisor.http.replies.request_id``)."""
     return request_id(request.headers.get("X-Request-Id"), str(uuid.uuid4()))
 
 

@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from supervisor.config import ModelConfig
-from supervisor.hostmetrics import process_rss
-from supervisor.stats import ExitStats, ModelStats, WorkerStats
+from supervisor.supervision.hostmetrics import process_rss
+from supervisor.supervision.stats import ExitRecord, ModelStats, WorkerStats
 
 __all__ = ["describe_model", "model_url"]
 
@@ -78,7 +78,7 @@ def _worker(w: WorkerStats) -> dict[str, Any]:
     }
 
 
-def _exit(e: ExitStats) -> dict[str, Any]:
+def _exit(e: ExitRecord) -> dict[str, Any]:
     return {
         "incarnation": e.incarnation,
         "pid": e.pid,

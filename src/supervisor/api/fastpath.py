@@ -14,7 +14,6 @@ import re
 from collections.abc import Callable
 from functools import partial
 
-from supervisor.api.lean import CloseConnection, Exchange, FastHandler
 from supervisor.api.predict import (
     FORM_TYPES,
     Predictor,
@@ -23,10 +22,11 @@ from supervisor.api.predict import (
     Stream,
     StreamAborted,
 )
-from supervisor.api.replies import Answer
 from supervisor.auth import Tokens
-from supervisor.core import Supervisor
-from supervisor.http1 import RequestHead
+from supervisor.http.exchange import CloseConnection, Exchange, FastHandler
+from supervisor.http.framing import RequestHead
+from supervisor.http.replies import Answer
+from supervisor.supervision.core import Supervisor
 
 __all__ = ["FastRoutes"]
 

@@ -14,7 +14,7 @@ from quart_trio import QuartTrio
 from supervisor.api.common import RecordedResponse, json_response, routes_check_token, to_response
 from supervisor.api.predict import FORM_TYPES, Form, Predictor, Stream
 from supervisor.api.streaming import quiet_aborted_streams, streamed_response
-from supervisor.core import Supervisor
+from supervisor.supervision.core import Supervisor
 
 __all__ = ["add_inference_routes"]
 

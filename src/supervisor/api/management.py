@@ -21,11 +21,8 @@ from quart_trio import QuartTrio
 from supervisor import limits
 from supervisor.api.common import json_response
 from supervisor.api.describe import describe_model, model_url
-from supervisor.archive import remove_paths
 from supervisor.auth import Tokens, bearer_matches, write_key_file
-from supervisor.canary import Canary
 from supervisor.config import ModelConfig, ServerConfig
-from supervisor.core import Supervisor
 from supervisor.errors import (
     Forbidden,
     InvalidRequest,
@@ -34,13 +31,16 @@ from supervisor.errors import (
     SupervisorError,
     Unauthorized,
 )
-from supervisor.registration import (
+from supervisor.models.archive import remove_paths
+from supervisor.models.canary import Canary
+from supervisor.models.registration import (
     Registration,
     parse_registration,
     prepare_model,
     request_canaries,
 )
-from supervisor.rollout import UpdateResult
+from supervisor.supervision.core import Supervisor
+from supervisor.supervision.rollout import UpdateResult
 
 __all__ = ["SYNC_REPLY_SHARE", "ManagementContext", "add_management_routes", "sync_reply_budget"]
 

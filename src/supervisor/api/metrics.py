@@ -1,7 +1,7 @@
 """The metrics API (port 8082): ``GET /metrics`` in Prometheus text format.
 
 Like TorchServe, ``?name[]=a&name[]=b`` keeps only the named metrics, and the
-endpoint never asks for a token. What is rendered is `supervisor.metrics.Metrics`.
+endpoint never asks for a token. What is rendered is `supervisor.supervision.metrics.Metrics`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from supervisor.api.common import make_app
-from supervisor.metrics import Metrics
+from supervisor.supervision.metrics import Metrics
 
 __all__ = ["metrics_app"]
 

@@ -14,7 +14,7 @@ and the Quart route (``supervisor.api.inference``) only render outcomes.
 Nothing here imports a web framework.
 
 Every outcome carries ``x-request-id``: the client's own ``X-Request-Id`` if it
-sent a usable one (``supervisor.api.replies.request_id``), else the request id
+sent a usable one (``supervisor.http.replies.request_id``), else the request id
 the worker sees. A stream that breaks off midway is recorded with the failure's
 status and ends by raising ``StreamAborted``, which each front end turns into a
 connection closed without the last chunk.
@@ -31,10 +31,7 @@ from functools import partial
 import trio
 
 from handlers.protocol import InferItem, ReplyItem
-from supervisor.api.replies import TOKEN_FAILED, Answer, error_answer, json_answer, request_id
 from supervisor.auth import Tokens, bearer_matches
-from supervisor.batching import Job
-from supervisor.core import Supervisor
 from supervisor.errors import (
     DeadlineExceeded,
     InvalidRequest,
@@ -43,6 +40,9 @@ from supervisor.errors import (
     SupervisorError,
     Unauthorized,
 )
+from supervisor.http.replies import TOKEN_FAILED, Answer, error_answer, json_answer, request_id
+from supervisor.supervision.batching import Job
+from supervisor.supervision.core import Supervisor
 
 __all__ = [
     "DEADLINE_HEADER",

@@ -10,18 +10,16 @@ while waiting is replaced.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+import random
 
 import attrs
 import trio
 
-from supervisor.devices import Device, device_for
 from supervisor.errors import WorkerStartFailed
 from supervisor.policy import Backoff
-from supervisor.worker import Worker
-
-if TYPE_CHECKING:
-    from supervisor.pool import Pool
+from supervisor.supervision.devices import Device
+from supervisor.supervision.factory import WorkerFactory
+from supervisor.supervision.worker import Worker
 
 __all__ = ["Spare", "SpareKeeper"]
 
@@ -40,11 +38,15 @@ class SpareKeeper:
     """Keeps one warm spare ready for a pool.
 
     Args:
-        pool: the pool the spare stands by for.
+        factory: makes the model's workers.
+        label: ``name/version`` for log lines.
+        rng: randomness for the backoff between failed starts.
     """
 
-    def __init__(self, pool: Pool) -> None:
-        self.pool = pool
+    def __init__(self, factory: WorkerFactory, label: str, rng: random.Random) -> None:
+        self.factory = factory
+        self.label = label
+        self.rng = rng
         self.ready: Spare | None = None
         self.started = 0
         self._taken = trio.Event()
@@ -70,12 +72,12 @@ class SpareKeeper:
 
     async def run(self, nursery: trio.Nursery) -> None:
         """Start spares one after another, each in ``nursery``, until stopped."""
-        backoff = Backoff(self.pool.config.restart)
+        backoff = Backoff(self.factory.config.restart)
         with self._scope:
             while not self._stopping:
                 spare = await self._start(nursery)
                 if spare is None:
-                    await trio.sleep(max(0.5, backoff.next_delay(0.0, self.pool.rng)))
+                    await trio.sleep(max(0.5, backoff.next_delay(0.0, self.rng)))
                     continue
                 backoff.failures = 0
                 self.ready = spare
@@ -85,14 +87,14 @@ class SpareKeeper:
 
     async def _start(self, nursery: trio.Nursery) -> Spare | None:
         self.started += 1
-        device = device_for(self.started - 1, self.pool.config.handler_config, self.pool.gpus)
-        worker = self.pool.new_worker("spare", self.started, device)
+        device = self.factory.device(self.started - 1)
+        worker = self.factory.new_worker("spare", self.started, device)
         try:
             await nursery.start(worker.run)
         except WorkerStartFailed as exc:
-            log.warning("warm spare for %s failed to start: %s", self.pool.label, exc.message)
+            log.warning("warm spare for %s failed to start: %s", self.label, exc.message)
             return None
-        log.info("warm spare for %s ready (pid %s)", self.pool.label, worker.pid)
+        log.info("warm spare for %s ready (pid %s)", self.label, worker.pid)
         return Spare(worker, device)
 
     async def _wait_taken_or_dead(self, worker: Worker) -> None:

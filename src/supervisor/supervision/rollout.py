@@ -1,6 +1,6 @@
 """Checking a model version with its canaries before it becomes the default.
 
-The pure part (parsing, judging) is ``supervisor.canary``; this module sends the
+The pure part (parsing, judging) is ``supervisor.models.canary``; this module sends the
 canaries to one version's pool, in order, and turns the first failure into a
 ``CanaryFailed`` that carries the canary's report and the workers' log tail.
 """
@@ -15,10 +15,17 @@ import attrs
 import trio
 
 from handlers.protocol import InferItem
-from supervisor.canary import ARCHIVE_FILE, Canary, CanaryError, CanaryResult, judge, read_canaries
 from supervisor.config import ModelConfig
 from supervisor.errors import CanaryFailed, InvalidModel, SupervisorError
-from supervisor.pool import Pool
+from supervisor.models.canary import (
+    ARCHIVE_FILE,
+    Canary,
+    CanaryError,
+    CanaryResult,
+    judge,
+    read_canaries,
+)
+from supervisor.supervision.pool import Pool
 
 __all__ = [
     "UpdateResult",

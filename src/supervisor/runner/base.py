@@ -24,8 +24,7 @@ from typing import Generic, Protocol, TypeVar
 
 import psutil
 
-from supervisor.logtail import LogTail
-from supervisor.runner_state import (
+from supervisor.runner.state import (
     KEY_FILE,
     READY_FILE,
     Endpoint,
@@ -34,8 +33,16 @@ from supervisor.runner_state import (
     RunnerState,
     exit_failure,
 )
+from supervisor.supervision.logtail import LogTail
 
-__all__ = ["Descendants", "RunnerBase", "read_scratch"]
+__all__ = [
+    "EOF_GRACE",
+    "POLL",
+    "SWEEP_GRACE",
+    "Descendants",
+    "RunnerBase",
+    "read_scratch",
+]
 
 POLL = 0.05
 """Seconds between looks at the ready file while waiting."""

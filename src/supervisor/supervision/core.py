@@ -34,17 +34,22 @@ import trio
 
 from handlers.protocol import InferItem, ReplyItem
 from supervisor import limits
-from supervisor.archive import remove_paths
-from supervisor.batching import Job
-from supervisor.canary import Canary, CanaryResult
 from supervisor.config import ModelConfig, ServerConfig
-from supervisor.devices import device_for, visible_gpus
 from supervisor.errors import CanaryFailed, DeadlineExceeded, InvalidRequest, SupervisorError
-from supervisor.pool import ModelState, Pool
-from supervisor.process import Launcher, ProcessLauncher
-from supervisor.registry import Registry
-from supervisor.rollout import UpdateResult, archive_canaries, failure_outcome, run_canaries
-from supervisor.stats import ModelStats
+from supervisor.models.archive import remove_paths
+from supervisor.models.canary import Canary, CanaryResult
+from supervisor.supervision.batching import Job
+from supervisor.supervision.devices import device_for, visible_gpus
+from supervisor.supervision.pool import ModelState, Pool
+from supervisor.supervision.process import Launcher, ProcessLauncher
+from supervisor.supervision.registry import Registry
+from supervisor.supervision.rollout import (
+    UpdateResult,
+    archive_canaries,
+    failure_outcome,
+    run_canaries,
+)
+from supervisor.supervision.stats import ModelStats
 
 __all__ = ["Supervisor", "open_supervisor"]
 

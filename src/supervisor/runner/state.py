@@ -9,8 +9,8 @@ of TFX's model-server runner::
     any state --stop()--> END
 
 RUNNING does not last by itself: a server that exits later makes the runner
-ABORTED the next time it is asked. The trio runner (``supervisor.runner``) and
-the synchronous one (``supervisor.runner_sync``) are thin shells that feed this
+ABORTED the next time it is asked. The trio runner (``supervisor.runner.trio_runner``) and
+the synchronous one (``supervisor.runner.blocking``) are thin shells that feed this
 module what they see (the child's exit status, the ready file, the key file,
 the log tail) and act on its answers.
 
@@ -30,8 +30,8 @@ from pathlib import Path
 
 import attrs
 
-from supervisor.exits import describe_returncode
-from supervisor.readyfile import ModelOutcome, ReadyReport
+from supervisor.runner.readyfile import ModelOutcome, ReadyReport
+from supervisor.supervision.exits import describe_returncode
 
 __all__ = [
     "KEY_FILE",

@@ -21,10 +21,10 @@ import attrs
 import httpx
 import trio
 
-from supervisor.canary import Canary, CanaryError, judge, read_canaries
-from supervisor.runner import ModelServerRunner
-from supervisor.runner_state import Endpoint, ServerStartFailed
-from supervisor.validate import LOAD_AND_QUERY, LOAD_ONLY, CanaryCheck, Report, TryResult
+from supervisor.models.canary import Canary, CanaryError, judge, read_canaries
+from supervisor.runner.state import Endpoint, ServerStartFailed
+from supervisor.runner.trio_runner import ModelServerRunner
+from supervisor.runner.validate import LOAD_AND_QUERY, LOAD_ONLY, CanaryCheck, Report, TryResult
 
 __all__ = ["ValidateOptions", "add_validate_parser", "run_validate", "validate"]
 

@@ -1,6 +1,6 @@
 """An ASGI guard in front of the Quart apps that Hypercorn serves.
 
-The lean front end (``supervisor.api.lean``) enforces its limits itself; on the
+The lean front end (``supervisor.http.lean``) enforces its limits itself; on the
 Hypercorn ports (management, metrics, and inference with ``lean_http = false``)
 this middleware does what Hypercorn and Quart do not:
 
@@ -40,8 +40,8 @@ from hypercorn.events import Closed, Event, RawData
 from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio.tcp_server import TCPServer
 
-from supervisor.api.replies import http_error_body
-from supervisor.http1 import MAX_HEAD
+from supervisor.http.framing import MAX_HEAD
+from supervisor.http.replies import http_error_body
 
 __all__ = ["Guard", "GuardLimits", "patch_hypercorn"]
 

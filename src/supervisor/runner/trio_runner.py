@@ -13,8 +13,8 @@ works only while RUNNING, and ``stop()`` ends it all::
 
 Leaving the block calls ``stop()``, shielded from cancellation: SIGTERM to the
 server's process group, ``stop_grace`` seconds to shut down, SIGKILL, reap,
-then every descendant seen is swept (see ``supervisor.runner_io``). The states
-and decisions live in ``supervisor.runner_state``; this module only does I/O.
+then every descendant seen is swept (see ``supervisor.runner.base``). The states
+and decisions live in ``supervisor.runner.state``; this module only does I/O.
 """
 
 from __future__ import annotations
@@ -29,15 +29,14 @@ from types import TracebackType
 
 import trio
 
-from supervisor.exits import signal_group
-from supervisor.runner_io import (
+from supervisor.runner.base import (
     EOF_GRACE,
     POLL,
     SWEEP_GRACE,
     RunnerBase,
     read_scratch,
 )
-from supervisor.runner_state import (
+from supervisor.runner.state import (
     Endpoint,
     Failure,
     FailureKind,
@@ -46,6 +45,7 @@ from supervisor.runner_state import (
     serve_command,
     settle,
 )
+from supervisor.supervision.exits import signal_group
 
 __all__ = ["ModelServerRunner"]
 

@@ -29,8 +29,8 @@ __all__ = [
     "MAX_HEAD",
     "METHODS",
     "ChunkedBody",
-    "ProtocolError",
     "RequestHead",
+    "RequestRefused",
     "chunk",
     "find_head",
     "parse_head",
@@ -51,7 +51,7 @@ _DIGITS = re.compile(rb"[0-9]{1,18}")
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")
 
 
-class ProtocolError(Exception):
+class RequestRefused(Exception):
     """The bytes are not an HTTP/1.1 request this server accepts.
 
     Attributes:
@@ -111,14 +111,14 @@ def find_head(buffer: bytes | bytearray) -> int:
     """Where the head at the start of ``buffer`` ends (its blank line), or -1 if not yet.
 
     Raises:
-        ProtocolError: 414 if the request line, 431 if the head, is longer than
+        RequestRefused: 414 if the request line, 431 if the head, is longer than
             ``MAX_HEAD`` (however many bytes arrived at once).
     """
     if buffer.find(b"\r\n", 0, MAX_HEAD + 2) < 0 and len(buffer) >= MAX_HEAD + 2:
-        raise ProtocolError(414, f"the request line is longer than {MAX_HEAD} bytes")
+        raise RequestRefused(414, f"the request line is longer than {MAX_HEAD} bytes")
     end = buffer.find(b"\r\n\r\n", 0, MAX_HEAD + 4)
     if end < 0 and len(buffer) >= MAX_HEAD + 4:
-        raise ProtocolError(431, f"the request head is longer than {MAX_HEAD} bytes")
+        raise RequestRefused(431, f"the request head is longer than {MAX_HEAD} bytes")
     return end
 
 
@@ -126,12 +126,12 @@ def parse_head(data: bytes) -> RequestHead:
     """Parse a request head: the bytes before the blank line that ends it.
 
     Raises:
-        ProtocolError: the head is malformed or asks for what is not supported.
+        RequestRefused: the head is malformed or asks for what is not supported.
     """
     lines = data.split(b"\r\n")
     method, target, http10 = _request_line(lines[0])
     if len(lines) - 1 > MAX_HEADERS:
-        raise ProtocolError(431, f"more than {MAX_HEADERS} header fields")
+        raise RequestRefused(431, f"more than {MAX_HEADERS} header fields")
     headers = [_field(line) for line in lines[1:]]
     path, _, query = target.partition(b"?")
     head = RequestHead(method.decode(), target.decode(), path.decode(), query, http10, headers)
@@ -143,30 +143,30 @@ def parse_head(data: bytes) -> RequestHead:
 def _request_line(line: bytes) -> tuple[bytes, bytes, bool]:
     parts = line.split(b" ")
     if len(parts) != 3 or not _TOKEN.fullmatch(parts[0]):
-        raise ProtocolError(400, "malformed request line")
+        raise RequestRefused(400, "malformed request line")
     method, target, version = parts
     if version == b"HTTP/1.1":
         http10 = False
     elif version == b"HTTP/1.0":
         http10 = True
     elif version.startswith(b"HTTP/"):
-        raise ProtocolError(505, "only HTTP/1.1 and HTTP/1.0 are supported")
+        raise RequestRefused(505, "only HTTP/1.1 and HTTP/1.0 are supported")
     else:
-        raise ProtocolError(400, "malformed request line")
+        raise RequestRefused(400, "malformed request line")
     if method.decode() not in METHODS:
-        raise ProtocolError(501, f"method {method.decode()!r} is not implemented")
+        raise RequestRefused(501, f"method {method.decode()!r} is not implemented")
     if not _TARGET.fullmatch(target):
-        raise ProtocolError(400, "the request target must be a path starting with /")
+        raise RequestRefused(400, "the request target must be a path starting with /")
     return method, target, http10
 
 
 def _field(line: bytes) -> tuple[bytes, bytes]:
     name, colon, value = line.partition(b":")
     if not colon or not _TOKEN.fullmatch(name):
-        raise ProtocolError(400, "malformed header field")
+        raise RequestRefused(400, "malformed header field")
     value = value.strip(b" \t")
     if not _FIELD_VALUE.fullmatch(value):
-        raise ProtocolError(400, "invalid character in a header value")
+        raise RequestRefused(400, "invalid character in a header value")
     return name.lower(), value
 
 
@@ -186,13 +186,13 @@ def _framing(head: RequestHead) -> None:
             head.expect_continue = value.lower() == b"100-continue"
     if codings:
         if codings != [b"chunked"] or head.http10:
-            raise ProtocolError(501, "the only transfer coding supported is chunked")
+            raise RequestRefused(501, "the only transfer coding supported is chunked")
         if lengths:
-            raise ProtocolError(400, "both Content-Length and Transfer-Encoding")
+            raise RequestRefused(400, "both Content-Length and Transfer-Encoding")
         head.chunked = True
     elif lengths:
         if len(lengths) != 1 or not _DIGITS.fullmatch(next(iter(lengths))):
-            raise ProtocolError(400, "invalid Content-Length")
+            raise RequestRefused(400, "invalid Content-Length")
         head.content_length = int(next(iter(lengths)))
     if head.http10:
         head.keep_alive = b"keep-alive" in connection
@@ -204,7 +204,7 @@ def _check_host(head: RequestHead) -> None:
     """One ``Host`` header in HTTP/1.1 (at most one in HTTP/1.0): RFC 9112 section 3.2."""
     hosts = sum(1 for name, _ in head.headers if name == b"host")
     if hosts > 1 or (hosts == 0 and not head.http10):
-        raise ProtocolError(400, "a request must have exactly one Host header")
+        raise RequestRefused(400, "a request must have exactly one Host header")
 
 
 class ChunkedBody:
@@ -215,7 +215,7 @@ class ChunkedBody:
     """
 
     def __init__(self, limit: int) -> None:
-        """Decode at most ``limit`` body bytes (ProtocolError 413 beyond)."""
+        """Decode at most ``limit`` body bytes (RequestRefused 413 beyond)."""
         self.limit = limit
         self.body = bytearray()
         self.done = False
@@ -227,7 +227,7 @@ class ChunkedBody:
         """Consume what can be decoded from the front of ``buffer``.
 
         Raises:
-            ProtocolError: malformed framing, or the body is over the limit.
+            RequestRefused: malformed framing, or the body is over the limit.
         """
         while not self.done:
             if self._left:
@@ -242,7 +242,7 @@ class ChunkedBody:
                 if len(buffer) < 2:
                     return
                 if buffer[:2] != b"\r\n":
-                    raise ProtocolError(400, "malformed chunked body")
+                    raise RequestRefused(400, "malformed chunked body")
                 del buffer[:2]
                 self._need_crlf = False
             line = _take_line(buffer)
@@ -256,10 +256,10 @@ class ChunkedBody:
             return
         size = line.partition(b";")[0].strip(b" \t")
         if not _HEX.fullmatch(size):
-            raise ProtocolError(400, "malformed chunk size")
+            raise RequestRefused(400, "malformed chunk size")
         self._left = int(size, 16)
         if len(self.body) + self._left > self.limit:
-            raise ProtocolError(413, f"the request body is larger than {self.limit} bytes")
+            raise RequestRefused(413, f"the request body is larger than {self.limit} bytes")
         self._in_trailers = self._left == 0
 
 
@@ -267,7 +267,7 @@ def _take_line(buffer: bytearray) -> bytes | None:
     end = buffer.find(b"\r\n", 0, 4096)
     if end < 0:
         if len(buffer) >= 4096:
-            raise ProtocolError(400, "a chunk line is too long")
+            raise RequestRefused(400, "a chunk line is too long")
         return None
     line = bytes(buffer[:end])
     del buffer[: end + 2]

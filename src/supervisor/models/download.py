@@ -1,14 +1,14 @@
 """Fetching a remote model archive: allowed URLs only, bounded in size and time.
 
 The URL is matched against ``allowed_urls`` in its normal form (see
-``supervisor.urlpolicy``), and that form is what is fetched. Redirects are
+``supervisor.models.urlpolicy``), and that form is what is fetched. Redirects are
 followed by hand so that every hop is normalised and checked the same way. A
 ``file://`` URL (when allowed) names no host, and the file it leads to after its
 links are resolved must be allowed too.
 
 The body goes to a ``.download.*`` file in the target directory, abandoned as
 soon as it passes ``max_bytes``, and is renamed to its own name once complete.
-With a ``journal`` (see ``supervisor.sweep``) both files are recorded before they
+With a ``journal`` (see ``supervisor.models.sweep``) both files are recorded before they
 are used, so that a server killed mid-download has its leftovers swept at the
 next start. A file already under that name is refused, unless it is the
 leftover of a server that is gone (then it is swept and fetched again).
@@ -27,8 +27,8 @@ import httpx
 import trio
 
 from supervisor.errors import DownloadFailed, SupervisorError
-from supervisor.sweep import record_file, sweep_leftovers
-from supervisor.urlpolicy import allowed_url, archive_name
+from supervisor.models.sweep import record_file, sweep_leftovers
+from supervisor.models.urlpolicy import allowed_url, archive_name
 
 __all__ = ["fetch"]
 

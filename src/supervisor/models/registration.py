@@ -21,7 +21,9 @@ from typing import Any
 import attrs
 import trio
 
-from supervisor.archive import (
+from supervisor.config import ConfigError, ModelConfig, ServerConfig, model_config, name_from_url
+from supervisor.errors import InvalidModel, InvalidRequest, ModelNotFound
+from supervisor.models.archive import (
     ModelFiles,
     check_manifest_paths,
     check_url,
@@ -30,12 +32,10 @@ from supervisor.archive import (
     remove_paths,
     store_entry,
 )
-from supervisor.canary import Canary, CanaryError, parse_canaries, read_canaries
-from supervisor.config import ConfigError, ModelConfig, ServerConfig, model_config, name_from_url
-from supervisor.download import fetch
-from supervisor.errors import InvalidModel, InvalidRequest, ModelNotFound
-from supervisor.sweep import DOWNLOAD_JOURNAL
-from supervisor.tsconfig import MAX_YAML_BYTES, model_yaml_settings
+from supervisor.models.canary import Canary, CanaryError, parse_canaries, read_canaries
+from supervisor.models.download import fetch
+from supervisor.models.sweep import DOWNLOAD_JOURNAL
+from supervisor.models.tsconfig import MAX_YAML_BYTES, model_yaml_settings
 
 __all__ = ["Registration", "parse_registration", "prepare_model", "request_canaries"]
 

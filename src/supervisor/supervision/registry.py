@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from supervisor.canary import Canary
 from supervisor.errors import ModelConflict, ModelNotFound, ModelVersionNotFound
-from supervisor.pool import Pool
+from supervisor.models.canary import Canary
+from supervisor.supervision.pool import Pool
 
 __all__ = ["Registry"]
 

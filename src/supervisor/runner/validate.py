@@ -1,6 +1,6 @@
 """The ``validate`` report: what each try saw, the verdict, and its two renderings.
 
-Pure values (no I/O): ``supervisor.validate_command`` runs the tries and fills
+Pure values (no I/O): ``supervisor.runner.command`` runs the tries and fills
 them in. A validation passes when one try passes; a try passes when the model
 loaded and every canary got the status it expected (in load-only mode there
 are no canaries, so loading is enough).
@@ -14,9 +14,17 @@ from typing import Any
 
 import attrs
 
-from supervisor.runner_state import Failure
+from supervisor.runner.state import Failure
 
-__all__ = ["CanaryCheck", "Report", "TryResult", "exit_status", "redact"]
+__all__ = [
+    "LOAD_AND_QUERY",
+    "LOAD_ONLY",
+    "CanaryCheck",
+    "Report",
+    "TryResult",
+    "exit_status",
+    "redact",
+]
 
 LOAD_ONLY = "load-only"
 LOAD_AND_QUERY = "load-and-query"

@@ -19,9 +19,9 @@ from typing import Protocol
 
 import trio
 
-from supervisor.exits import describe_returncode, signal_group
+from supervisor.supervision.exits import signal_group
 
-__all__ = ["Launcher", "ProcessLauncher", "RealProcess", "WorkerProcess", "describe_returncode"]
+__all__ = ["Launcher", "ProcessLauncher", "RealProcess", "WorkerProcess"]
 
 
 class WorkerProcess(Protocol):

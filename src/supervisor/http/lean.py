@@ -2,10 +2,10 @@
 
 Hypercorn and Quart cost about 0.6 ms of CPU per request before any model work
 (docs/performance.md), more than the whole budget of a fast model. This server
-reads requests off trio sockets itself, answers the prediction routes through
-``FastRoutes`` (no framework, no per-request task beyond a disconnect watcher),
-and hands every other request to the Quart app over ASGI, so the rest of the
-API keeps one implementation.
+reads requests off trio sockets itself, answers the routes its router takes
+(the prediction routes, ``supervisor.api.fastpath``) with no framework and no
+task per request, and hands every other request to the Quart app over ASGI
+(``supervisor.http.asgi``), so the rest of the API keeps one implementation.
 
 ::
 
@@ -34,22 +34,19 @@ import logging
 import math
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Any
-from urllib.parse import unquote
 
 import attrs
 import trio
 
-from supervisor import http1
-from supervisor.api.replies import Answer, http_error_body
-from supervisor.http1 import ProtocolError, RequestHead
+from supervisor.http import framing as http1
+from supervisor.http.asgi import ASGIApp, Lifespan, serve_asgi
+from supervisor.http.exchange import CloseConnection, Exchange, Peer, Router
+from supervisor.http.framing import RequestHead, RequestRefused
+from supervisor.http.replies import http_error_body
 
-__all__ = ["Answer", "CloseConnection", "LeanLimits", "Peer", "serve_lean"]
+__all__ = ["LeanLimits", "serve_lean"]
 
 log = logging.getLogger("supervisor.http")
-
-Peer = tuple[str, int]
-ASGIApp = Callable[..., Awaitable[None]]
 
 
 @attrs.frozen
@@ -78,67 +75,6 @@ class LeanLimits:
     read_ahead: int = 64 * 1024
     linger_timeout: float = 2.0
     linger_size: int = 16 * 1024 * 1024
-
-
-class CloseConnection(Exception):
-    """Raised by a handler to end the connection at once (e.g. a stream cut short)."""
-
-
-class Exchange:
-    """What a route handler gets for one request.
-
-    Attributes:
-        head: the parsed request head.
-        body: the complete request body.
-        peer: the client's address.
-    """
-
-    def __init__(self, conn: _Connection, head: RequestHead, body: bytes) -> None:
-        self._conn = conn
-        self.head = head
-        self.body = body
-        self.peer = conn.peer
-
-    def client_gone(self) -> bool:
-        """Whether the client has closed its side (checked without blocking)."""
-        return self._conn.client_gone()
-
-    async def until_disconnect(self) -> None:
-        """Return when the client closes its side of the connection.
-
-        Bytes that arrive meanwhile (a pipelined next request) are kept.
-        """
-        await self._conn.until_eof()
-
-    async def send_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-        """Start a chunked response."""
-        await self._conn.write(
-            http1.response_head(status, headers, content_length=None, keep_alive=self.keep_alive)
-        )
-
-    async def send_raw(self, data: bytes) -> None:
-        """Send bytes of a response as they are (a head, or a body with a known length)."""
-        await self._conn.write(data)
-
-    async def send_chunk(self, data: bytes) -> None:
-        """Send one chunk of a chunked response started with ``send_head``."""
-        if data:
-            await self._conn.write(http1.chunk(data))
-
-    async def end_chunks(self) -> None:
-        """End a chunked response."""
-        await self._conn.write(http1.LAST_CHUNK)
-
-    @property
-    def keep_alive(self) -> bool:
-        """Whether the connection stays open after this response."""
-        return self.head.keep_alive and not self._conn.server.closing
-
-
-FastHandler = Callable[[Exchange], Awaitable["Answer | None"]]
-"""Answers a request it takes (an Answer, or None once it streamed its own), or is not called."""
-Router = Callable[[RequestHead], "FastHandler | None"]
-"""Picks the fast handler for a request, or None to hand it to the ASGI app."""
 
 
 class _Server:
@@ -214,6 +150,11 @@ class _Connection:
         except OSError:
             self.peer = ("", 0)
 
+    @property
+    def closing(self) -> bool:
+        """Whether the server is shutting down (no keep-alive then)."""
+        return self.server.closing
+
     def _enter(self, phase: int, timeout: float) -> None:
         self.phase = phase
         self.scope.deadline = trio.current_time() + timeout if timeout < math.inf else math.inf
@@ -224,7 +165,7 @@ class _Connection:
                 await self._requests()
             if self.scope.cancelled_caught and self.phase == _BODY:
                 await self.fail(408, "the request body did not arrive in time")
-        except ProtocolError as exc:
+        except RequestRefused as exc:
             await self.fail(exc.status, exc.message)
         except (trio.BrokenResourceError, trio.ClosedResourceError, CloseConnection):
             pass
@@ -268,7 +209,7 @@ class _Connection:
         """The whole body; None if the client closed first."""
         limit = self.limits.max_request_size
         if head.content_length is not None and head.content_length > limit:
-            raise ProtocolError(413, f"the request body is larger than {limit} bytes")
+            raise RequestRefused(413, f"the request body is larger than {limit} bytes")
         if not head.has_body:
             return b""
         if head.expect_continue and not self.buffer:
@@ -299,7 +240,7 @@ class _Connection:
         handler = self.server.router(head)
         exchange = Exchange(self, head, body)
         if handler is None:
-            return await _asgi(self.server, exchange)
+            return await serve_asgi(self.server.app, self.server.local, exchange)
         answer = await handler(exchange)
         keep = exchange.keep_alive
         if answer is None:
@@ -407,7 +348,7 @@ async def serve_lean(
     bound = f"[{ip}]:{sockname[1]}" if ":" in ip else f"{ip}:{sockname[1]}"
     server = _Server(app, router, limits, (str(sockname[0]), int(sockname[1])))
     async with trio.open_nursery() as outer:
-        lifespan = await outer.start(_Lifespan(app).run)
+        lifespan = await outer.start(Lifespan(app).run)
         try:
             async with trio.open_nursery() as connections:
                 async with trio.open_nursery() as accepting:
@@ -435,146 +376,3 @@ def _accept(
         await trio.serve_listeners(handler, listeners, handler_nursery=nursery)
 
     return accept
-
-
-class _Lifespan:
-    """Runs the ASGI app's lifespan protocol: startup before serving, shutdown after."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        self._to_app, self._app_inbox = trio.open_memory_channel[dict[str, Any]](2)
-        self._from_app, self._our_inbox = trio.open_memory_channel[dict[str, Any]](2)
-        self._done = trio.Event()
-
-    async def run(self, *, task_status: trio.TaskStatus[_Lifespan]) -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._app_task)
-            await self._to_app.send({"type": "lifespan.startup"})
-            reply = await self._our_inbox.receive()
-            if reply["type"] != "lifespan.startup.complete":
-                raise RuntimeError(f"the app failed to start: {reply.get('message', reply)}")
-            task_status.started(self)
-
-    async def _app_task(self) -> None:
-        scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": {}}
-        try:
-            await self.app(scope, self._app_inbox.receive, self._from_app.send)
-        finally:
-            self._done.set()
-
-    async def stop(self) -> None:
-        """Run the app's shutdown and wait for its lifespan to end."""
-        with trio.move_on_after(5):
-            await self._to_app.send({"type": "lifespan.shutdown"})
-            await self._done.wait()
-
-
-async def _asgi(server: _Server, exchange: Exchange) -> bool:
-    """Hand one request to the ASGI app; whether the connection stays open."""
-    head = exchange.head
-    bridge = _Bridge(exchange)
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "http_version": "1.0" if head.http10 else "1.1",
-        "method": head.method,
-        "scheme": "http",
-        "path": _unquote(head.path),
-        "raw_path": head.path.encode(),
-        "query_string": head.query,
-        "root_path": "",
-        "headers": head.headers,
-        "client": exchange.peer,
-        "server": server.local,
-        "state": {},
-    }
-    try:
-        await server.app(scope, bridge.receive, bridge.send)
-    except Exception as exc:
-        if _connection_lost(exc):
-            return False  # the client went away mid-answer: nothing to log
-        log.exception("unexpected error in the app for %s %s", head.method, head.path)
-        if bridge.started:
-            return False
-        body = http_error_body(500, "internal error")
-        await bridge.send({"type": "http.response.start", "status": 500, "headers": []})
-        await bridge.send({"type": "http.response.body", "body": body})
-    if not bridge.complete:
-        return False  # a response cut short: the client must see it incomplete
-    return exchange.keep_alive
-
-
-class _Bridge:
-    """ASGI ``receive`` and ``send`` for one request over the lean connection."""
-
-    def __init__(self, exchange: Exchange) -> None:
-        self.exchange = exchange
-        self.body_given = False
-        self.started = False
-        self.complete = False
-        self.status = 500
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.chunked = False
-        self.bodiless = False
-
-    async def receive(self) -> dict[str, Any]:
-        if not self.body_given:
-            self.body_given = True
-            return {"type": "http.request", "body": self.exchange.body, "more_body": False}
-        if not self.complete:
-            await self.exchange.until_disconnect()
-        return {"type": "http.disconnect"}
-
-    async def send(self, message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            self.status = int(message["status"])
-            self.headers = [(bytes(k).lower(), bytes(v)) for k, v in message.get("headers", [])]
-            return
-        if message["type"] != "http.response.body" or self.complete:
-            return
-        data = bytes(message.get("body", b""))
-        more = bool(message.get("more_body", False))
-        if not self.started:
-            await self._start(data, more)
-        elif self.bodiless:
-            pass
-        elif self.chunked:
-            await self.exchange.send_chunk(data)
-        elif data:
-            await self.exchange.send_raw(data)
-        if not more:
-            if self.chunked and not self.bodiless:
-                await self.exchange.end_chunks()
-            self.complete = True
-
-    async def _start(self, data: bytes, more: bool) -> None:
-        """Send the head, and the body's first part unless the request was HEAD.
-
-        An answer to HEAD has no body (RFC 9110 section 9.3.2); its Content-Length
-        is the GET answer's. A body sent anyway would be read by a keep-alive
-        client as the start of its next answer.
-        """
-        self.started = True
-        self.bodiless = self.exchange.head.method == "HEAD"
-        length = next((int(v) for k, v in self.headers if k == b"content-length"), None)
-        if not more and not (self.bodiless and length is not None):
-            length = len(data)
-        self.chunked = length is None
-        head = http1.response_head(
-            self.status, self.headers, content_length=length, keep_alive=self.exchange.keep_alive
-        )
-        if self.bodiless:
-            await self.exchange.send_raw(head)
-        else:
-            await self.exchange.send_raw(head + (http1.chunk(data) if self.chunked else data))
-
-
-def _connection_lost(error: BaseException) -> bool:
-    """Whether ``error`` (or every error in its group) is the connection breaking."""
-    if isinstance(error, BaseExceptionGroup):
-        return all(_connection_lost(e) for e in error.exceptions)
-    return isinstance(error, (trio.BrokenResourceError, trio.ClosedResourceError))
-
-
-def _unquote(path: str) -> str:
-    return unquote(path) if "%" in path else path

@@ -37,7 +37,7 @@ from typing import Any
 import attrs
 
 from supervisor.errors import InvalidModel, InvalidRequest, ModelNotFound
-from supervisor.urlpolicy import allowed_url, url_scheme
+from supervisor.models.urlpolicy import allowed_url, url_scheme
 
 __all__ = [
     "ARCHIVE_SUFFIXES",
@@ -47,6 +47,7 @@ __all__ = [
     "check_manifest_paths",
     "check_url",
     "local_source",
+    "open_model",
     "remove_paths",
     "store_entry",
     "unpack",
@@ -101,7 +102,7 @@ def check_url(url: str, allowed_urls: tuple[str, ...]) -> bool:
     """Whether ``url`` is remote (True) after checking it is allowed; False for a store name.
 
     Raises:
-        InvalidRequest: the url is empty, or a malformed URL (see ``supervisor.urlpolicy``).
+        InvalidRequest: the url is empty, or a malformed URL (see ``supervisor.models.urlpolicy``).
         ModelNotFound: a name that could leave the store, or a URL that is not allowed.
     """
     if not url:

@@ -8,7 +8,7 @@ Everything is rendered at scrape time, from three sources:
 * ``statistics()`` snapshots give the supervision metrics (model and worker states,
   incarnations, restarts, queue depth, each worker's RSS);
 * psutil gives the host's CPU, memory and disk, under TorchServe's names and units
-  (`supervisor.hostmetrics`).
+  (`supervisor.supervision.hostmetrics`).
 
 TorchServe's ``Requests2XX`` and ``ts_*_latency_microseconds`` are counters whose
 samples carry no ``_total`` suffix. The Python client cannot render such a counter,
@@ -35,8 +35,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from supervisor.hostmetrics import SystemCollector, process_rss
-from supervisor.stats import ModelStats
+from supervisor.supervision.hostmetrics import SystemCollector, process_rss
+from supervisor.supervision.stats import ModelStats
 
 __all__ = [
     "BATCH_SIZE_BUCKETS",

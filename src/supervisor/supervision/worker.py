@@ -37,11 +37,12 @@ from handlers.protocol import (
 )
 from supervisor.config import ModelConfig
 from supervisor.errors import SupervisorError, WorkerDied, WorkerStartFailed, WorkerTimeout
-from supervisor.logtail import LogTail
-from supervisor.memwatch import check_memory, watch_memory
-from supervisor.process import Launcher, WorkerProcess, describe_returncode
+from supervisor.supervision.logtail import LogTail
+from supervisor.supervision.memwatch import check_memory, watch_memory
+from supervisor.supervision.process import Launcher, WorkerProcess
+from supervisor.supervision.stats import ExitRecord
 
-__all__ = ["ExitRecord", "NotDelivered", "Worker", "WorkerState"]
+__all__ = ["NotDelivered", "Worker", "WorkerState"]
 
 worker_log = logging.getLogger("supervisor.worker")
 """Every line a worker writes, at DEBUG (``--log-level DEBUG`` shows them)."""
@@ -59,37 +60,6 @@ class WorkerState(enum.Enum):
 
 class NotDelivered(Exception):
     """A batch could not even be sent: the worker was already gone. Requeue it."""
-
-
-@attrs.frozen
-class ExitRecord:
-    """Why and how an incarnation ended.
-
-    Attributes:
-        reason: what ended it ("exited", "response timeout after 2 s", ...).
-        returncode: the process's return code (negative: the signal), if reaped.
-        uptime: seconds from spawn to exit.
-        ended_at: wall-clock time of the end (seconds since the epoch).
-        log_tail: the last lines the worker wrote.
-        requested: true when the supervisor asked it to stop (scale down, unload).
-    """
-
-    reason: str
-    returncode: int | None
-    uptime: float
-    ended_at: float
-    log_tail: tuple[str, ...]
-    requested: bool = False
-
-    @property
-    def signal(self) -> int | None:
-        """The signal that killed the process, if one did."""
-        return -self.returncode if self.returncode is not None and self.returncode < 0 else None
-
-    def summary(self) -> str:
-        """One line: the reason and how the process ended."""
-        how = "not reaped" if self.returncode is None else describe_returncode(self.returncode)
-        return f"{self.reason} ({how})"
 
 
 PartHandler = Callable[[list[ReplyItem]], None]
@@ -205,7 +175,8 @@ class Worker:
             self._proc = proc = await self._launcher.launch(self._env)
         except OSError as exc:
             self.state = WorkerState.DEAD
-            self.exit = ExitRecord(f"could not spawn the worker: {exc}", None, 0.0, time.time(), ())
+            why = f"could not spawn the worker: {exc}"
+            self.exit = ExitRecord(why, None, 0.0, time.time(), (), incarnation=self.incarnation)
             self.dead.set()
             raise WorkerStartFailed(f"worker {self.name} could not be spawned: {exc}") from None
         self.pid = proc.pid
@@ -459,6 +430,8 @@ class Worker:
             ended_at=time.time(),
             log_tail=self.log.lines(),
             requested=self._stop_requested,
+            incarnation=self.incarnation,
+            pid=self.pid,
         )
         pending = self._pending
         if pending is not None and not pending.done.is_set():

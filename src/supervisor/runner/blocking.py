@@ -1,7 +1,7 @@
 """The model-server runner for code without Trio: CI scripts, pipelines, tests.
 
-The same states and decisions as ``supervisor.runner`` (both drive
-``supervisor.runner_state``), over ``subprocess.Popen`` and one reader thread
+The same states and decisions as ``supervisor.runner.trio_runner`` (both drive
+``supervisor.runner.state``), over ``subprocess.Popen`` and one reader thread
 that keeps the server's last output lines::
 
     with SyncModelServerRunner(["--models", "echo.mar", "--model-store", "store"]) as runner:
@@ -27,15 +27,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from supervisor.exits import signal_group
-from supervisor.runner_io import (
+from supervisor.runner.base import (
     EOF_GRACE,
     POLL,
     SWEEP_GRACE,
     RunnerBase,
     read_scratch,
 )
-from supervisor.runner_state import (
+from supervisor.runner.state import (
     Endpoint,
     Failure,
     FailureKind,
@@ -43,6 +42,7 @@ from supervisor.runner_state import (
     serve_command,
     settle,
 )
+from supervisor.supervision.exits import signal_group
 
 __all__ = ["SyncModelServerRunner"]
 

@@ -52,11 +52,12 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from supervisor.archive import ARCHIVE_SUFFIXES
 from supervisor.config import MIB, MILLISECONDS, SECONDS, ConfigError, name_from_url
+from supervisor.models.archive import ARCHIVE_SUFFIXES
 
 __all__ = [
     "ALL_MODELS",
+    "MAX_YAML_BYTES",
     "ignored_keys",
     "model_yaml_settings",
     "parse_properties",
