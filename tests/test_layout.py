@@ -2,7 +2,7 @@
 
 ``src/supervisor`` is grouped by layer, bottom to top::
 
-    foundation   supervisor.{errors, config, limits, policy, auth}: values and rules
+    foundation   supervisor.{errors, config, limits, policy, auth, atomicfile}: values, rules
     models       supervisor.models: what a model is made of on disk
     supervision  supervisor.supervision: the nursery tree, pools, workers, metrics
     http         supervisor.http: bytes on sockets (HTTP/1.1 framing, the lean server)
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src"
 PACKAGES = ("supervisor", "handlers")
 
-FOUNDATION = frozenset({"errors", "config", "limits", "policy", "auth"})
+FOUNDATION = frozenset({"errors", "config", "limits", "policy", "auth", "atomicfile"})
 RANKS = {"models": 1, "supervision": 2, "http": 3, "runner": 3, "api": 4}
 ROOT_RANK = 5
 

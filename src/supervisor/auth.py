@@ -17,11 +17,12 @@ import os
 import re
 import secrets
 import stat
-import tempfile
 from pathlib import Path
 
 import attrs
 import orjson
+
+from supervisor.atomicfile import write_replacing
 
 __all__ = ["Tokens", "bearer_matches", "remove_key_file", "write_key_file"]
 
@@ -86,16 +87,7 @@ def write_key_file(path: str | Path, tokens: Tokens) -> Path:
     """
     given = Path(path)
     target = given.parent.resolve() / given.name  # the link itself, not where it leads
-    fd, temporary = tempfile.mkstemp(prefix=".key_file.", dir=target.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(tokens.to_json())
-        os.replace(temporary, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
+    write_replacing(target, tokens.to_json(), prefix=".key_file.", mode=0o600)
     return target
 
 

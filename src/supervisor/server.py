@@ -129,7 +129,7 @@ async def _serve_with(
     metrics = Metrics(sup.statistics)
     sup.on_batch = metrics.observe_batch
     apps = build_apps(sup, config, started.tokens, metrics, scratch)
-    fast = FastRoutes(sup, started.tokens, metrics.observe_request, metrics.count_response)
+    fast = FastRoutes(apps.predictor)
     async with trio.open_nursery() as helpers:
         async with trio.open_nursery() as listeners:
             endpoints = await _start_listeners(listeners, apps, fast, config, shutdown)

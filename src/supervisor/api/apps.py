@@ -28,11 +28,20 @@ _DESCRIPTION_PATHS = ("/", "/api-description")
 
 @attrs.frozen
 class Apps:
-    """The apps of one server, one per port."""
+    """The apps of one server, one per port, and the prediction pipeline they share.
+
+    Attributes:
+        inference: the inference port's app (the lean server's fallback).
+        management: the management port's app.
+        metrics: the metrics port's app.
+        predictor: the one prediction pipeline, rendered by the inference app and
+            by the lean front end's fast routes.
+    """
 
     inference: QuartTrio
     management: QuartTrio
     metrics: QuartTrio
+    predictor: Predictor
 
 
 def build_apps(
@@ -63,7 +72,7 @@ def build_apps(
     _add_description(metrics_port, "metrics")
     for app in (inference, management, metrics_port):
         _no_redirects(app)
-    return Apps(inference, management, metrics_port)
+    return Apps(inference, management, metrics_port, predictor)
 
 
 def _no_redirects(app: QuartTrio) -> None:

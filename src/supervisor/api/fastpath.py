@@ -11,22 +11,18 @@ implementation. Nothing here imports Quart or Werkzeug.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from functools import partial
 
 from supervisor.api.predict import (
     FORM_TYPES,
     Predictor,
-    RequestObserver,
     Route,
     Stream,
     StreamAborted,
 )
-from supervisor.auth import Tokens
 from supervisor.http.exchange import CloseConnection, Exchange, FastHandler
 from supervisor.http.framing import RequestHead
 from supervisor.http.replies import Answer
-from supervisor.supervision.core import Supervisor
 
 __all__ = ["FastRoutes"]
 
@@ -38,20 +34,11 @@ class FastRoutes:
     """``POST``/``PUT`` on ``/predictions/...`` and ``/explanations/...``.
 
     Args:
-        sup: the supervisor.
-        tokens: the keys, if authorization is on.
-        observe: called once per answered request (model, version, status, latency, queue).
-        on_response: called with every response's status.
+        predictor: the prediction pipeline (shared with the Quart route).
     """
 
-    def __init__(
-        self,
-        sup: Supervisor,
-        tokens: Tokens | None,
-        observe: RequestObserver | None,
-        on_response: Callable[[int], None] | None,
-    ) -> None:
-        self.predictor = Predictor(sup, tokens, observe, on_response)
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
 
     def route(self, head: RequestHead) -> FastHandler | None:
         """The handler for ``head``, or None to leave it to the Quart app."""

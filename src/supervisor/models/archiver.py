@@ -26,7 +26,6 @@ import os
 import re
 import shutil
 import tarfile
-import tempfile
 import zipfile
 from collections.abc import Iterator
 from datetime import datetime
@@ -35,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+
+from supervisor.atomicfile import replacing
 
 __all__ = [
     "ARCHIVER_VERSION",
@@ -265,20 +266,15 @@ def build(spec: ArchiveSpec, *, created: datetime | None = None) -> Path:
 
 def _write_replacing(target: Path, spec: ArchiveSpec, files: dict[str, Path], text: str) -> None:
     """Write the archive next to ``target``, then rename it into place."""
-    fd, temporary = tempfile.mkstemp(prefix=f".{spec.model_name}-", dir=target.parent)
-    os.close(fd)
-    try:
+    with replacing(target, prefix=f".{spec.model_name}-") as (fd, temporary):
+        os.close(fd)
         if spec.archive_format == "tgz":
-            _write_tgz(Path(temporary), spec.model_name, files, text)
+            _write_tgz(temporary, spec.model_name, files, text)
         else:
             stored = spec.archive_format == "zip-store"
             compression = zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED
-            _write_zip(Path(temporary), files, text, compression)
+            _write_zip(temporary, files, text, compression)
         os.chmod(temporary, 0o644)
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def _write_zip(path: Path, files: dict[str, Path], text: str, compression: int) -> None:

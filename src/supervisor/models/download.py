@@ -16,7 +16,6 @@ leftover of a server that is gone (then it is swept and fetched again).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -26,6 +25,7 @@ from urllib.parse import quote, unquote, urljoin, urlsplit
 import httpx
 import trio
 
+from supervisor.atomicfile import renamed_over
 from supervisor.errors import DownloadFailed, SupervisorError
 from supervisor.models.sweep import record_file, sweep_leftovers
 from supervisor.models.urlpolicy import allowed_url, archive_name
@@ -66,16 +66,11 @@ async def fetch(
     if not await trio.to_thread.run_sync(_make_room, target):
         raise DownloadFailed(f"Model file already exists {target.name}")
     fd, temporary = await trio.to_thread.run_sync(_open_temporary, target, journal)
-    try:
+    with renamed_over(temporary, target):
         with os.fdopen(fd, "wb") as out:
             await _fill(out, url, allowed_urls, max_bytes, time_limit)
         if journal is not None:
             record_file(journal, target, os.lstat(temporary), finished=True)
-        os.replace(temporary, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
     return target
 
 

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import subprocess
 import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import psutil
 
@@ -99,6 +100,21 @@ class RunnerBase(Generic[P]):
 
     def _init_io(self) -> None:
         """Set up what the Trio or the blocking runner needs besides (a hook)."""
+
+    def _spawn_options(self) -> dict[str, Any]:
+        """How the server is spawned: no stdin, output in one pipe, a session of its own.
+
+        In a session (and process group) of its own, the server's signals reach
+        nobody else, and one ``killpg`` reaches its workers too.
+        """
+        return {
+            "stdin": subprocess.DEVNULL,
+            "stdout": subprocess.PIPE,
+            "stderr": subprocess.STDOUT,
+            "start_new_session": True,
+            "cwd": self._cwd,
+            "env": self._env,
+        }
 
     @property
     def state(self) -> RunnerState:

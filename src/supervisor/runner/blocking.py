@@ -85,15 +85,7 @@ class SyncModelServerRunner(RunnerBase["subprocess.Popen[bytes]"]):
         self._scratch = Path(tempfile.mkdtemp(prefix="trio-supervisor-runner-"))
         command = serve_command(self._args, self._scratch, self._python)
         try:
-            self._process = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # a group of its own: signals reach nobody else
-                cwd=self._cwd,
-                env=self._env,
-            )
+            self._process = subprocess.Popen(command, **self._spawn_options())
         except OSError as exc:
             self._core.observe(Failure(FailureKind.SPAWN, f"cannot launch {command[0]}: {exc}"))
             return

@@ -24,11 +24,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import attrs
+
+from supervisor.atomicfile import write_replacing
 
 __all__ = [
     "FAILED",
@@ -118,15 +119,7 @@ class ReadyReport:
 def write_ready_file(path: str | Path, report: ReadyReport) -> None:
     """Write ``report`` to ``path`` atomically (readers never see half a file)."""
     target = Path(path).resolve()
-    fd, temporary = tempfile.mkstemp(prefix=".ready.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(report.to_json())
-        os.replace(temporary, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
+    write_replacing(target, report.to_json(), prefix=".ready.")
 
 
 def remove_ready_file(path: str | Path) -> None:

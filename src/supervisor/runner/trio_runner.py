@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
-import subprocess
 import tempfile
 from pathlib import Path
 from types import TracebackType
@@ -106,15 +105,7 @@ class ModelServerRunner(RunnerBase[trio.Process]):
         self._core.start()
         command = serve_command(self._args, self._scratch, self._python)
         try:
-            process = await trio.lowlevel.open_process(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # a group of its own: signals reach nobody else
-                cwd=self._cwd,
-                env=self._env,
-            )
+            process = await trio.lowlevel.open_process(command, **self._spawn_options())
         except OSError as exc:
             self._core.observe(Failure(FailureKind.SPAWN, f"cannot launch {command[0]}: {exc}"))
             return
