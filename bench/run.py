@@ -204,15 +204,16 @@ def _progress(row: dict[str, Any]) -> str:
     )
 
 
-def cold_start(workdir: str) -> dict[str, float]:
+def cold_start(workdir: str, *, env: dict[str, str] | None = None) -> dict[str, float]:
     """Process start to first success, with the default config (built-in iris, token auth).
 
-    The same measurement as bench/startup_recovery.py, on servers.start.
+    The same measurement as bench/startup_recovery.py, on servers.start (``env`` is
+    added to the server's environment).
     """
     args = [sys.executable, "-m", "supervisor", "serve"]
     args += [f"--{k}-address=127.0.0.1:0" for k in ("inference", "management", "metrics")]
     t0 = time.perf_counter()
-    srv = servers.start(args, workdir)
+    srv = servers.start(args, workdir, env=env)
     try:
         listening = time.perf_counter() - t0
         with open(os.path.join(workdir, "key_file.json")) as handle:
