@@ -34,6 +34,14 @@ import trio
 DEADLINE_HEADER = "X-Client-Timeout-Ms"
 SLACK = 1.0
 """Seconds an answer may come after its deadline (scheduling on 2 shared cores)."""
+KEEPALIVE_EXPIRY = 2.0
+"""Seconds a client keeps an idle connection: below the server's keep_alive_timeout (5 s).
+
+A request written on a connection that the server is closing for idleness at that
+moment is lost in transport (RFC 9112 section 9.3.1; a POST is not retried), so a
+client must give up idle connections before the server does. httpx's own default
+(5 s) equals the server's and loses one request in several thousand to that race.
+"""
 WORKER_NAMED = re.compile(r"\bw\d+#\d+\b")
 _WORKER_FAULTS = {("InternalServerException", 500), ("InternalServerException", 507)}
 _WORKER_FAULTS |= {("WorkerTimeoutException", 504)}

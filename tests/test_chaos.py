@@ -28,7 +28,15 @@ import pytest
 import trio
 
 from tests.helpers import ECHO_HANDLER, eventually
-from tests.invariants import Ledger, descendants, figures, report, still_alive, violations
+from tests.invariants import (
+    KEEPALIVE_EXPIRY,
+    Ledger,
+    descendants,
+    figures,
+    report,
+    still_alive,
+    violations,
+)
 from tests.serveproc import ServeProcess
 
 pytestmark = pytest.mark.slow
@@ -220,7 +228,9 @@ async def stop_cleanly(chaos: Chaos) -> None:
     ],
 )
 async def test_chaos_under_load(nursery, tmp_path, handler_dir, how, seconds):
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    limits = httpx.Limits(
+        max_connections=64, max_keepalive_connections=64, keepalive_expiry=KEEPALIVE_EXPIRY
+    )
     async with httpx.AsyncClient(timeout=60, limits=limits) as client:
         chaos = await start_chaos(nursery, tmp_path, handler_dir, client)
         data = await run_chaos(chaos, how, seconds)
@@ -234,7 +244,9 @@ async def test_chaos_under_load(nursery, tmp_path, handler_dir, how, seconds):
 async def test_sigkill_of_the_supervisor_under_load_leaves_no_process(
     nursery, tmp_path, handler_dir, run
 ):
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    limits = httpx.Limits(
+        max_connections=64, max_keepalive_connections=64, keepalive_expiry=KEEPALIVE_EXPIRY
+    )
     async with httpx.AsyncClient(timeout=60, limits=limits) as client:
         chaos = await start_chaos(nursery, tmp_path, handler_dir, client)
         ledger = Ledger(client, chaos.urls[0], chaos.server.headers("inference"))

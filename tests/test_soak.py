@@ -22,7 +22,7 @@ import psutil
 import pytest
 import trio
 
-from tests.invariants import Ledger, figures, report, violations
+from tests.invariants import KEEPALIVE_EXPIRY, Ledger, figures, report, violations
 from tests.test_chaos import WORK, Chaos, start_chaos, stop_cleanly
 
 pytestmark = [pytest.mark.slow, pytest.mark.soak]
@@ -104,7 +104,9 @@ def window(samples: list[Sample], first: bool) -> Sample:
 
 
 async def test_soak_keeps_the_supervisor_flat(nursery, tmp_path, handler_dir):
-    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    limits = httpx.Limits(
+        max_connections=256, max_keepalive_connections=256, keepalive_expiry=KEEPALIVE_EXPIRY
+    )
     async with httpx.AsyncClient(timeout=60, limits=limits) as client:
         chaos = await start_chaos(
             nursery, tmp_path, handler_dir, client, echo_extra="memory_limit_mb = 500"
