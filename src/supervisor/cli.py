@@ -130,6 +130,7 @@ def _add_server_flags(serve: argparse.ArgumentParser) -> None:
         action="store_true",
         help="allow registering and unregistering models over HTTP",
     )
+    _add_snapshot_flags(serve)
     serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     serve.add_argument(
         "--key-file", metavar="FILE", help="where the API keys are written (default key_file.json)"
@@ -211,6 +212,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     """
     props = _ts_properties(args.ts_config)
     file = read_toml(args.config)
+    file["server"].setdefault("config_snapshots", True)  # the CLI's default; --ncs wins
     flags = _server_flags(args)
     store = _model_store(flags, file["server"], props)
     specs = _specs(args.models)
@@ -243,6 +245,10 @@ def _ts_properties(path: str | None) -> dict[str, str]:
 def _server_flags(args: argparse.Namespace) -> dict[str, Any]:
     server = {key: getattr(args, key) for key in _SERVER_FLAGS if getattr(args, key) is not None}
     server.update({key: True for key in _SWITCHES if getattr(args, key)})
+    if args.no_config_snapshots:
+        server["config_snapshots"] = False
+    if args.snapshot_dir is not None:
+        server["snapshot_dir"] = args.snapshot_dir
     return server
 
 
@@ -348,6 +354,28 @@ def _is_url(target: str, store: str) -> bool:
     return bool(store) and "/" not in target and os.path.isdir(os.path.join(store, target))
 
 
+def _add_snapshot_flags(serve: argparse.ArgumentParser) -> None:
+    """Config snapshots (docs/configuration.md, "Config snapshots")."""
+    serve.add_argument(
+        "--no-config-snapshots",
+        "--ncs",
+        dest="no_config_snapshots",
+        action="store_true",
+        help="write no config snapshots and restore none (TorchServe's flag)",
+    )
+    serve.add_argument(
+        "--snapshot-dir",
+        metavar="DIR",
+        help="where config snapshots are written and restored from (default: logs/config)",
+    )
+
+
+def _restores(args: argparse.Namespace) -> bool:
+    """Restore the newest snapshot, unless the TorchServe config has a model_snapshot."""
+    path = args.ts_config or os.environ.get("TS_CONFIG_FILE")
+    return not (path and "model_snapshot" in tsconfig.read_properties(path))
+
+
 def _leaves(error: BaseException) -> list[BaseException]:
     if isinstance(error, BaseExceptionGroup):
         return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
@@ -376,7 +404,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     failures: list[BaseException] = []
     try:
-        trio.run(partial(serve, config, ready_file=args.ready_file))
+        restore = _restores(args)
+        trio.run(partial(serve, config, ready_file=args.ready_file, restore_snapshot=restore))
     except* ListenError as group:
         failures.extend(_leaves(group))
     for failure in failures:

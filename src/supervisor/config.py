@@ -232,6 +232,13 @@ class ServerConfig:
             and Quart like the other ports.
         max_workers_total: the most workers on this machine, all models and
             versions together; a registration or scale beyond it gets 400.
+        config_snapshots: after every management change, write a config snapshot
+            (the models, versions, defaults and worker counts) to ``snapshot_dir``
+            before answering, and at start restore the newest good one. On for
+            ``python -m supervisor serve`` unless ``--ncs``; off by default here,
+            so that an embedded server writes nothing unasked.
+        snapshot_dir: where config snapshots are written (TorchServe's
+            ``logs/config``, relative to the working directory).
         defaults: the model defaults (``[defaults]``), for models registered later.
     """
 
@@ -261,6 +268,10 @@ class ServerConfig:
     max_workers_total: int = attrs.field(
         default=limits.DEFAULT_MAX_WORKERS_TOTAL,
         validator=[_int, v.ge(1), limits.bounded(limits.MAX_WORKERS_TOTAL)],
+    )
+    config_snapshots: bool = attrs.field(default=False, validator=v.instance_of(bool))
+    snapshot_dir: str = attrs.field(
+        default="logs/config", validator=[v.instance_of(str), v.min_len(1)]
     )
     defaults: Mapping[str, Any] = attrs.field(factory=dict)
 

@@ -22,8 +22,9 @@ import logging
 import os
 import shlex
 import signal
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import attrs
 import trio
@@ -49,6 +50,8 @@ from supervisor.supervision.core import Supervisor, open_supervisor
 from supervisor.supervision.metrics import Metrics
 from supervisor.supervision.pool import Pool
 from supervisor.supervision.process import Launcher
+from supervisor.supervision.snapshot import Restored
+from supervisor.supervision.snapshotdir import SnapshotDir
 
 __all__ = ["BaseURLs", "serve"]
 
@@ -74,6 +77,7 @@ async def serve(
     handle_signals: bool = True,
     launcher: Launcher | None = None,
     ready_file: str | Path | None = None,
+    restore_snapshot: bool = True,
     task_status: trio.TaskStatus[BaseURLs] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the server until ``shutdown`` is set (or SIGTERM/SIGINT arrives).
@@ -85,6 +89,9 @@ async def serve(
         launcher: starts worker processes.
         ready_file: where to write the ready file once start-up is over (see
             ``supervisor.runner.readyfile``); removed when the server stops.
+        restore_snapshot: with ``config.config_snapshots``, load the models of the
+            newest good config snapshot instead of ``config.models`` (the CLI turns
+            it off when ``--ts-config`` has a ``model_snapshot`` of its own).
         task_status: receives the ``BaseURLs`` once every listener is bound.
     """
     shutdown = trio.Event() if shutdown is None else shutdown
@@ -103,8 +110,9 @@ async def serve(
                 grace=config.shutdown_grace,
                 max_workers_total=config.max_workers_total,
             ) as sup:
+                config, snapshots = await _open_snapshots(config, restore_snapshot)
                 started = _Started(tokens, ready_file, task_status)
-                await _serve_with(sup, config, Path(scratch), shutdown, started)
+                await _serve_with(sup, config, Path(scratch), shutdown, started, snapshots)
         root.cancel_scope.cancel()
     log.info("stopped")
 
@@ -124,8 +132,16 @@ async def _serve_with(
     scratch: Path,
     shutdown: trio.Event,
     started: _Started,
+    snapshots: _Snapshots | None = None,
 ) -> None:
-    loaded = [(m, await _load_configured(sup, m, config, scratch)) for m in config.models]
+    restored = snapshots.restored if snapshots else None
+    loaded = [
+        (m, await _load_configured(sup, m, config, scratch, _settings(restored, m)))
+        for m in config.models
+    ]
+    if snapshots is not None:  # after the start-up models: a snapshot records changes
+        directory = snapshots.directory
+        sup.on_change = lambda: _record(directory, sup, shutdown)
     metrics = Metrics(sup.statistics)
     sup.on_batch = metrics.observe_batch
     apps = build_apps(sup, config, started.tokens, metrics, scratch)
@@ -141,9 +157,15 @@ async def _serve_with(
 
 
 async def _load_configured(
-    sup: Supervisor, model: ModelConfig, config: ServerConfig, scratch: Path
+    sup: Supervisor,
+    model: ModelConfig,
+    config: ServerConfig,
+    scratch: Path,
+    settings: Mapping[str, Any] | None = None,
 ) -> Pool | str:
     """Load a configured model; one given by ``url`` is fetched and unpacked first.
+
+    ``settings`` (a restored snapshot's) win over the archive's model-config.yaml.
 
     Returns:
         The model's pool, or why it could not be loaded (also logged).
@@ -168,12 +190,69 @@ async def _load_configured(
         log.error("model %s (%s) cannot be loaded: %s", model.name, model.url, exc.message)
         return exc.message
     try:
+        prepared = attrs.evolve(prepared, **(settings or {}))
         await sup.load_model(prepared, wait=False, owned=files.leftovers())
     except SupervisorError as exc:
         await trio.to_thread.run_sync(remove_paths, files.leftovers())
         log.error("model %s (%s) cannot be loaded: %s", model.name, model.url, exc.message)
         return exc.message
     return sup.pool(prepared.name, prepared.version)
+
+
+@attrs.frozen
+class _Snapshots:
+    """The config snapshot directory, and the snapshot restored at start (if one was)."""
+
+    directory: SnapshotDir
+    restored: Restored | None
+
+
+async def _open_snapshots(
+    config: ServerConfig, restore: bool
+) -> tuple[ServerConfig, _Snapshots | None]:
+    """Open the snapshot directory; with ``restore``, the newest good snapshot's models.
+
+    Returns:
+        The config, its models replaced by a restored snapshot's, and the snapshots
+        (None when they are off, or the directory cannot be used: logged).
+    """
+    if not config.config_snapshots:
+        return config, None
+    directory = SnapshotDir(Path(config.snapshot_dir), config)
+    try:
+        await trio.to_thread.run_sync(directory.open)
+    except OSError as exc:
+        log.error("config snapshots are OFF: cannot use %s: %s", config.snapshot_dir, exc)
+        return config, None
+    found = await trio.to_thread.run_sync(directory.newest, config.defaults) if restore else None
+    if found is None:
+        return config, _Snapshots(directory, None)
+    try:
+        restored_config = attrs.evolve(config, models=found.models)
+    except ValueError as exc:  # e.g. more workers than max_workers_total allows
+        log.warning("skipping config snapshot %s: %s", found.source, exc)
+        return config, _Snapshots(directory, None)
+    names = ", ".join(sorted({m.name for m in config.models}))
+    log.info(
+        "restoring %d model version(s) from config snapshot %s, instead of the configured "
+        "ones (%s); --ncs starts from the configuration",
+        len(found.models),
+        found.source,
+        names or "none",
+    )
+    return restored_config, _Snapshots(directory, found)
+
+
+async def _record(directory: SnapshotDir, sup: Supervisor, shutdown: trio.Event) -> None:
+    """Write a snapshot of the models; none once shutting down (stopping pools are no change)."""
+    if shutdown.is_set():
+        log.info("shutting down: this change is not written to a config snapshot")
+        return
+    await directory.write(sup.restorable)
+
+
+def _settings(restored: Restored | None, model: ModelConfig) -> Mapping[str, Any] | None:
+    return restored.settings.get((model.name, model.version)) if restored else None
 
 
 @contextlib.contextmanager

@@ -292,6 +292,7 @@ async def _scale(sup: Supervisor, name: str, version: str | None, deadline: floa
     if pool.config.max_workers != high:
         pool.config = attrs.evolve(pool.config, max_workers=high)
     pool.scale(low, "min_worker")
+    await sup.changed()  # a config snapshot records the new count before the answer
     if not _flag("synchronous"):
         return json_response({"status": "Processing worker updates..."}, 202)
     with trio.move_on_at(deadline):

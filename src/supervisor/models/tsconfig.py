@@ -26,7 +26,9 @@ load_models                   model tables: ``x.mar`` gives ``{"url": "x.mar"}``
                               ``n=x.mar`` ``{"name": "n", "url": "x.mar"}``, ``all`` one
                               table per archive or directory in the store
 models                        per-model settings layered under those tables
-model_snapshot                its models are loaded instead of ``load_models``
+model_snapshot                its models are loaded instead of ``load_models``, the
+                              ``defaultVersion`` one of each name first (the first
+                              version loaded is the default)
 ============================= ==========================================================
 
 Per-model keys, in the ``models`` JSON and in ``model-config.yaml``: ``minWorkers``
@@ -35,7 +37,9 @@ Per-model keys, in the ``models`` JSON and in ``model-config.yaml``: ``minWorker
 ``responseTimeout`` -> ``response_timeout``, ``startupTimeout`` ->
 ``startup_timeout``, ``jobQueueSize`` -> ``job_queue_size``, ``memoryLimitMb``
 (ours) -> ``memory_limit_mb``; the JSON's
-``marName`` -> ``url``; the YAML's ``maxRetryTimeoutInSec`` -> ``restart.window``.
+``marName`` -> ``url``, and our ``handler`` and ``modelDir`` (a model given by a
+handler, not an archive, in our config snapshots) -> ``handler`` and ``model_dir``;
+the YAML's ``maxRetryTimeoutInSec`` -> ``restart.window``.
 
 Every other key is ignored, as TorchServe ignores keys it does not know;
 ``ignored_keys`` names them so that the caller can log them.
@@ -61,6 +65,7 @@ __all__ = [
     "ignored_keys",
     "model_yaml_settings",
     "parse_properties",
+    "parse_snapshot_models",
     "read_properties",
     "server_settings",
     "store_tables",
@@ -331,7 +336,12 @@ _MODEL: dict[str, tuple[str, _Convert]] = {
     "clientTimeoutInMills": ("client_timeout", _millis),
     "memoryLimitMb": ("memory_limit_mb", _int),
 }
-_JSON_MODEL = {**_MODEL, "marName": ("url", _text)}
+_JSON_MODEL = {
+    **_MODEL,
+    "marName": ("url", _text),
+    "handler": ("handler", _text),
+    "modelDir": ("model_dir", _text),
+}
 _USED = frozenset(
     {*_SERVER, *_DEFAULTS, "default_workers_per_model", "NUM_WORKERS"}
     | {"load_models", "models", "model_snapshot"}
@@ -390,15 +400,29 @@ def _workers(props: Mapping[str, str]) -> _Table:
 
 def _startup_models(props: Mapping[str, str], store_entries: Sequence[str]) -> list[_Table]:
     if "model_snapshot" in props:  # TorchServe restores the snapshot and skips load_models
-        where = f"{_FILE} model_snapshot"
-        snapshot = _object(where, _json(where, props["model_snapshot"]))
-        return [e.table for e in _entries(f"{where} models", snapshot.get("models", {}))]
+        return parse_snapshot_models(props["model_snapshot"], f"{_FILE} model_snapshot")
     value = props.get("load_models", "").strip()
     if value.lower() == ALL_MODELS:
         tables = store_tables(store_entries)
     else:
         tables = [t for t in map(_url_table, value.split(",")) if t["url"]]
     return with_model_params(tables, props)
+
+
+def parse_snapshot_models(text: str, where: str = "model_snapshot") -> list[_Table]:
+    """The model tables of a ``model_snapshot`` JSON, each name's default version first.
+
+    ``{"models": {name: {version: {"defaultVersion", "marName", "minWorkers", ...}}}}``
+    as TorchServe writes it. The registry makes the first version of a name that
+    is loaded its default, so the ``defaultVersion`` one comes first; the order is
+    kept otherwise.
+
+    Raises:
+        ConfigError: invalid JSON, or a value of the wrong type (``where`` names it).
+    """
+    snapshot = _object(where, _json(where, text))
+    entries = _entries(f"{where} models", snapshot.get("models", {}))
+    return [e.table for e in sorted(entries, key=lambda e: not e.default)]
 
 
 def _url_table(spec: str) -> _Table:

@@ -29,6 +29,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import attrs
 import orjson
 import trio
 
@@ -81,6 +82,10 @@ class Supervisor:
         self._switching: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
         self.on_batch: Callable[[str, str, int], None] | None = None
         """Called with model, version and size for every batch dispatched (metrics)."""
+        self.on_change: Callable[[], Awaitable[None]] | None = None
+        """Awaited after every change of the models (load, unload, scale, default
+        switch) before the call that made it returns: a config snapshot is written
+        here, so that a change acknowledged to a client is on disk."""
 
     async def run(
         self, *, task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED
@@ -141,6 +146,7 @@ class Supervisor:
         self.registry.add(pool, found)
         await self._nursery.start(self._run_pool, pool, tuple(owned))
         log.info("loading model %s with %d worker(s)", pool.label, config.workers)
+        await self.changed()
         if wait:
             await pool.wait_ready()
         return pool.statistics(is_default=self.registry.is_default(pool))
@@ -279,6 +285,7 @@ class Supervisor:
         """
         pool = self.registry.get(name, version)
         pool.scale(workers)
+        await self.changed()
         if wait:
             await pool.wait_ready(workers)
 
@@ -301,6 +308,28 @@ class Supervisor:
         if ended is not None:
             await ended.wait()  # workers gone and the model's files removed
         self.registry.remove(pool)
+        await self.changed()
+
+    async def changed(self) -> None:
+        """Await ``on_change``: the models changed (call it after changing a pool directly).
+
+        Shielded: the change is made, so it is recorded even if the caller is cancelled.
+        """
+        if self.on_change is not None:
+            with trio.CancelScope(shield=True):
+                await self.on_change()
+
+    def restorable(self) -> tuple[ModelStats, ...]:
+        """Every version as a restart should bring it back, for config snapshots.
+
+        A version being unloaded is in it until ``unload`` returns, and
+        ``config.workers`` is the number of workers each one runs now.
+        """
+        return tuple(self._restorable(p) for p in self.registry)
+
+    def _restorable(self, pool: Pool) -> ModelStats:
+        stats = pool.statistics(is_default=self.registry.is_default(pool))
+        return attrs.evolve(stats, config=attrs.evolve(stats.config, workers=_target(pool)))
 
     def worker_count(self) -> int:
         """How many workers run (or are starting) on this machine, all models together."""
@@ -414,6 +443,7 @@ class Supervisor:
                 return UpdateResult(name, old.config.version, None, results)
             self.registry.set_default(name, version)  # no await since the lookup: atomic
             log.info("model %s: default version %s (was %s)", name, version, old.config.version)
+            await self.changed()
             retire = retire_old and old is not pool
             if retire:
                 await self.unload(name, version=old.config.version, grace=grace)
@@ -446,6 +476,12 @@ class Supervisor:
             pool.stop()
         for pool in pools:
             await pool.wait_stopped()
+
+
+def _target(pool: Pool) -> int:
+    """The workers a pool is meant to run: its active slots while it runs, else its config's."""
+    running = (ModelState.LOADING, ModelState.READY)
+    return len(pool.active_slots()) if pool.state in running else pool.config.workers
 
 
 def _raw_item(body: bytes, content_type: str, headers: Mapping[str, str] | None) -> InferItem:
