@@ -1,7 +1,7 @@
 """An HTTP/1.1 load generator for 127.0.0.1 only: N keep-alive clients, bounded.
 
 Run: python bench/loadgen.py URL [--concurrency N] [--duration S] [--max-requests N]
-                                 [--body JSON] [--header 'K: V']...
+                                 [--body JSON] [--header 'K: V']... [--cacert PEM]
      python bench/loadgen.py --ceiling [-c N]   # the generator's own ceiling
 
 Each client is a trio task that owns one keep-alive connection and sends the
@@ -16,6 +16,10 @@ generator shares the CPU with the server it measures, so its cost per request
 matters as much as its ceiling; ``--ceiling`` measures both clients against a
 trivial asyncio server (bench/trivial.py) in a child process and prints
 requests/s and the generator's CPU time per request.
+
+An ``https://`` URL is served over TLS: each connection is the same raw client
+inside a ``trio.SSLStream`` that verifies the server's certificate against
+``--cacert`` (``LoadSpec.tls``); the handshake is paid once per connection.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import ssl
 import subprocess
 import sys
 import time
@@ -63,11 +68,20 @@ class LoadSpec:
     max_requests: int = 1_000_000
     timeout: float = 30.0
     keep_bodies: bool = False
+    tls: ssl.SSLContext | None = None  # the client context for an https URL
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.url)
-        if parts.scheme != "http" or parts.hostname != LOCALHOST or parts.port is None:
-            raise ValueError(f"the load generator targets http://{LOCALHOST}:PORT only: {self.url}")
+        if (
+            parts.scheme not in ("http", "https")
+            or parts.hostname != LOCALHOST
+            or parts.port is None
+        ):
+            raise ValueError(
+                f"the load generator targets http(s)://{LOCALHOST}:PORT only: {self.url}"
+            )
+        if (parts.scheme == "https") != (self.tls is not None):
+            raise ValueError("an https URL needs a TLS context (--cacert), an http one none")
         if self.concurrency < 1 or self.duration <= 0 or self.max_requests < 1:
             raise ValueError("concurrency, duration and max_requests must be positive")
 
@@ -149,7 +163,7 @@ class _Budget:
         return True
 
 
-async def _read_head(stream: trio.SocketStream, buf: bytearray) -> int:
+async def _read_head(stream: trio.abc.ReceiveStream, buf: bytearray) -> int:
     while (end := buf.find(b"\r\n\r\n")) < 0:
         chunk = await stream.receive_some(65536)
         if not chunk:
@@ -158,7 +172,7 @@ async def _read_head(stream: trio.SocketStream, buf: bytearray) -> int:
     return end
 
 
-async def _read_exactly(stream: trio.SocketStream, buf: bytearray, size: int) -> bytes:
+async def _read_exactly(stream: trio.abc.ReceiveStream, buf: bytearray, size: int) -> bytes:
     while len(buf) < size:
         chunk = await stream.receive_some(max(65536, size - len(buf)))
         if not chunk:
@@ -169,7 +183,7 @@ async def _read_exactly(stream: trio.SocketStream, buf: bytearray, size: int) ->
     return data
 
 
-async def _read_chunked(stream: trio.SocketStream, buf: bytearray) -> bytes:
+async def _read_chunked(stream: trio.abc.ReceiveStream, buf: bytearray) -> bytes:
     parts = []
     while True:
         while (eol := buf.find(b"\r\n")) < 0:
@@ -185,9 +199,7 @@ async def _read_chunked(stream: trio.SocketStream, buf: bytearray) -> bytes:
         parts.append(data[:-2])
 
 
-async def exchange(
-    stream: trio.SocketStream, buf: bytearray, raw: bytes
-) -> tuple[int, bytes, bool]:
+async def exchange(stream: trio.abc.Stream, buf: bytearray, raw: bytes) -> tuple[int, bytes, bool]:
     """Send one request and read its response.
 
     Returns:
@@ -237,14 +249,25 @@ def _failure_name(exc: BaseException) -> str:
 class _Connection:
     """One keep-alive connection: opened on demand, dropped after a failure or a close."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, tls: ssl.SSLContext | None = None) -> None:
         self.port = port
-        self.stream: trio.SocketStream | None = None
+        self.tls = tls
+        self.stream: trio.abc.Stream | None = None
+        self.socket: trio.socket.SocketType | None = None
         self.buf = bytearray()
+
+    async def _open(self) -> trio.abc.Stream:
+        tcp = await trio.open_tcp_stream(LOCALHOST, self.port)
+        self.socket = tcp.socket
+        if self.tls is None:
+            return tcp
+        secure = trio.SSLStream(tcp, self.tls, server_hostname=LOCALHOST, https_compatible=True)
+        await secure.do_handshake()
+        return secure
 
     async def exchange(self, raw: bytes) -> tuple[int, bytes]:
         if self.stream is None:
-            self.stream = await trio.open_tcp_stream(LOCALHOST, self.port)
+            self.stream = await self._open()
         status, body, keep = await exchange(self.stream, self.buf, raw)
         if not keep:
             self.close()
@@ -252,13 +275,13 @@ class _Connection:
 
     def close(self) -> None:
         """Close at once (no checkpoint, so it also runs when the run is cancelled)."""
-        if self.stream is not None:
-            self.stream.socket.close()
-        self.stream, self.buf = None, bytearray()
+        if self.socket is not None:
+            self.socket.close()
+        self.stream, self.socket, self.buf = None, None, bytearray()
 
 
 async def _raw_client(spec: LoadSpec, budget: _Budget, events: list[Event]) -> None:
-    raw, connection = spec.request_bytes(), _Connection(spec.port)
+    raw, connection = spec.request_bytes(), _Connection(spec.port, spec.tls)
     try:
         while budget.take():
             sent = time.perf_counter()
@@ -280,7 +303,9 @@ async def _raw_client(spec: LoadSpec, budget: _Budget, events: list[Event]) -> N
 async def _httpx_client(spec: LoadSpec, budget: _Budget, events: list[Event]) -> None:
     import httpx  # only for the comparison in --ceiling
 
-    async with httpx.AsyncClient(timeout=spec.timeout, headers=dict(spec.headers)) as client:
+    verify: ssl.SSLContext | bool = spec.tls or True
+    headers = dict(spec.headers)
+    async with httpx.AsyncClient(timeout=spec.timeout, headers=headers, verify=verify) as client:
         while budget.take():
             sent = time.perf_counter()
             try:
@@ -385,6 +410,7 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--body", default="", help="the request body (sent as is)")
     parser.add_argument("--header", "-H", action="append", default=[], help="'Name: value'")
     parser.add_argument("--client", choices=tuple(CLIENTS), default="raw")
+    parser.add_argument("--cacert", metavar="PEM", help="verify an https server against this")
     parser.add_argument("--ceiling", action="store_true", help="measure the generator itself")
     return parser.parse_args()
 
@@ -419,6 +445,7 @@ def _spec(args: argparse.Namespace, headers: tuple[tuple[str, str], ...]) -> Loa
         args.warmup,
         args.max_requests,
         args.timeout,
+        tls=ssl.create_default_context(cafile=args.cacert) if args.cacert else None,
     )
 
 

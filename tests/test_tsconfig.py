@@ -248,6 +248,8 @@ def test_unknown_keys_are_ignored_and_named():
         ("http://example.com", "example.com:80"),
         ("127.0.0.1:8085", "127.0.0.1:8085"),
         (" http://0.0.0.0:8081 ", "0.0.0.0:8081"),
+        ("https://127.0.0.1:8443", "https://127.0.0.1:8443"),
+        ("HTTPS://[::1]", "https://[::1]:443"),
     ],
 )
 def test_addresses(value, ours):
@@ -258,8 +260,9 @@ def test_addresses(value, ours):
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        ("https://127.0.0.1:8443", "https listeners are not supported"),
         ("unix:/tmp/management.sock", "unix listeners are not supported"),
+        ("ftp://127.0.0.1:21", "ftp listeners are not supported"),
+        ("https://127.0.0.1:8443/x", "expected https://HOST:PORT"),
         ("http://127.0.0.1:99999", "inference_address"),
         ("http://127.0.0.1:port", "inference_address"),
         ("http://:8080", "expected http://HOST:PORT"),
@@ -687,7 +690,7 @@ def test_cli_bad_model_specs(spec):
 def test_cli_ts_config_errors_and_logs(write, caplog):
     with pytest.raises(ConfigError, match="cannot read TorchServe config"):
         cli("--ts-config", write("ts.properties", "") + ".absent")
-    with pytest.raises(ConfigError, match="https listeners are not supported"):
+    with pytest.raises(ConfigError, match="https: set certificate_file and private_key_file"):
         cli("--ts-config", write("ts.properties", "inference_address=https://127.0.0.1:8443\n"))
     ts = write("ts.properties", "vmargs=-Xmx1g\nmystery_key=1\n")
     with caplog.at_level(logging.INFO, logger="supervisor"):

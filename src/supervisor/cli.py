@@ -408,6 +408,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         trio.run(partial(serve, config, ready_file=args.ready_file, restore_snapshot=restore))
     except* ListenError as group:
         failures.extend(_leaves(group))
+    except* ConfigError as group:  # a TLS certificate or key refused at start
+        failures.extend(_leaves(group))
     for failure in failures:
         print(f"error: {failure}", file=sys.stderr)
+    if any(isinstance(f, ConfigError) for f in failures):
+        return 2
     return 1 if failures else 0

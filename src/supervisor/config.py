@@ -48,6 +48,7 @@ __all__ = [
     "model_config",
     "name_from_url",
     "read_toml",
+    "split_address",
 ]
 
 SECONDS = 1.0
@@ -88,6 +89,30 @@ _ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".mar", ".zip")
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or invalid."""
+
+
+_SCHEMES = ("http", "https")
+
+
+def split_address(address: str) -> tuple[str, str]:
+    """A listener address as ``(scheme, "host:port")``.
+
+    ``"https://127.0.0.1:8443"`` gives ``("https", "127.0.0.1:8443")``; a bare
+    ``"127.0.0.1:8080"`` is http.
+    """
+    scheme, sep, rest = address.partition("://")
+    return (scheme.lower(), rest) if sep else ("http", address)
+
+
+def _address(_instance: Any, attribute: Any, value: Any) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"{attribute.name}: expected a string, got {_brief(value)}")
+    scheme, rest = split_address(value)
+    if scheme not in _SCHEMES or not rest:
+        raise ValueError(
+            f"{attribute.name} {_brief(value)}: expected HOST:PORT, http://HOST:PORT "
+            "or https://HOST:PORT"
+        )
 
 
 def _patterns(value: Any) -> tuple[str, ...]:
@@ -207,9 +232,13 @@ class ServerConfig:
     """The server: its listeners, its model store and its models.
 
     Attributes:
-        inference_address: ``host:port`` of the inference API.
+        inference_address: ``host:port`` of the inference API; ``https://host:port``
+            serves it over TLS (so do the other two addresses).
         management_address: ``host:port`` of the management API.
         metrics_address: ``host:port`` of the metrics API.
+        certificate_file: the PEM certificate (chain) the https ports present.
+        private_key_file: the PEM private key of that certificate; it must not be
+            readable by group or others, nor encrypted.
         model_store: directory that relative ``model_dir`` values are resolved in.
         models: the models loaded at start-up.
         shutdown_grace: seconds in-flight requests get to finish on SIGTERM.
@@ -242,9 +271,11 @@ class ServerConfig:
         defaults: the model defaults (``[defaults]``), for models registered later.
     """
 
-    inference_address: str = "127.0.0.1:8080"
-    management_address: str = "127.0.0.1:8081"
-    metrics_address: str = "127.0.0.1:8082"
+    inference_address: str = attrs.field(default="127.0.0.1:8080", validator=_address)
+    management_address: str = attrs.field(default="127.0.0.1:8081", validator=_address)
+    metrics_address: str = attrs.field(default="127.0.0.1:8082", validator=_address)
+    certificate_file: str = attrs.field(default="", validator=v.instance_of(str))
+    private_key_file: str = attrs.field(default="", validator=v.instance_of(str))
     model_store: str = ""
     models: tuple[ModelConfig, ...] = ()
     shutdown_grace: float = attrs.field(
@@ -280,6 +311,20 @@ class ServerConfig:
         why = limits.check_total("workers", workers, 0, self.max_workers_total)
         if why is not None:
             raise ValueError(f"the configured models, all together: {why}")
+        self._check_tls()
+
+    @property
+    def tls_addresses(self) -> tuple[str, ...]:
+        """The addresses served over TLS (``https://``)."""
+        addresses = (self.inference_address, self.management_address, self.metrics_address)
+        return tuple(a for a in addresses if split_address(a)[0] == "https")
+
+    def _check_tls(self) -> None:
+        if self.tls_addresses and not (self.certificate_file and self.private_key_file):
+            raise ValueError(
+                f"{self.tls_addresses[0]} is https: set certificate_file and "
+                "private_key_file (PEM files) too"
+            )
 
 
 def _build(cls: type[Any], table: Mapping[str, Any], where: str) -> Any:

@@ -22,7 +22,9 @@ import logging
 import os
 import shlex
 import signal
+import ssl
 from collections.abc import Iterator, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,7 @@ from supervisor.auth import Tokens, remove_key_file, write_key_file
 from supervisor.config import DEFAULT_MODEL, ModelConfig, ServerConfig, name_from_url
 from supervisor.errors import SupervisorError, WorkerStartFailed
 from supervisor.http.listeners import serve_asgi_port, serve_lean_port
+from supervisor.http.tls import server_context
 from supervisor.models.archive import remove_paths
 from supervisor.models.registration import Registration, prepare_model
 from supervisor.models.sweep import open_scratch, sweep_leftovers
@@ -93,8 +96,12 @@ async def serve(
             newest good config snapshot instead of ``config.models`` (the CLI turns
             it off when ``--ts-config`` has a ``model_snapshot`` of its own).
         task_status: receives the ``BaseURLs`` once every listener is bound.
+
+    Raises:
+        ConfigError: an https address's certificate or key cannot be used.
     """
     shutdown = trio.Event() if shutdown is None else shutdown
+    tls = server_context(config)  # a bad certificate or key refuses before anything starts
     async with trio.open_nursery() as root:
         if handle_signals:
             await root.start(_watch_signals, shutdown, root.cancel_scope)
@@ -111,7 +118,7 @@ async def serve(
                 max_workers_total=config.max_workers_total,
             ) as sup:
                 config, snapshots = await _open_snapshots(config, restore_snapshot)
-                started = _Started(tokens, ready_file, task_status)
+                started = _Started(tokens, ready_file, task_status, tls)
                 await _serve_with(sup, config, Path(scratch), shutdown, started, snapshots)
         root.cancel_scope.cancel()
     log.info("stopped")
@@ -119,11 +126,15 @@ async def serve(
 
 @attrs.frozen
 class _Started:
-    """Who hears that the server started: the keys for the log, the ready file, the caller."""
+    """Who hears that the server started: the keys for the log, the ready file, the caller.
+
+    ``tls`` is the https ports' context (None when none is https).
+    """
 
     tokens: Tokens | None
     ready_file: str | Path | None
     task_status: trio.TaskStatus[BaseURLs]
+    tls: ssl.SSLContext | None = None
 
 
 async def _serve_with(
@@ -148,7 +159,7 @@ async def _serve_with(
     fast = FastRoutes(apps.predictor)
     async with trio.open_nursery() as helpers:
         async with trio.open_nursery() as listeners:
-            endpoints = await _start_listeners(listeners, apps, fast, config, shutdown)
+            endpoints = await _start_listeners(listeners, apps, fast, config, shutdown, started.tls)
             helpers.start_soon(_announce, loaded, endpoints, started)
             helpers.start_soon(_drain_after_grace, sup, shutdown, config.shutdown_grace)
             started.task_status.started(endpoints)
@@ -273,21 +284,27 @@ def _key_file(config: ServerConfig) -> Iterator[Tokens | None]:
 
 
 async def _start_listeners(
-    nursery: trio.Nursery, apps: Apps, fast: FastRoutes, config: ServerConfig, shutdown: trio.Event
+    nursery: trio.Nursery,
+    apps: Apps,
+    fast: FastRoutes,
+    config: ServerConfig,
+    shutdown: trio.Event,
+    tls: ssl.SSLContext | None,
 ) -> BaseURLs:
     if config.lean_http:
-        urls = [await nursery.start(serve_lean_port, apps.inference, fast.route, config, shutdown)]
+        lean = partial(serve_lean_port, apps.inference, fast.route, config, shutdown, tls=tls)
+        urls = [await nursery.start(lean)]
     else:
-        urls = [
-            await nursery.start(
-                serve_asgi_port, apps.inference, config.inference_address, config, shutdown
-            )
-        ]
+        inference = partial(
+            serve_asgi_port, apps.inference, config.inference_address, config, shutdown, tls=tls
+        )
+        urls = [await nursery.start(inference)]
     for app, address in (
         (apps.management, config.management_address),
         (apps.metrics, config.metrics_address),
     ):
-        urls.append(await nursery.start(serve_asgi_port, app, address, config, shutdown))
+        port = partial(serve_asgi_port, app, address, config, shutdown, tls=tls)
+        urls.append(await nursery.start(port))
     return BaseURLs(*urls)
 
 

@@ -58,13 +58,16 @@ class Lifespan:
             await self._done.wait()
 
 
-async def serve_asgi(app: ASGIApp, local: Peer, exchange: Exchange) -> bool:
+async def serve_asgi(
+    app: ASGIApp, local: Peer, exchange: Exchange, *, scheme: str = "http"
+) -> bool:
     """Hand one request to the ASGI app; whether the connection stays open.
 
     Args:
         app: the ASGI application.
         local: the server's own address (the scope's ``server``).
         exchange: the request, and the way to answer it.
+        scheme: ``http``, or ``https`` on a TLS connection (the scope's ``scheme``).
     """
     head = exchange.head
     bridge = _Bridge(exchange)
@@ -73,7 +76,7 @@ async def serve_asgi(app: ASGIApp, local: Peer, exchange: Exchange) -> bool:
         "asgi": {"version": "3.0", "spec_version": "2.3"},
         "http_version": "1.0" if head.http10 else "1.1",
         "method": head.method,
-        "scheme": "http",
+        "scheme": scheme,
         "path": _unquote(head.path),
         "raw_path": head.path.encode(),
         "query_string": head.query,

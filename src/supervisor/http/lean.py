@@ -25,6 +25,14 @@ pipelines without reading its answers is not read further), and at most
 request was read is followed by a lingering close: the write side is shut and
 what the client still sends is discarded for a bounded time, so a client that
 sends its whole body before reading (urllib) gets the answer, not a reset.
+
+With a TLS context the port is https: each connection is a ``trio.SSLStream``
+whose handshake must end within ``read_timeout``. A failed handshake (an old
+TLS version, a client that rejects the certificate) is logged at debug level
+and closed; a client that sent plain HTTP gets a JSON 400, in plain HTTP,
+saying to use https. Under TLS the lingering close shuts nothing (TLS has no
+half-close) and ``client_gone`` asks the kernel whether the peer hung up
+instead of peeking, since a TLS alert is bytes too.
 """
 
 from __future__ import annotations
@@ -32,7 +40,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import select
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
 
 import attrs
@@ -78,11 +88,19 @@ class LeanLimits:
 
 
 class _Server:
-    def __init__(self, app: ASGIApp, router: Router, limits: LeanLimits, local: Peer) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        router: Router,
+        limits: LeanLimits,
+        local: Peer,
+        tls: ssl.SSLContext | None,
+    ) -> None:
         self.app = app
         self.router = router
         self.limits = limits
         self.local = local
+        self.tls = tls
         self.closing = False
         self.connections: set[_Connection] = set()
         self.all_closed = trio.Event()
@@ -111,7 +129,8 @@ class _Server:
         try:
             limit = self.limits.max_connections
             message = f"too many connections (max_connections = {limit}); try again later"
-            await conn.fail(503, message, [(b"retry-after", b"1")])
+            if await conn.handshake():
+                await conn.fail(503, message, [(b"retry-after", b"1")])
         finally:
             self.refusing -= 1
 
@@ -137,7 +156,12 @@ class _Connection:
 
     def __init__(self, server: _Server, stream: trio.SocketStream) -> None:
         self.server = server
-        self.stream = stream
+        self.stream: trio.abc.Stream = stream
+        if server.tls is not None:
+            self.stream = trio.SSLStream(
+                stream, server.tls, server_side=True, https_compatible=True
+            )
+        self.raw = stream
         self.buffer = bytearray()
         self.limits = server.limits
         self.scope = trio.CancelScope()
@@ -159,9 +183,38 @@ class _Connection:
         self.phase = phase
         self.scope.deadline = trio.current_time() + timeout if timeout < math.inf else math.inf
 
+    async def handshake(self) -> bool:
+        """Complete the TLS handshake, if the port is https; whether the connection goes on.
+
+        A failure is logged at debug level (it is the client's); a client that
+        spoke plain HTTP is answered 400 in plain HTTP.
+        """
+        if not isinstance(self.stream, trio.SSLStream):
+            return True
+        why: BaseException | None = None
+        with trio.move_on_after(self.limits.read_timeout):
+            try:
+                await self.stream.do_handshake()
+                return True
+            except trio.BrokenResourceError as exc:
+                why = exc.__cause__ or exc
+        log.debug("TLS handshake with %s:%d failed: %s", *self.peer, why or "timed out")
+        if isinstance(why, ssl.SSLError) and why.reason == "HTTP_REQUEST":
+            self.stream = self.raw  # what OpenSSL saw was a plain HTTP request
+            await self.fail(400, f"this port serves https: use {self._https_url()}")
+        return False
+
+    def _https_url(self) -> str:
+        """``https://`` and the address this client connected to."""
+        name = self.raw.socket.getsockname()
+        host = str(name[0])
+        return f"https://[{host}]:{name[1]}/" if ":" in host else f"https://{host}:{name[1]}/"
+
     async def serve(self) -> None:
         try:
             with self.scope:
+                if not await self.handshake():  # phase _IDLE: a shutdown closes it
+                    return
                 await self._requests()
             if self.scope.cancelled_caught and self.phase == _BODY:
                 await self.fail(408, "the request body did not arrive in time")
@@ -240,7 +293,8 @@ class _Connection:
         handler = self.server.router(head)
         exchange = Exchange(self, head, body)
         if handler is None:
-            return await serve_asgi(self.server.app, self.server.local, exchange)
+            scheme = "http" if self.server.tls is None else "https"
+            return await serve_asgi(self.server.app, self.server.local, exchange, scheme=scheme)
         answer = await handler(exchange)
         keep = exchange.keep_alive
         if answer is None:
@@ -261,7 +315,13 @@ class _Connection:
         self._enter(_BUSY, math.inf)
 
     def client_gone(self) -> bool:
-        """Whether the client has closed the connection (a peek, without blocking)."""
+        """Whether the client has closed the connection (a peek, without blocking).
+
+        Under TLS a peek cannot tell a close_notify alert from a pipelined request
+        (both are encrypted bytes), so the kernel is asked whether the peer hung up.
+        """
+        if self.server.tls is not None:
+            return _hung_up(self.peeker)
         try:
             return self.peeker.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
         except BlockingIOError:
@@ -307,7 +367,8 @@ class _Connection:
         reset" instead of the 413. So the close waits until the client has sent
         all (or ``linger_size`` bytes, or ``linger_timeout`` seconds are over).
         """
-        await self.stream.send_eof()
+        if isinstance(self.stream, trio.abc.HalfCloseableStream):
+            await self.stream.send_eof()  # TLS has no half-close: the client reads to the end
         left = self.limits.linger_size
         with trio.move_on_after(self.limits.linger_timeout):
             while left > 0:
@@ -317,6 +378,16 @@ class _Connection:
                 left -= len(data)
 
 
+_RDHUP = getattr(select, "POLLRDHUP", 0x2000)  # Linux: the peer shut its write side
+
+
+def _hung_up(sock: socket.socket) -> bool:
+    """Whether the peer of ``sock`` closed (or reset) the connection, without blocking."""
+    poller = select.poll()
+    poller.register(sock.fileno(), _RDHUP)  # POLLHUP and POLLERR are always reported
+    return bool(poller.poll(0))
+
+
 async def serve_lean(
     app: ASGIApp,
     router: Router,
@@ -324,6 +395,7 @@ async def serve_lean(
     limits: LeanLimits,
     shutdown: trio.Event,
     *,
+    tls: ssl.SSLContext | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` (and ``router``'s fast routes) on ``address`` until ``shutdown``.
@@ -335,7 +407,9 @@ async def serve_lean(
         limits: sizes and timeouts.
         shutdown: when set, stop accepting, let requests in flight finish (within
             ``limits.graceful_timeout``), close idle connections.
-        task_status: receives ``http://host:port`` once listening.
+        tls: serve https with this server context (see ``supervisor.http.tls``).
+        task_status: receives ``http://host:port`` (``https://`` with ``tls``) once
+            listening.
 
     Raises:
         OSError: the address cannot be listened on.
@@ -346,14 +420,15 @@ async def serve_lean(
     sockname = listeners[0].socket.getsockname()
     ip = str(sockname[0])
     bound = f"[{ip}]:{sockname[1]}" if ":" in ip else f"{ip}:{sockname[1]}"
-    server = _Server(app, router, limits, (str(sockname[0]), int(sockname[1])))
+    server = _Server(app, router, limits, (str(sockname[0]), int(sockname[1])), tls)
+    scheme = "http" if tls is None else "https"
     async with trio.open_nursery() as outer:
         lifespan = await outer.start(Lifespan(app).run)
         try:
             async with trio.open_nursery() as connections:
                 async with trio.open_nursery() as accepting:
                     accepting.start_soon(_accept(listeners, server.handle, connections))
-                    task_status.started(f"http://{bound}")
+                    task_status.started(f"{scheme}://{bound}")
                     await shutdown.wait()
                     accepting.cancel_scope.cancel()
                 server.close()

@@ -3,13 +3,17 @@
 ``serve_lean_port`` runs the lean HTTP/1.1 server (an ASGI app behind a router
 of fast routes); ``serve_asgi_port`` runs Hypercorn with the guard in front of
 the app. Both report the URL they listen on through ``task_status`` and turn a
-failure to listen into one ``ListenError`` that says why.
+failure to listen into one ``ListenError`` that says why. An ``https://``
+address is served over TLS with the context ``supervisor.http.tls`` built, the
+one context every https port shares (Hypercorn is handed it instead of making
+its own).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import ssl
 from collections.abc import Iterator
 from functools import partial
 from typing import Any
@@ -18,7 +22,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
-from supervisor.config import ServerConfig
+from supervisor.config import ServerConfig, split_address
 from supervisor.http.asgi import ASGIApp
 from supervisor.http.exchange import Router
 from supervisor.http.framing import MAX_HEAD
@@ -38,9 +42,12 @@ async def serve_lean_port(
     config: ServerConfig,
     shutdown: trio.Event,
     *,
+    tls: ssl.SSLContext | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the inference port with the lean server until ``shutdown``.
+
+    ``tls`` serves it over TLS when ``config.inference_address`` is https.
 
     Raises:
         ListenError: ``config.inference_address`` cannot be listened on.
@@ -54,9 +61,11 @@ async def serve_lean_port(
         max_connections=config.max_connections,
     )
     address = config.inference_address
+    host_port, context = _secured(address, tls)
+    serve = partial(serve_lean, app, router, host_port, limits, shutdown, tls=context)
     async with trio.open_nursery() as nursery:
         with _listen_errors(address):
-            url = await nursery.start(partial(serve_lean, app, router, address, limits, shutdown))
+            url = await nursery.start(serve)
         task_status.started(url)
 
 
@@ -66,9 +75,12 @@ async def serve_asgi_port(
     config: ServerConfig,
     shutdown: trio.Event,
     *,
+    tls: ssl.SSLContext | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` on ``address`` with Hypercorn, behind the guard, until ``shutdown``.
+
+    ``tls`` serves it over TLS when ``address`` is https.
 
     Raises:
         ListenError: ``address`` cannot be listened on.
@@ -78,7 +90,7 @@ async def serve_asgi_port(
         max_request_size=config.max_request_size, max_requests=config.max_connections
     )
     guarded: Any = Guard(app, limits)  # an ASGI app; hypercorn's types want a function
-    hc = _hypercorn_config(address, config)
+    hc = _hypercorn_config(address, config, tls)
     async with trio.open_nursery() as nursery:
         with _listen_errors(address):
             binds: list[str] = await nursery.start(
@@ -87,10 +99,40 @@ async def serve_asgi_port(
         task_status.started(binds[0])
 
 
-def _hypercorn_config(address: str, config: ServerConfig) -> HypercornConfig:
-    """Hypercorn's settings for one port: the server's limits, no access log."""
-    hc = HypercornConfig()
-    hc.bind = [address]
+def _secured(address: str, tls: ssl.SSLContext | None) -> tuple[str, ssl.SSLContext | None]:
+    """``address`` as ``host:port``, and the TLS context if it is https.
+
+    Raises:
+        ValueError: ``address`` is https and there is no context (a caller's bug).
+    """
+    scheme, host_port = split_address(address)
+    if scheme != "https":
+        return host_port, None
+    if tls is None:
+        raise ValueError(f"{address} is https but no TLS context was given")
+    return host_port, tls
+
+
+class _TLSConfig(HypercornConfig):
+    """Hypercorn's settings with the server's own TLS context instead of one it builds."""
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        super().__init__()
+        self._context = context
+        self.certfile = self.keyfile = "-"  # only so that ``ssl_enabled`` is true
+
+    def create_ssl_context(self) -> ssl.SSLContext:
+        return self._context
+
+
+def _hypercorn_config(
+    address: str, config: ServerConfig, tls: ssl.SSLContext | None
+) -> HypercornConfig:
+    """Hypercorn's settings for one port: the server's limits, no access log, TLS if https."""
+    host_port, context = _secured(address, tls)
+    hc = HypercornConfig() if context is None else _TLSConfig(context)
+    hc.bind = [host_port]
+    hc.ssl_handshake_timeout = config.read_timeout
     hc.h11_max_incomplete_size = MAX_HEAD + 4  # the lean front end's limit: 431 beyond
     hc.graceful_timeout = config.shutdown_grace + 1.0
     hc.read_timeout = max(1, round(config.read_timeout))  # a client that stops sending is dropped

@@ -7,9 +7,12 @@ imports trio). ``config.properties`` keys and where they go:
 ============================= ==========================================================
 TorchServe key                ours
 ============================= ==========================================================
-inference_address             server.inference_address (``http://H:P`` becomes ``H:P``)
-management_address            server.management_address (https and unix: ConfigError)
+inference_address             server.inference_address (``http://H:P`` becomes ``H:P``,
+                              ``https://H:P`` stays; unix: ConfigError)
+management_address            server.management_address
 metrics_address               server.metrics_address
+certificate_file              server.certificate_file (PEM, for the https addresses)
+private_key_file              server.private_key_file (PEM, mode 0600, not encrypted)
 model_store                   server.model_store
 max_request_size              server.max_request_size (bytes)
 allowed_urls                  server.allowed_urls (comma-separated regular expressions)
@@ -98,7 +101,7 @@ _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 # gRPC, CORS, metrics modes, GPUs, workflows, ...): logged, never an error.
 # fmt: off
 _UNSUPPORTED = frozenset((
-    "async_logging", "blacklist_env_vars", "certificate_file", "cors_allowed_headers",
+    "async_logging", "blacklist_env_vars", "cors_allowed_headers",
     "cors_allowed_methods", "cors_allowed_origin", "cpu_launcher_args", "cpu_launcher_enable",
     "debug", "decode_input_request", "default_service_handler", "disable_system_metrics",
     "enable_envvars_config", "enable_grpc_ssl", "enable_metrics_api", "grpc_inference_address",
@@ -108,7 +111,7 @@ _UNSUPPORTED = frozenset((
     "max_response_size", "metric_time_interval", "metrics_config", "metrics_format",
     "metrics_mode", "model_metrics_auto_detect", "model_server_home", "netty_client_threads",
     "number_of_gpu", "number_of_netty_threads", "plugins_path", "prefer_direct_buffer",
-    "private_key_file", "python", "service_envelope", "snapshot_store", "system_metrics_cmd",
+    "python", "service_envelope", "snapshot_store", "system_metrics_cmd",
     "token_expiration_min", "ts_header_key_sequence_end", "ts_header_key_sequence_id",
     "ts_header_key_sequence_start", "ts_open_inference_protocol", "tsConfigFile",
     "unregister_model_timeout", "use_env_allowed_urls", "use_native_io", "version", "vmargs",
@@ -264,25 +267,30 @@ def _regexes(where: str, value: Any) -> tuple[str, ...]:
 
 
 def _address(where: str, value: Any) -> str:
-    """``http://HOST[:PORT]`` (or a bare ``HOST:PORT``) as our ``HOST:PORT``."""
+    """``http://HOST[:PORT]`` (or a bare ``HOST:PORT``) as our ``HOST:PORT``; https kept."""
     text = _text(where, value)
     scheme, sep, rest = text.partition("://")
     if not sep:
         scheme, rest = ("unix", text) if text.lower().startswith("unix:") else ("http", text)
-    if scheme.lower() != "http":
+    scheme = scheme.lower()
+    if scheme not in ("http", "https"):
         raise ConfigError(
-            f"{where}={text}: {scheme.lower()} listeners are not supported "
-            "(serve plain http and put TLS or a unix socket in a proxy); use http://HOST:PORT"
+            f"{where}={text}: {scheme} listeners are not supported "
+            "(put a unix socket in a proxy); use http://HOST:PORT or https://HOST:PORT"
         )
     try:
-        parts = urlsplit(f"http://{rest}")
-        port = 80 if parts.port is None else parts.port  # TorchServe's default for http
+        parts = urlsplit(f"{scheme}://{rest}")
+        port = _DEFAULT_PORTS[scheme] if parts.port is None else parts.port  # as TorchServe
         host = parts.hostname
     except ValueError as exc:
         raise ConfigError(f"{where}={text}: {exc}") from None
     if not host or parts.path not in ("", "/") or parts.query or parts.username:
-        raise ConfigError(f"{where}={text}: expected http://HOST:PORT")
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise ConfigError(f"{where}={text}: expected {scheme}://HOST:PORT")
+    bound = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return bound if scheme == "http" else f"https://{bound}"
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def _object(where: str, value: Any) -> Mapping[str, Any]:
@@ -319,6 +327,8 @@ _SERVER: dict[str, tuple[str, _Convert]] = {
     "enable_model_api": ("enable_model_api", _bool),
     "disable_token_authorization": ("disable_token_authorization", _bool),
     "key_file": ("key_file", _text),
+    "certificate_file": ("certificate_file", _text),
+    "private_key_file": ("private_key_file", _text),
 }
 _DEFAULTS: dict[str, tuple[str, _Convert]] = {
     "job_queue_size": ("job_queue_size", _int),
