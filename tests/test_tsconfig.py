@@ -79,6 +79,7 @@ def test_exported_members():
         "ignored_keys",
         "model_yaml_settings",
         "parse_properties",
+        "parse_snapshot_models",
         "read_properties",
         "server_settings",
         "store_tables",

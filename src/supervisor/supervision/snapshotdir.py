@@ -48,7 +48,7 @@ class SnapshotDir:
     """Writes snapshots to ``path`` one at a time, and finds the newest good one.
 
     Args:
-        path: the snapshot directory (made at ``open``).
+        path: the snapshot directory (made by the first write).
         server: the settings written beside the models.
     """
 
@@ -59,17 +59,18 @@ class SnapshotDir:
         self._last = 0
 
     def open(self) -> None:
-        """Make the directory, remove temporary files a crash left, learn the newest stamp.
+        """Remove temporary files a crash left, and learn the newest stamp.
 
         A relative path is made absolute here, against the working directory, so
-        that the log names each file in full. Blocking: run it in a thread.
+        that the log names each file in full. The directory is made by the first
+        write, so a server that changes nothing leaves nothing behind. Blocking:
+        run it in a thread.
 
         Raises:
-            OSError: the directory cannot be made or listed.
+            OSError: the directory exists but cannot be listed.
         """
         self.path = self.path.absolute()
-        self.path.mkdir(parents=True, exist_ok=True)
-        names = os.listdir(self.path)
+        names = self._names()
         for name in names:
             if name.startswith(_TEMPORARY):
                 with contextlib.suppress(FileNotFoundError):
@@ -82,7 +83,7 @@ class SnapshotDir:
 
         Blocking: run it in a thread.
         """
-        for name in newest_first(os.listdir(self.path)):
+        for name in newest_first(self._names()):
             path = self.path / name
             try:
                 with path.open("rb") as file:
@@ -107,7 +108,14 @@ class SnapshotDir:
             except OSError as exc:
                 log.error("cannot write the config snapshot %s: %s", self.path / name, exc)
 
+    def _names(self) -> list[str]:
+        try:
+            return os.listdir(self.path)
+        except FileNotFoundError:
+            return []
+
     def _store(self, name: str, data: bytes) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
         with (
             replacing(self.path / name, prefix=_TEMPORARY) as (fd, _),
             os.fdopen(fd, "wb") as file,
