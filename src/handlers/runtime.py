@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import gc
 import json
+import logging
 import os
 import queue
 import signal
@@ -42,7 +43,15 @@ from handlers.reply import STREAM_NEXT_HEADER, failure, make_reply, serialise
 from handlers.streaming import PartSender
 from handlers.torchserve import install_torchserve_names
 
-__all__ = ["main", "read_manifest", "run_batch", "serialise"]
+__all__ = ["LOG_LEVEL_ENV", "main", "read_manifest", "run_batch", "serialise"]
+
+LOG_LEVEL_ENV = "SUPERVISOR_LOG_LEVEL"
+"""The environment variable with the server's log level (``INFO`` when unset).
+
+A handler's ``logging`` calls at this level and above reach the worker's output,
+and so its log tail and the model log, as in TorchServe's model log.
+"""
+_LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"  # the server adds the time
 
 
 class Channel:
@@ -106,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m handlers")
     parser.add_argument("--fd", type=int, required=True, help="protocol socket descriptor")
     args = parser.parse_args(argv)
+    _configure_logging(os.environ.get(LOG_LEVEL_ENV, "INFO"))
     channel = Channel(socket.socket(fileno=args.fd))
     threading.Thread(target=channel.read_forever, name="protocol-reader", daemon=True).start()
     first = channel.inbox.get()
@@ -130,6 +140,16 @@ def main(argv: list[str] | None = None) -> int:
             replies = run_batch(handle, context, items, send_parts=_part_writer(channel, batch_id))
             channel.send(encode_reply(batch_id, replies))
     return 0
+
+
+def _configure_logging(level: str) -> None:
+    """Send the handler's log records at ``level`` and above to stderr (the worker's log)."""
+    numeric = logging.getLevelName(level.strip().upper())
+    logging.basicConfig(
+        level=numeric if isinstance(numeric, int) else logging.INFO,
+        format=_LOG_FORMAT,
+        stream=sys.stderr,
+    )
 
 
 def _part_writer(channel: Channel, batch_id: int) -> Callable[[list[ReplyItem]], None]:

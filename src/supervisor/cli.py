@@ -20,7 +20,8 @@ from typing import Any
 
 import trio
 
-from supervisor.config import ConfigError, ServerConfig, load_config, read_toml
+from supervisor.config import LOG_FORMATS, ConfigError, ServerConfig, load_config, read_toml
+from supervisor.logsetup import configure_console
 from supervisor.models import archiver, tsconfig
 from supervisor.models.archive import ARCHIVE_SUFFIXES
 from supervisor.runner.command import add_validate_parser, run_validate
@@ -62,6 +63,10 @@ _SERVER_FLAGS = (
     "metrics_address",
     "shutdown_grace",
     "key_file",
+    "access_log",
+    "model_log",
+    "log_dir",
+    "log_format",
 )
 _SWITCHES = ("disable_token_authorization", "enable_model_api")
 _MODELS_HELP = (
@@ -132,6 +137,7 @@ def _add_server_flags(serve: argparse.ArgumentParser) -> None:
     )
     _add_snapshot_flags(serve)
     serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    _add_log_flags(serve)
     serve.add_argument(
         "--key-file", metavar="FILE", help="where the API keys are written (default key_file.json)"
     )
@@ -140,6 +146,32 @@ def _add_server_flags(serve: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="once listening and every start-up model is ready or failed, write the addresses "
         "and the models' states here as JSON (removed at exit)",
+    )
+
+
+def _add_log_flags(serve: argparse.ArgumentParser) -> None:
+    """The log files and the log format (docs/configuration.md, "Logs")."""
+    serve.add_argument(
+        "--access-log",
+        nargs="?",
+        const=True,
+        metavar="FILE",
+        help="one line per request, in TorchServe's format, to FILE (default: "
+        "LOG_DIR/access_log.log); off by default",
+    )
+    serve.add_argument(
+        "--model-log",
+        nargs="?",
+        const=True,
+        metavar="FILE",
+        help="the workers' output, each line naming its model and worker, to FILE "
+        "(default: LOG_DIR/model_log.log); off by default",
+    )
+    serve.add_argument("--log-dir", metavar="DIR", help="where log files go (default: logs)")
+    serve.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        help="text (default), or json: one object a line, for log shippers",
     )
 
 
@@ -389,13 +421,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _archive(args)
     if args.command == "validate":
         return run_validate(args)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
     try:
+        log_format = args.log_format or "text"
+        configure_console(args.log_level, log_format)
         config = config_from_args(args)
+        if config.log_format != log_format:  # set in a config file
+            configure_console(args.log_level, config.log_format)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -38,6 +38,7 @@ from supervisor.policy import RestartPolicy
 __all__ = [
     "DEFAULT_MODEL",
     "KIB",
+    "LOG_FORMATS",
     "MIB",
     "MILLISECONDS",
     "SECONDS",
@@ -85,6 +86,8 @@ def _brief(value: Any) -> str:
 
 
 _ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".mar", ".zip")
+LOG_FORMATS = ("text", "json")
+"""The values of ``log_format``."""
 
 
 class ConfigError(ValueError):
@@ -261,6 +264,15 @@ class ServerConfig:
             and Quart like the other ports.
         max_workers_total: the most workers on this machine, all models and
             versions together; a registration or scale beyond it gets 400.
+        log_dir: the directory of the log files that are on (TorchServe's ``logs``).
+        access_log: one line per request (TorchServe's ``access_log.log``): true
+            writes ``<log_dir>/access_log.log``, a string names the file; off by default.
+        model_log: the workers' output, each line naming its model and worker
+            (TorchServe's ``model_log.log``): true or a file, as ``access_log``.
+        log_format: ``text``, or ``json`` (one object a line) for log shippers;
+            applies to the server's log on stderr and to the log files.
+        log_max_size: a log file is rotated when it reaches this size, in bytes.
+        log_backups: rotated log files kept (``access_log.log.1`` ...).
         config_snapshots: after every management change, write a config snapshot
             (the models, versions, defaults and worker counts) to ``snapshot_dir``
             before answering, and at start restore the newest good one. On for
@@ -304,6 +316,12 @@ class ServerConfig:
     snapshot_dir: str = attrs.field(
         default="logs/config", validator=[v.instance_of(str), v.min_len(1)]
     )
+    log_dir: str = attrs.field(default="logs", validator=v.instance_of(str))
+    access_log: bool | str = attrs.field(default=False, validator=v.instance_of((bool, str)))
+    model_log: bool | str = attrs.field(default=False, validator=v.instance_of((bool, str)))
+    log_format: str = attrs.field(default="text", validator=v.in_(LOG_FORMATS))
+    log_max_size: int = attrs.field(default=100 * MIB, validator=[_int, v.gt(0)])
+    log_backups: int = attrs.field(default=5, validator=[_int, v.ge(0)])
     defaults: Mapping[str, Any] = attrs.field(factory=dict)
 
     def __attrs_post_init__(self) -> None:

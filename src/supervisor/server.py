@@ -38,6 +38,7 @@ from supervisor.config import DEFAULT_MODEL, ModelConfig, ServerConfig, name_fro
 from supervisor.errors import SupervisorError, WorkerStartFailed
 from supervisor.http.listeners import serve_asgi_port, serve_lean_port
 from supervisor.http.tls import server_context
+from supervisor.logsetup import open_log_files
 from supervisor.models.archive import remove_paths
 from supervisor.models.registration import Registration, prepare_model
 from supervisor.models.sweep import open_scratch, sweep_leftovers
@@ -107,6 +108,7 @@ async def serve(
             await root.start(_watch_signals, shutdown, root.cancel_scope)
         await trio.to_thread.run_sync(sweep_leftovers)  # what a killed server left behind
         with (
+            open_log_files(config),
             open_scratch() as scratch,
             _key_file(config) as tokens,
             _ready_file(ready_file),

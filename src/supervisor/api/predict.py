@@ -40,6 +40,7 @@ from supervisor.errors import (
     SupervisorError,
     Unauthorized,
 )
+from supervisor.http import access
 from supervisor.http.replies import TOKEN_FAILED, Answer, error_answer, json_answer, request_id
 from supervisor.supervision.batching import Job
 from supervisor.supervision.core import Supervisor
@@ -138,7 +139,7 @@ class Predictor:
             job.gone = gone
             reply = await job.wait()
         except _UNOBSERVED as exc:
-            return self._count(error_answer(exc, rid))
+            return self._count(error_answer(exc, rid), route)
         except SupervisorError as exc:
             answer = error_answer(exc, rid)
         else:
@@ -155,13 +156,15 @@ class Predictor:
         if not bearer_matches(fields.get("Authorization"), self.tokens.key("inference")):
             raise Unauthorized(TOKEN_FAILED)
 
-    def _count(self, answer: Answer) -> Answer:
+    def _count(self, answer: Answer, route: Route) -> Answer:
+        access.record(answer.status, route[1])
         if self.on_response is not None:
             self.on_response(answer.status)
         return answer
 
     def _record(self, route: Route, status: int, *, started: float, job: Job | None) -> None:
-        """The one place a prediction's metrics are recorded."""
+        """The one place a prediction's metrics (and its access line) are recorded."""
+        access.record(status, route[1])
         if self.on_response is not None:
             self.on_response(status)
         if self.observe is None:
@@ -217,7 +220,13 @@ class Stream:
         return None
 
     def close(self) -> None:
-        """Give up the rest of the answer (nothing happens if it is complete)."""
+        """Give up the rest of the answer (nothing happens if it is complete).
+
+        A client that left mid-answer is not in the metrics; its access line
+        has the status it was sent.
+        """
+        if not self._done:
+            access.record(self.status, None)
         self._done = True
         self._job.fail(DeadlineExceeded("the client went away during the streamed answer"))
 

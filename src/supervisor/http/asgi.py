@@ -14,6 +14,7 @@ from urllib.parse import unquote
 
 import trio
 
+from supervisor.http import access
 from supervisor.http import framing as http1
 from supervisor.http.exchange import Exchange, Peer
 from supervisor.http.replies import http_error_body
@@ -126,6 +127,7 @@ class _Bridge:
     async def send(self, message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
             self.status = int(message["status"])
+            access.note_status(self.status)
             self.headers = [(bytes(k).lower(), bytes(v)) for k, v in message.get("headers", [])]
             return
         if message["type"] != "http.response.body" or self.complete:

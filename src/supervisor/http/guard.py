@@ -40,6 +40,7 @@ from hypercorn.events import Closed, Event, RawData
 from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio.tcp_server import TCPServer
 
+from supervisor.http import access
 from supervisor.http.framing import MAX_HEAD
 from supervisor.http.replies import http_error_body
 
@@ -105,6 +106,10 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        with access.open_entry(scope.get("client"), scope["method"], _path(scope), _http10(scope)):
+            await self._guarded(scope, receive, send)
+
+    async def _guarded(self, scope: Message, receive: Any, send: Any) -> None:
         refused = refusal(scope, self.limits)
         if refused is None and self.in_progress >= self.limits.max_requests:
             refused = 503, f"too many requests in progress (max {self.limits.max_requests})"
@@ -128,6 +133,7 @@ class Guard:
         ]
         if status == 503:
             headers.append((b"retry-after", b"1"))
+        access.note_status(status)
         # Hypercorn closes the connection itself when bytes follow a "connection:
         # close" answer (a pipelined request), which can break a send under way
         with contextlib.suppress(trio.BusyResourceError, trio.BrokenResourceError):
@@ -135,6 +141,16 @@ class Guard:
             await send({"type": "http.response.body", "body": body, "more_body": True})
             await _drain(receive, self.limits)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _path(scope: Message) -> str:
+    """The request path as sent (percent-encoded), for the access log."""
+    raw: bytes | None = scope.get("raw_path")
+    return raw.decode("latin-1") if raw else str(scope["path"])
+
+
+def _http10(scope: Message) -> bool:
+    return scope.get("http_version") == "1.0"
 
 
 async def _drain(receive: Any, limits: GuardLimits) -> None:
@@ -164,6 +180,8 @@ class _Exchange:
         return message
 
     async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            access.note_status(int(message["status"]))
         async with self._sending:
             await self._send(message)
 

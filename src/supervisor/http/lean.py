@@ -48,6 +48,7 @@ from collections.abc import Awaitable, Callable
 import attrs
 import trio
 
+from supervisor.http import access
 from supervisor.http import framing as http1
 from supervisor.http.asgi import ASGIApp, Lifespan, serve_asgi
 from supervisor.http.exchange import CloseConnection, Exchange, Peer, Router
@@ -289,7 +290,11 @@ class _Connection:
         return bytes(decoder.body)
 
     async def _respond(self, head: RequestHead, body: bytes) -> bool:
-        """Answer one request; whether the connection stays open."""
+        """Answer one request (and write its access line); whether the connection stays open."""
+        with access.open_entry(self.peer, head.method, head.path, head.http10):
+            return await self._answer(head, body)
+
+    async def _answer(self, head: RequestHead, body: bytes) -> bool:
         handler = self.server.router(head)
         exchange = Exchange(self, head, body)
         if handler is None:
@@ -299,6 +304,7 @@ class _Connection:
         keep = exchange.keep_alive
         if answer is None:
             return keep
+        access.note_status(answer.status)
         self._enter(_WRITING, self.limits.write_timeout)
         await self.stream.send_all(
             http1.response_head(

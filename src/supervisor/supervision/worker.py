@@ -35,6 +35,7 @@ from handlers.protocol import (
     encode,
     encode_infer,
 )
+from handlers.runtime import LOG_LEVEL_ENV
 from supervisor.config import ModelConfig
 from supervisor.errors import SupervisorError, WorkerDied, WorkerStartFailed, WorkerTimeout
 from supervisor.supervision.logtail import LogTail
@@ -42,10 +43,14 @@ from supervisor.supervision.memwatch import check_memory, watch_memory
 from supervisor.supervision.process import Launcher, WorkerProcess
 from supervisor.supervision.stats import ExitRecord
 
-__all__ = ["NotDelivered", "Worker", "WorkerState"]
+__all__ = ["MODEL_LOGGER", "NotDelivered", "Worker", "WorkerState"]
 
 worker_log = logging.getLogger("supervisor.worker")
 """Every line a worker writes, at DEBUG (``--log-level DEBUG`` shows them)."""
+MODEL_LOGGER = "supervisor.model"
+"""Every line a worker writes, at INFO, for the model log (TorchServe's ``MODEL_LOG``)."""
+model_log = logging.getLogger(MODEL_LOGGER)
+_METRIC_LINE = "[METRICS]"  # a handler's metric, not a log line (kept out of tail and model log)
 
 
 class WorkerState(enum.Enum):
@@ -107,7 +112,7 @@ class Worker:
         self.started_at = time.time()
         self.ready_at: float | None = None
         self.exit: ExitRecord | None = None
-        self.log = LogTail(config.log_lines, config.log_bytes, ignore=("[METRICS]",))
+        self.log = LogTail(config.log_lines, config.log_bytes, ignore=(_METRIC_LINE,))
         self.dead = trio.Event()
         self.ending = trio.Event()
         self._launcher = launcher
@@ -172,7 +177,7 @@ class Worker:
     async def run(self, *, task_status: trio.TaskStatus[Worker] = trio.TASK_STATUS_IGNORED) -> None:
         """Spawn, hand-shake, serve until the end, then tear down and reap."""
         try:
-            self._proc = proc = await self._launcher.launch(self._env)
+            self._proc = proc = await self._launcher.launch(self._launch_env())
         except OSError as exc:
             self.state = WorkerState.DEAD
             why = f"could not spawn the worker: {exc}"
@@ -198,6 +203,11 @@ class Worker:
                 f"worker {self.name} failed to start: {self.exit.summary() if self.exit else '?'}",
                 log_tail=self.log.lines(),
             )
+
+    def _launch_env(self) -> dict[str, str]:
+        """The worker's extra environment; its logging level is the server's."""
+        level = logging.getLevelName(logging.getLogger("supervisor").getEffectiveLevel())
+        return {LOG_LEVEL_ENV: str(level), **self._env}
 
     async def _supervise(self, proc: WorkerProcess, task_status: trio.TaskStatus[Worker]) -> None:
         with self._scope:
@@ -340,13 +350,25 @@ class Worker:
             if proc.logs is None:
                 return
             async for chunk in proc.logs:
-                for line in self.log.feed(bytes(chunk)):
-                    worker_log.debug("[%s] %s", self.name, line)
+                self._log_lines(self.log.feed(bytes(chunk)))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
-            self.log.close()
+            self._log_lines(self.log.close())
             self._logs_done.set()
+
+    def _log_lines(self, lines: list[str]) -> None:
+        """Pass a worker's lines on: the server's log (DEBUG) and the model log."""
+        to_model = model_log.isEnabledFor(logging.INFO)
+        if not (lines and (to_model or worker_log.isEnabledFor(logging.DEBUG))):
+            return
+        c = self.config
+        fields: dict[str, object] = {"model": c.name, "version": c.version, "worker": self.id}
+        fields.update(incarnation=self.incarnation, pid=self.pid)
+        for line in lines:
+            worker_log.debug("[%s] %s", self.name, line, extra=fields)
+            if to_model and not line.startswith(_METRIC_LINE):
+                model_log.info(line, extra=fields)
 
     async def infer(
         self, items: list[InferItem], on_part: PartHandler | None = None
