@@ -127,8 +127,11 @@ async def test_register_errors(server):
     assert missing.status_code == 404
     assert missing.json()["message"] == "Model not found at: nope.mar"
     assert (await server.register()).status_code == 400
-    bad = await server.register(url="echo2.mar", batch_size="many")
+    # a batch_size that is no number is ignored, as in TorchServe (tests/test_ts_management.py);
+    # one that is a number out of range is refused
+    bad = await server.register(url="echo2.mar", batch_size="0")
     assert bad.status_code == 400
+    assert "batch_size" in bad.json()["message"]
 
 
 async def test_a_model_that_cannot_load_is_rolled_back_with_its_log_tail(server):

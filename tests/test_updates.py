@@ -104,7 +104,7 @@ async def server(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Server]
     endpoints = await nursery.start(partial(serve, config, shutdown=shutdown, handle_signals=False))
     async with httpx.AsyncClient(timeout=60) as client:
         server = Server(endpoints, client)
-        assert (await server.register(url="m1.mar")).status_code == 200
+        assert (await server.register(url="m1.mar", initial_workers=1)).status_code == 200
         yield server
     shutdown.set()
 
@@ -193,7 +193,7 @@ async def test_failed_updates_under_load_are_rolled_back(
 
 async def test_set_default_runs_the_canaries_it_is_given(server: Server) -> None:
     mgmt = server.endpoints.management
-    r = await server.register(url="m3.mar")  # no canaries: a plain TorchServe registration
+    r = await server.register(url="m3.mar", initial_workers=1)  # a plain TorchServe one
     assert r.json() == {"status": 'Model "m" Version: 3.0 registered with 1 initial workers'}
 
     wants_v1 = [canary("1.0")]
@@ -220,7 +220,7 @@ async def test_set_default_runs_the_canaries_it_is_given(server: Server) -> None
 async def test_a_registration_with_failing_canaries_is_rolled_back(server: Server) -> None:
     r = await server.client.post(
         f"{server.endpoints.management}/models",
-        json={"url": "m3.mar", "canaries": [canary("1.0")]},
+        json={"url": "m3.mar", "initial_workers": 1, "canaries": [canary("1.0")]},
     )
     assert r.status_code == 422
     assert r.json()["message"].endswith(
@@ -242,7 +242,7 @@ async def test_a_registration_with_failing_canaries_is_rolled_back(server: Serve
 
 async def test_unregistering_drains_the_version(server: Server, nursery: trio.Nursery) -> None:
     mgmt = server.endpoints.management
-    await server.register(url="m3.mar")
+    await server.register(url="m3.mar", initial_workers=1)
     await server.client.put(f"{mgmt}/models/m/3.0/set-default")
     answers: dict[str, httpx.Response] = {}
 

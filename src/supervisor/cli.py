@@ -31,7 +31,7 @@ __all__ = ["main"]
 log = logging.getLogger("supervisor")
 
 _MODEL_FLAGS: tuple[tuple[str, type, str], ...] = (
-    ("workers", int, "workers per model at start (default 1)"),
+    ("workers", int, "workers per model at start (default 1; POST /models: 0)"),
     ("max-workers", int, "the most workers scaling may reach"),
     ("batch-size", int, "the most requests per batch (default 1)"),
     ("max-batch-delay", float, "under load, seconds a batch may wait to fill (default 0.01)"),

@@ -1,4 +1,8 @@
-"""Describe output: a model's settings, state and workers as JSON-ready dicts."""
+"""Describe output: a model's settings, state and workers as JSON-ready dicts.
+
+``minWorkers`` and ``maxWorkers`` are the model's current ones: a scale call
+sets both, as in TorchServe.
+"""
 
 from __future__ import annotations
 
@@ -34,7 +38,7 @@ def describe_model(stats: ModelStats) -> dict[str, Any]:
         "state": stats.state,
         "isDefault": stats.is_default,
         "minWorkers": c.workers,
-        "maxWorkers": c.max_workers or c.workers,
+        "maxWorkers": c.worker_limit,
         "batchSize": c.batch_size,
         "maxBatchDelay": round(c.max_batch_delay * 1000),
         "responseTimeout": c.response_timeout,

@@ -1,8 +1,10 @@
 """The management API (port 8081): register, scale, describe, unregister, list.
 
-Registering a version with ``set_default=true`` and ``PUT .../set-default`` are
-safe updates: the version's canaries must pass before the default switches; see
-docs/updates.md.
+The answers are TorchServe's, down to its leniency: a registration starts no
+worker unless asked to, parameters TorchServe ignores are ignored (and logged),
+and a final ``/`` in a path changes nothing. Registering a version with
+``set_default=true`` and ``PUT .../set-default`` are safe updates: the version's
+canaries must pass before the default switches; see docs/updates.md.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from supervisor.models.archive import remove_paths
 from supervisor.models.canary import Canary
 from supervisor.models.registration import (
     Registration,
+    parse_flag,
     parse_registration,
     prepare_model,
     request_canaries,
@@ -289,9 +292,13 @@ async def _scale(sup: Supervisor, name: str, version: str | None, deadline: floa
         raise InvalidRequest(why)
     if high < low:
         raise InvalidRequest("max_worker cannot be less than min_worker.")
-    if pool.config.max_workers != high:
-        pool.config = attrs.evolve(pool.config, max_workers=high)
-    pool.scale(low, "min_worker")
+    before = pool.config
+    pool.config = attrs.evolve(before, workers=low, max_workers=high)  # what describe shows
+    try:
+        pool.scale(low, "min_worker")
+    except SupervisorError:
+        pool.config = before
+        raise
     await sup.changed()  # a config snapshot records the new count before the answer
     if not _flag("synchronous"):
         return json_response({"status": "Processing worker updates..."}, 202)
@@ -352,4 +359,5 @@ def _int_arg(key: str, default: int) -> int:
 
 
 def _flag(key: str) -> bool:
-    return request.args.get(key, "false").lower() in ("true", "1", "yes")
+    """A boolean query parameter (false when absent; see ``parse_flag``)."""
+    return parse_flag(key, request.args.get(key, ""), default=False)

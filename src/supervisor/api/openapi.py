@@ -268,9 +268,15 @@ _REGISTER_FIELDS = {
     "url": _t("string", "A model archive or directory in the model store, or an allowed URL."),
     "model_name": _t("string", "The model's name (default: from the archive's manifest)."),
     "handler": _t("string", "The handler, `module[:function]` (default: from the manifest)."),
+    "runtime": _t("string", "TorchServe's runtime; others are 400.", enum=["python", "python3"]),
     "batch_size": _t("integer", "The most requests in one batch.", minimum=1),
     "max_batch_delay": _t("number", "Milliseconds to wait to fill a batch.", minimum=0),
-    "initial_workers": _t("integer", "Workers to start.", minimum=0),
+    "initial_workers": _t(
+        "integer",
+        "Workers to start (default: the archive's minWorkers, else the configured default "
+        "workers, else 0).",
+        minimum=0,
+    ),
     "synchronous": _t("boolean", "Answer once the workers are up.", default=True),
     "response_timeout": _t("number", "Seconds a worker may take per batch.", exclusiveMinimum=0),
     "startup_timeout": _t("number", "Seconds a worker may take to load.", exclusiveMinimum=0),

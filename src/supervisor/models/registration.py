@@ -4,7 +4,9 @@ The ``url`` is resolved (store name, or allowed remote URL downloaded into the
 store), unpacked, and its manifest read. Settings are layered, most specific
 first: the request's parameters, then the archive's ``model-config.yaml``, then
 the server's model defaults. (TorchServe lets the YAML win over the request,
-against its own documentation; see docs/torchserve-compat.md.)
+against its own documentation; see docs/torchserve-compat.md.) As in TorchServe,
+``POST /models`` starts no workers unless asked to, and its parameters are read
+leniently: values TorchServe ignores are ignored here too, with a warning.
 
 Our extensions make a registration a safe update: ``set_default`` switches the
 default version only once the new one passes its canaries (``canaries``: a JSON
@@ -14,6 +16,7 @@ and ``retire_old`` then drains and unloads the old default.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -37,10 +40,21 @@ from supervisor.models.download import fetch
 from supervisor.models.sweep import DOWNLOAD_JOURNAL
 from supervisor.models.tsconfig import MAX_YAML_BYTES, model_yaml_settings
 
-__all__ = ["Registration", "parse_registration", "prepare_model", "request_canaries"]
+__all__ = [
+    "Registration",
+    "parse_flag",
+    "parse_registration",
+    "prepare_model",
+    "request_canaries",
+]
+
+log = logging.getLogger("supervisor.models")
 
 _INTS = ("batch_size", "initial_workers")
 _FLOATS = ("max_batch_delay", "response_timeout", "startup_timeout")
+_RUNTIMES = ("python", "python3")
+_SHOWN = 40
+"""The most characters of an ignored value that a warning quotes."""
 
 
 @attrs.frozen
@@ -77,29 +91,126 @@ class Registration:
 def parse_registration(params: Mapping[str, Any]) -> Registration:
     """Validate the parameters of ``POST /models`` (query string or JSON body).
 
+    Lenient where TorchServe is: a number parameter that is not a number, a
+    negative ``initial_workers`` and a ``response_timeout`` or ``startup_timeout``
+    of 0 or less are ignored (the default applies), and a ``synchronous`` that is
+    not a boolean is false; each is logged as a warning naming the value.
+
     Raises:
-        InvalidRequest: a missing url or a value of the wrong type.
+        InvalidRequest: no url, a runtime other than python, ``startup_timeout``
+            of 0 or less with workers to start, or extensions that do not combine.
+        ModelNotFound: an empty url (TorchServe's ``empty url``).
     """
-    if params.get("url") in (None, ""):
+    url = params.get("url")
+    if url is None:
         raise InvalidRequest("Parameter url is required.")
-    values: dict[str, Any] = {"url": str(params["url"])}
+    if url == "":
+        raise ModelNotFound("empty url")
+    _check_runtime(params.get("runtime"))
+    values: dict[str, Any] = {"url": str(url)}
     for key in ("model_name", "handler"):
         if params.get(key):
             values[key] = str(params[key])
-    for key, kind in [(k, int) for k in _INTS] + [(k, float) for k in _FLOATS]:
-        if params.get(key) not in (None, ""):
-            values[key] = _number(key, params[key], kind)
-    for key in ("synchronous", "set_default", "retire_old"):
+    values.update(_numbers(params))
+    for key, default in (("synchronous", True), ("set_default", False), ("retire_old", False)):
         if key in params:
-            values[key] = str(params[key]).lower() in ("true", "1", "yes")
+            values[key] = parse_flag(key, params[key], default)
     reg = Registration(**values)
+    _check_extensions(reg)
+    return reg
+
+
+def parse_flag(key: str, raw: Any, default: bool) -> bool:
+    """A boolean parameter: ``true``/``1``/``yes`` or ``false``/``0``/``no``.
+
+    Anything else is false, as TorchServe's ``Boolean.parseBoolean`` reads it,
+    with a warning; an empty value (``key=``) is ``default``.
+    """
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    if text == "":
+        return default
+    log.warning("%s=%r is not true or false; taken as false", key, str(raw)[:_SHOWN])
+    return False
+
+
+def _check_runtime(runtime: Any) -> None:
+    """TorchServe's runtimes that run here: ``python`` and ``python3`` (its 400 otherwise)."""
+    if runtime is None or runtime in _RUNTIMES:
+        return
+    text = str(runtime)[:_SHOWN]
+    if text == "LSP":
+        raise InvalidRequest(
+            "Invalid RuntimeType value: LSP (not supported: handlers run as Python)"
+        )
+    raise InvalidRequest(f"Invalid RuntimeType value: {text}")
+
+
+def _numbers(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The number parameters that are usable; the others are logged and ignored."""
+    values: dict[str, Any] = {}
+    for key, kind in [(k, int) for k in _INTS] + [(k, float) for k in _FLOATS]:
+        raw = params.get(key)
+        if raw is None or raw == "":
+            continue
+        value = _number(key, raw, kind)
+        if value is not None and _usable(key, value, params):
+            values[key] = value
+    return values
+
+
+def _number(key: str, raw: Any, kind: type[int] | type[float]) -> int | float | None:
+    """``raw`` as a number, or None (logged) if it is not one, as TorchServe ignores it."""
+    try:
+        if isinstance(raw, bool):
+            raise TypeError(raw)
+        return kind(raw)
+    except (TypeError, ValueError, OverflowError):
+        what = "an integer" if kind is int else "a number"
+        log.warning("ignoring %s=%r: not %s; using the default", key, str(raw)[:_SHOWN], what)
+        return None
+
+
+def _usable(key: str, value: float, params: Mapping[str, Any]) -> bool:
+    """Whether ``value`` is used; TorchServe ignores these values (logged here).
+
+    Raises:
+        InvalidRequest: ``startup_timeout`` of 0 or less for workers asked for at
+            once (TorchServe's workers then fail to start: a 500).
+    """
+    if key == "initial_workers" and value < 0:
+        log.warning("ignoring initial_workers=%d: below 0; using the default", value)
+        return False
+    if key in ("response_timeout", "startup_timeout") and value <= 0:
+        if key == "startup_timeout" and _asks_for_workers(params):
+            raise InvalidRequest(
+                f"startup_timeout={value:g} leaves the initial workers no time to start; "
+                "give more seconds, or leave it out for the default"
+            )
+        log.warning("ignoring %s=%g: not above 0; using the default", key, value)
+        return False
+    return True
+
+
+def _asks_for_workers(params: Mapping[str, Any]) -> bool:
+    try:
+        return int(params.get("initial_workers") or 0) > 0
+    except (TypeError, ValueError):
+        return False
+
+
+def _check_extensions(reg: Registration) -> None:
     if reg.retire_old and not reg.set_default:
         raise InvalidRequest("retire_old=true needs set_default=true")
     if reg.set_default and not reg.synchronous:
         raise InvalidRequest(
             "set_default=true needs synchronous=true: the switch waits for the new workers"
         )
-    return reg
 
 
 def request_canaries(raw: Any, model_store: str) -> tuple[Canary, ...] | None:
@@ -139,14 +250,6 @@ def _store_file(name: str, store: Path | None) -> Path:
     return path
 
 
-def _number(key: str, raw: Any, kind: type[int] | type[float]) -> int | float:
-    try:
-        value = kind(raw)
-    except (TypeError, ValueError):
-        raise InvalidRequest(f"Parameter {key} must be a number, got {raw!r}") from None
-    return value
-
-
 async def prepare_model(
     reg: Registration,
     server: ServerConfig,
@@ -159,8 +262,9 @@ async def prepare_model(
         reg: the registration.
         server: allowed URLs, the model store, download bounds, model defaults.
         scratch: where archives are unpacked.
-        base: the settings under the archive's ``model-config.yaml`` (the server's
-            model defaults when None).
+        base: the settings under the archive's ``model-config.yaml``; None for
+            ``POST /models``: the server's model defaults, with TorchServe's
+            default of no workers (see ``_api_defaults``).
 
     Returns:
         The model's configuration and its files (remove ``files.leftovers()``
@@ -188,12 +292,26 @@ async def prepare_model(
     try:
         # read and parsed in a thread: a YAML of a megabyte takes a while
         layers = await trio.to_thread.run_sync(
-            _layers, files, server.defaults if base is None else base
+            _layers, files, _api_defaults(reg, server) if base is None else base
         )
         return _model_config(reg, files, layers), files
     except BaseException:
         await trio.to_thread.run_sync(remove_paths, files.leftovers())
         raise
+
+
+def _api_defaults(reg: Registration, server: ServerConfig) -> Mapping[str, Any]:
+    """The model defaults under a ``POST /models`` registration's YAML.
+
+    As in TorchServe, such a registration starts no workers unless it asks for
+    them (``initial_workers``), its YAML does (``minWorkers``), or the server's
+    default workers are configured (``default_workers_per_model``, ``workers``
+    in ``[defaults]``, ``--workers``). A safe update (``set_default``) starts the
+    model defaults' workers (1 if none are configured): its switch needs them.
+    """
+    if reg.set_default or "workers" in server.defaults:
+        return server.defaults
+    return {**server.defaults, "workers": 0}
 
 
 def _layers(files: ModelFiles, base: Mapping[str, Any]) -> dict[str, Any]:
