@@ -336,6 +336,29 @@ async def test_set_default_starts_the_model_defaults_workers(server):
     assert (entry["modelVersion"], len(entry["workers"])) == ("2.0", 1)
 
 
+@pytest.mark.slow
+async def test_canaries_of_a_version_without_workers_wait_for_its_workers(server):
+    # ours (safe updates): a registration without workers sends no canaries; set-default
+    # sends them, so the version needs its workers first (a 422 naming the 503 otherwise)
+    await server.send("POST", "models?url=mnist.mar&initial_workers=1")
+    make_mar(server.store, "mnist2", ECHO_HANDLER, version="2.0")
+    smoke = [{"body": "hello", "content_type": "text/plain", "expect_contains": "hello"}]
+    r = await server.client.post(
+        f"{server.endpoints.management}/models",
+        json={"url": "mnist2.mar", "model_name": "mnist", "canaries": smoke},
+    )
+    assert "registered with 0 initial workers" in r.json()["status"]
+    r = await server.send("PUT", "models/mnist/2.0/set-default")
+    assert r.status_code == 422
+    assert r.json()["canary"]["status"] == 503
+    assert "has no worker" in r.json()["canary"]["body"]
+    assert (await server.describe("mnist"))["modelVersion"] == "1.0"  # the default stays
+    await server.send("PUT", "models/mnist/2.0?min_worker=1&synchronous=true")
+    r = await server.send("PUT", "models/mnist/2.0/set-default")
+    assert r.json()["status"].endswith("; 1 canary passed")
+    assert (await server.describe("mnist"))["modelVersion"] == "2.0"
+
+
 async def test_configured_default_workers_apply_to_api_registrations(tmp_path):
     # TorchServe: initial_workers defaults to default_workers_per_model when it is set
     store = tmp_path / "store"
