@@ -75,7 +75,9 @@ def load(props, store_entries=()):
 def test_exported_members():
     assert set(tsconfig.__all__) == {
         "ALL_MODELS",
+        "ENV_VARS",
         "MAX_YAML_BYTES",
+        "env_properties",
         "ignored_keys",
         "model_yaml_settings",
         "parse_properties",
@@ -224,7 +226,7 @@ def test_realistic_config_maps_to_our_config(tmp_path):
     )
     assert (resnet.workers, resnet.job_queue_size, resnet.response_timeout) == (2, 1000, 300)
     assert ignored_keys(props) == (
-        ["enable_envvars_config", "install_py_dep_per_model", "number_of_netty_threads", "vmargs"],
+        ["install_py_dep_per_model", "number_of_netty_threads", "vmargs"],
         [],
     )
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-__all__ = ["check_identity", "run"]
+__all__ = ["check_identity", "program_name", "run"]
 
 
 def check_identity() -> str | None:
@@ -31,6 +31,16 @@ def check_identity() -> str | None:
     )
 
 
+def program_name(argv0: str) -> str:
+    """The name this program was called by, for usage lines.
+
+    ``python -m supervisor`` runs this file (``__main__.py``); a console script
+    (``trio-supervisor``) runs under its own name.
+    """
+    name = Path(argv0).name
+    return "python -m supervisor" if name in ("", "__main__.py", "-c", "-m") else name
+
+
 def run() -> int:
     """Check the package identity and run the command line."""
     problem = check_identity()
@@ -39,7 +49,7 @@ def run() -> int:
         return 3
     from supervisor.cli import main
 
-    return main()
+    return main(prog=program_name(sys.argv[0]))
 
 
 if __name__ == "__main__":

@@ -2,10 +2,13 @@
 
 ``serve`` runs the server. With no models configured it serves the built-in
 iris classifier. Settings come in layers, later ones winning: a TorchServe
-``config.properties`` (``--ts-config``), then our TOML file (``--config``), then
-flags. Server and model-default keys win one by one (``restart`` keys too); a
-list of models replaces the lists below it (``--models`` over ``[[models]]``
-over ``load_models``).
+``config.properties`` (``--ts-config``, else ``$TS_CONFIG_FILE``), then our TOML
+file (``--config``), then TorchServe's ``TS_*`` environment variables (only
+when the properties file sets ``enable_envvars_config=true``), then flags.
+Server and model-default keys win one by one (``restart`` keys too); a list of
+models replaces the lists below it (``--models`` over ``TS_LOAD_MODELS`` over
+``[[models]]`` over ``load_models``). ``torchserve``'s own flags (``--start``,
+``--stop`` ...) are in ``supervisor.tscommand``; no parser takes abbreviations.
 """
 
 from __future__ import annotations
@@ -20,13 +23,17 @@ from typing import Any
 
 import trio
 
+from supervisor import daemon, tscommand
 from supervisor.config import LOG_FORMATS, ConfigError, ServerConfig, load_config, read_toml
 from supervisor.logsetup import configure_console
 from supervisor.models import archiver, tsconfig
 from supervisor.models.archive import ARCHIVE_SUFFIXES
 from supervisor.runner.command import add_validate_parser, run_validate
 
-__all__ = ["main"]
+__all__ = ["PROG", "main"]
+
+PROG = "python -m supervisor"
+"""The program name in usage lines when no other is given (``trio-supervisor`` when run so)."""
 
 log = logging.getLogger("supervisor")
 
@@ -77,24 +84,31 @@ _MODELS_HELP = (
 )
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str = PROG) -> argparse.ArgumentParser:
+    # allow_abbrev=False everywhere: an abbreviation would read --stop as --stop-grace.
     parser = argparse.ArgumentParser(
-        prog="python -m supervisor",
-        description="trio-supervisor: a PyTorch model server with a Trio supervisor.",
+        prog=prog,
+        description="trio-supervisor: a PyTorch model server with a Trio supervisor. "
+        f"`{prog} --start ...` (no command) is `{prog} serve --start ...`, as torchserve.",
+        allow_abbrev=False,
     )
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser(
         "serve",
+        allow_abbrev=False,
         help="run the server",
         description="Run the server. With no models configured it serves the built-in iris "
         "classifier. Settings are applied in this order, later ones winning: --ts-config "
         "(TorchServe config.properties), then --config (TOML), then flags; a model list "
-        "replaces the ones before it. Durations are in seconds.",
+        "replaces the ones before it. TorchServe's TS_* environment variables come between "
+        "the files and the flags when config.properties sets enable_envvars_config=true. "
+        "Durations are in seconds.",
     )
     _add_sources(serve)
     _add_server_flags(serve)
     for flag, kind, text in _MODEL_FLAGS + _RESTART_FLAGS:
         serve.add_argument(f"--{flag}", type=kind, help=text)
+    tscommand.add_flags(serve)
     _add_archive(commands)
     add_validate_parser(commands)
     return parser
@@ -179,6 +193,7 @@ def _add_archive(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     """``archive``: torch-model-archiver's flags (see supervisor.models.archiver)."""
     archive = commands.add_parser(
         "archive",
+        allow_abbrev=False,
         help="build a model archive (.mar) as torch-model-archiver does",
         description="Build a model archive with torch-model-archiver's flags and layout. "
         "A handler that is not a file here (a module name) is recorded as given.",
@@ -236,34 +251,64 @@ def _archive(args: argparse.Namespace) -> int:
     return 0
 
 
-def config_from_args(args: argparse.Namespace) -> ServerConfig:
-    """Build the server config from the parsed ``serve`` flags and their files.
+_ENV_SOURCE = "environment (TS_* variables)"
 
-    Layers, later ones winning: ``--ts-config``, ``--config``, flags (see the
-    module docstring).
+
+def config_from_args(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> ServerConfig:
+    """Build the server config from the parsed ``serve`` flags, their files and ``environ``.
+
+    Layers, later ones winning: ``--ts-config`` (or ``$TS_CONFIG_FILE``),
+    ``--config``, ``TS_*`` variables, flags (see the module docstring).
+    ``environ`` defaults to ``os.environ``.
     """
-    props = _ts_properties(args.ts_config)
+    environ = os.environ if environ is None else environ
+    path = args.ts_config or environ.get("TS_CONFIG_FILE") or None
+    source = path or "config.properties"
+    props = _ts_properties(path, environ)
+    env = _env_layer(props, environ)
     file = read_toml(args.config)
     file["server"].setdefault("config_snapshots", True)  # the CLI's default; --ncs wins
     flags = _server_flags(args)
-    store = _model_store(flags, file["server"], props)
+    store = _model_store(flags, {**file["server"], **env}, props)
     specs = _specs(args.models)
-    entries = _store_entries(store) if _wants_all(props, specs) else []
-    ts_server, ts_defaults, ts_models = tsconfig.server_settings(props, store_entries=entries)
-    flag_models = _flag_models(specs, store, props, entries)
-    models: list[Any] = next(m for m in (flag_models, file["models"], ts_models) if m is not None)
+    entries = _store_entries(store) if _wants_all({**props, **env}, specs) else []
+    ts_server, ts_defaults, ts_models = tsconfig.server_settings(
+        props, store_entries=entries, source=source
+    )
+    env_server, env_defaults, env_models = tsconfig.server_settings(
+        {**_models_json(props), **env}, store_entries=entries, source=_ENV_SOURCE
+    )
+    flag_models = _flag_models(specs, store, props, entries, source)
+    env_list = env_models if "load_models" in env else None
+    layers = (flag_models, env_list, file["models"], ts_models)
+    models: list[Any] = next(m for m in layers if m is not None)
     return load_config(
-        server={**ts_server, **file["server"], **flags},
-        defaults=_layered(ts_defaults, file["defaults"], _default_flags(args)),
+        server={**ts_server, **file["server"], **env_server, **flags},
+        defaults=_layered(ts_defaults, file["defaults"], env_defaults, _default_flags(args)),
         models=models,
     )
 
 
-def _ts_properties(path: str | None) -> dict[str, str]:
+def _env_layer(props: Mapping[str, str], environ: Mapping[str, str]) -> dict[str, str]:
+    """The keys ``TS_*`` variables set (see ``tsconfig.env_properties``); logs the idle ones."""
+    env, ignored = tsconfig.env_properties(props, environ)
+    if ignored:
+        log.info("ignoring TorchServe variables without effect here: %s", ", ".join(ignored))
+    return env
+
+
+def _models_json(props: Mapping[str, str]) -> dict[str, str]:
+    """The ``models`` JSON, which tunes the models ``TS_LOAD_MODELS`` loads too."""
+    return {"models": props["models"]} if "models" in props else {}
+
+
+def _ts_properties(path: str | None, environ: Mapping[str, str]) -> dict[str, str]:
     """The ``--ts-config`` keys, ``$$ENV$$`` resolved; logs the ones without effect."""
     if path is None:
         return {}
-    props = tsconfig.substitute_env(tsconfig.read_properties(path), os.environ)
+    props = tsconfig.substitute_env(tsconfig.read_properties(path), environ, source=path)
     unsupported, unknown = tsconfig.ignored_keys(props)
     if unsupported:
         log.info(
@@ -347,27 +392,32 @@ def _store_entries(store: str) -> list[str]:
 
 
 def _flag_models(
-    specs: Sequence[str], store: str, props: Mapping[str, str], entries: Sequence[str]
+    specs: Sequence[str],
+    store: str,
+    props: Mapping[str, str],
+    entries: Sequence[str],
+    source: str,
 ) -> list[dict[str, Any]] | None:
     if not specs:
         return None
     tables: list[dict[str, Any]] = []
     for spec in specs:
         if spec.lower() == tsconfig.ALL_MODELS:
-            tables += tsconfig.with_model_params(tsconfig.store_tables(entries), props)
+            store_tables = tsconfig.store_tables(entries)
+            tables += tsconfig.with_model_params(store_tables, props, source=source)
         else:
-            tables.append(_model_table(spec, store, props))
+            tables.append(_model_table(spec, store, props, source))
     return tables
 
 
-def _model_table(spec: str, store: str, props: Mapping[str, str]) -> dict[str, Any]:
+def _model_table(spec: str, store: str, props: Mapping[str, str], source: str) -> dict[str, Any]:
     """One spec: ``NAME=HANDLER[@DIR]``, or TorchServe's ``NAME=ARCHIVE`` / ``ARCHIVE``."""
     name, sep, target = spec.partition("=")
     if not sep or "://" in name:  # a bare URL may have '=' in its query
         name, target = "", spec
     if _is_url(target, store):
         table = {"name": name, "url": target} if name else {"url": target}
-        return tsconfig.with_model_params([table], props)[0]
+        return tsconfig.with_model_params([table], props, source=source)[0]
     if not name or not target:
         raise ConfigError(
             f"--models expects NAME=HANDLER[@DIR], NAME=ARCHIVE, ARCHIVE or all, got {spec!r}"
@@ -414,13 +464,22 @@ def _leaves(error: BaseException) -> list[BaseException]:
     return [error]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
-    args = _parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
+    """Run the command line; returns the exit status.
+
+    Args:
+        argv: the arguments (default: ``sys.argv[1:]``); ``--start ...`` with no
+            command is ``serve --start ...``.
+        prog: the program name that usage and help lines show.
+    """
+    argv = tscommand.serve_argv(sys.argv[1:] if argv is None else argv)
+    args = _parser(prog).parse_args(argv)
     if args.command == "archive":
         return _archive(args)
     if args.command == "validate":
         return run_validate(args)
+    if args.stop:
+        return tscommand.control(args, argv[1:]) or 0
     try:
         log_format = args.log_format or "text"
         configure_console(args.log_level, log_format)
@@ -430,14 +489,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if problem := tscommand.apply_log_config(args):
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    if (launched := tscommand.control(args, argv[1:])) is not None:
+        return launched
     from supervisor.http.listeners import ListenError
     from supervisor.server import serve
 
     failures: list[BaseException] = []
     try:
-        restore = _restores(args)
-        trio.run(partial(serve, config, ready_file=args.ready_file, restore_snapshot=restore))
-    except* ListenError as group:
+        with tscommand.pid_file_held(args):
+            restore = _restores(args)
+            trio.run(partial(serve, config, ready_file=args.ready_file, restore_snapshot=restore))
+    except* (ListenError, daemon.DaemonError) as group:
         failures.extend(_leaves(group))
     except* ConfigError as group:  # a TLS certificate or key refused at start
         failures.extend(_leaves(group))

@@ -38,6 +38,7 @@ of the package to this tree or that list)::
     supervisor.supervision.worker.NotDelivered a batch never reached its worker (requeued)
     supervisor.runner.state.RunnerError        the runners' own tree (RunnerStateError,
                                                ServerStartFailed), for code that starts a server
+    supervisor.daemon.DaemonError              a pid file held by another server (CLI: exit 1)
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ LOCAL_ERRORS = (
     "supervisor.http.exchange.CloseConnection",
     "supervisor.api.predict.StreamAborted",
     "supervisor.supervision.worker.NotDelivered",
+    "supervisor.daemon.DaemonError",
     "supervisor.runner.state.RunnerError",
     "supervisor.runner.state.RunnerStateError",
     "supervisor.runner.state.ServerStartFailed",

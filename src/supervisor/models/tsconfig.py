@@ -32,6 +32,9 @@ models                        per-model settings layered under those tables
 model_snapshot                its models are loaded instead of ``load_models``, the
                               ``defaultVersion`` one of each name first (the first
                               version loaded is the default)
+enable_envvars_config         ``true``: ``TS_<KEY>`` environment variables set these keys
+                              (``env_properties``); ``TS_ALLOWED_URLS`` only with
+                              ``use_env_allowed_urls=true`` too
 ============================= ==========================================================
 
 Per-model keys, in the ``models`` JSON and in ``model-config.yaml``: ``minWorkers``
@@ -64,7 +67,9 @@ from supervisor.models.archive import ARCHIVE_SUFFIXES
 
 __all__ = [
     "ALL_MODELS",
+    "ENV_VARS",
     "MAX_YAML_BYTES",
+    "env_properties",
     "ignored_keys",
     "model_yaml_settings",
     "parse_properties",
@@ -104,7 +109,7 @@ _UNSUPPORTED = frozenset((
     "async_logging", "blacklist_env_vars", "cors_allowed_headers",
     "cors_allowed_methods", "cors_allowed_origin", "cpu_launcher_args", "cpu_launcher_enable",
     "debug", "decode_input_request", "default_service_handler", "disable_system_metrics",
-    "enable_envvars_config", "enable_grpc_ssl", "enable_metrics_api", "grpc_inference_address",
+    "enable_grpc_ssl", "enable_metrics_api", "grpc_inference_address",
     "grpc_inference_port", "grpc_management_address", "grpc_management_port",
     "initial_distribution_port", "initial_worker_port", "install_py_dep_per_model", "io_ratio",
     "ipex_enable", "keystore", "keystore_pass", "keystore_type", "limit_max_image_pixels",
@@ -114,7 +119,7 @@ _UNSUPPORTED = frozenset((
     "python", "service_envelope", "snapshot_store", "system_metrics_cmd",
     "token_expiration_min", "ts_header_key_sequence_end", "ts_header_key_sequence_id",
     "ts_header_key_sequence_start", "ts_open_inference_protocol", "tsConfigFile",
-    "unregister_model_timeout", "use_env_allowed_urls", "use_native_io", "version", "vmargs",
+    "unregister_model_timeout", "use_native_io", "version", "vmargs",
     "workflow_store"
 ))
 # fmt: on
@@ -132,7 +137,7 @@ _ESCAPED = {"t": "\t", "n": "\n", "r": "\r", "f": "\f"}
 _ENV_REF = re.compile(r"\$\$([^$]+[^$])\$\$")  # TorchServe's $$NAME$$
 
 
-def parse_properties(text: str) -> dict[str, str]:
+def parse_properties(text: str, *, source: str = _FILE) -> dict[str, str]:
     """Parse Java ``.properties`` text the way ``java.util.Properties.load`` does.
 
     ``key=value``, ``key: value`` and ``key value``; ``#`` and ``!`` comment lines;
@@ -142,13 +147,20 @@ def parse_properties(text: str) -> dict[str, str]:
     stands for itself (``\\:``, ``\\=``, ``\\ ``, ``\\#``, ``\\\\``). A key given
     twice keeps its last value. Values keep their trailing blanks.
 
+    Args:
+        text: the file's text.
+        source: the file's name, for error messages.
+
     Raises:
         ConfigError: a malformed ``\\uXXXX`` escape.
     """
     props: dict[str, str] = {}
     for line in _logical_lines(text):
         if match := _LINE.fullmatch(line):
-            props[_unescape(match[1])] = _unescape(match[2])
+            try:
+                props[_unescape(match[1])] = _unescape(match[2])
+            except ConfigError as exc:
+                raise ConfigError(f"{source}: {exc}") from None
     return props
 
 
@@ -175,7 +187,7 @@ def _unescape(raw: str) -> str:
 def _escaped(match: re.Match[str]) -> str:
     code = match[1]
     if code == "u":
-        raise ConfigError(f"{_FILE}: malformed \\uxxxx escape in {match.string!r}")
+        raise ConfigError(f"malformed \\uxxxx escape in {match.string!r}")
     if len(code) == 5:
         return chr(int(code[1:], 16))
     return _ESCAPED.get(code, code)
@@ -191,11 +203,15 @@ def read_properties(path: str | Path) -> dict[str, str]:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read TorchServe config {path}: {exc}") from None
-    return parse_properties(text)
+    return parse_properties(text, source=str(path))
 
 
-def substitute_env(props: Mapping[str, str], environ: Mapping[str, str]) -> dict[str, str]:
+def substitute_env(
+    props: Mapping[str, str], environ: Mapping[str, str], *, source: str = _FILE
+) -> dict[str, str]:
     """Replace TorchServe's ``$$NAME$$`` references with values from ``environ``.
+
+    ``source`` names the file in error messages.
 
     Raises:
         ConfigError: a referenced variable is not set (TorchServe refuses to start too).
@@ -204,9 +220,74 @@ def substitute_env(props: Mapping[str, str], environ: Mapping[str, str]) -> dict
     for key, value in props.items():
         for name in _ENV_REF.findall(value):
             if name not in environ:
-                raise ConfigError(f"{_FILE} {key}: environment variable {name} is not set")
+                raise ConfigError(f"{source} {key}: environment variable {name} is not set")
         resolved[key] = _ENV_REF.sub(lambda m: environ[m[1]], value)
     return resolved
+
+
+# --- TS_* environment variables ----------------------------------------------------
+
+# The keys of TorchServe's ConfigManager fields named TS_*: with
+# enable_envvars_config=true, the variable TS_<NAME> sets the key.
+# fmt: off
+_ENV_KEYS = (
+    "allowed_urls", "async_logging", "blacklist_env_vars", "certificate_file",
+    "cors_allowed_headers", "cors_allowed_methods", "cors_allowed_origin", "cpp_log_config",
+    "cpu_launcher_args", "cpu_launcher_enable", "debug", "decode_input_request",
+    "default_response_timeout", "default_service_handler", "default_startup_timeout",
+    "default_workers_per_model", "disable_system_metrics", "disable_token_authorization",
+    "enable_grpc_ssl", "enable_metrics_api", "enable_model_api", "grpc_inference_address",
+    "grpc_inference_max_connection_age_grace_ms", "grpc_inference_max_connection_age_ms",
+    "grpc_inference_port", "grpc_management_address",
+    "grpc_management_max_connection_age_grace_ms", "grpc_management_max_connection_age_ms",
+    "grpc_management_port", "inference_address", "initial_distribution_port",
+    "initial_worker_port", "install_py_dep_per_model", "ipex_enable", "ipex_gpu_enable",
+    "job_queue_size", "keystore", "keystore_pass", "keystore_type", "limit_max_image_pixels",
+    "load_models", "management_address", "max_request_size", "max_response_size",
+    "metrics_address", "metrics_config", "metrics_mode", "model_metrics_auto_detect",
+    "model_server_home", "model_store", "netty_client_threads", "number_of_gpu",
+    "number_of_netty_threads", "prefer_direct_buffer", "private_key_file", "service_envelope",
+    "unregister_model_timeout", "workflow_store",
+)
+# fmt: on
+ENV_VARS: Mapping[str, str] = {
+    **{f"TS_{key.upper()}": key for key in _ENV_KEYS},
+    # the fields whose names are not TS_ and the key in capitals
+    "TS_OPEN_INFERENCE_PROTOCOL": "ts_open_inference_protocol",
+    "TS_TOKEN_EXPIRATION_TIME_MIN": "token_expiration_min",
+    "TS_HEADER_KEY_SEQUENCE_ID": "ts_header_key_sequence_id",
+    "TS_HEADER_KEY_SEQUENCE_START": "ts_header_key_sequence_start",
+    "TS_HEADER_KEY_SEQUENCE_END": "ts_header_key_sequence_end",
+}
+"""TorchServe's configuration variables: ``TS_INFERENCE_ADDRESS`` -> ``inference_address``."""
+
+
+def env_properties(
+    props: Mapping[str, str], environ: Mapping[str, str]
+) -> tuple[dict[str, str], list[str]]:
+    """The ``config.properties`` keys that ``TS_*`` environment variables set.
+
+    As in TorchServe, only with ``enable_envvars_config=true`` in ``props``, and
+    ``TS_ALLOWED_URLS`` only with ``use_env_allowed_urls=true`` too (so that the
+    environment alone cannot widen where models are downloaded from). Values are
+    taken as they are (no ``$$NAME$$`` substitution, as in TorchServe).
+
+    Returns:
+        ``(keys, ignored)``: the keys set, as ``server_settings`` takes them, and
+        the variables set that have no effect here (sorted).
+    """
+    if not _enabled(props, "enable_envvars_config"):
+        return {}, []
+    found = {var: key for var, key in ENV_VARS.items() if var in environ}
+    if not _enabled(props, "use_env_allowed_urls"):
+        found.pop("TS_ALLOWED_URLS", None)
+    keys = {key: environ[var] for var, key in found.items() if key in _USED}
+    return keys, sorted(var for var, key in found.items() if key not in _USED)
+
+
+def _enabled(props: Mapping[str, str], key: str) -> bool:
+    """A switch as Java's ``Boolean.parseBoolean`` reads it: only ``true`` is on."""
+    return props.get(key, "").strip().lower() == "true"
 
 
 # --- values ---------------------------------------------------------------------
@@ -354,7 +435,7 @@ _JSON_MODEL = {
 }
 _USED = frozenset(
     {*_SERVER, *_DEFAULTS, "default_workers_per_model", "NUM_WORKERS"}
-    | {"load_models", "models", "model_snapshot"}
+    | {"load_models", "models", "model_snapshot", "enable_envvars_config", "use_env_allowed_urls"}
 )
 
 
@@ -362,7 +443,7 @@ _USED = frozenset(
 
 
 def server_settings(
-    props: Mapping[str, str], *, store_entries: Sequence[str] = ()
+    props: Mapping[str, str], *, store_entries: Sequence[str] = (), source: str = _FILE
 ) -> tuple[_Table, _Table, list[_Table]]:
     """Map parsed ``config.properties`` to ``load_config``'s tables.
 
@@ -370,6 +451,7 @@ def server_settings(
         props: the file's keys (``read_properties``, then ``substitute_env``).
         store_entries: the names in the model store, directories ending in ``/``;
             only ``load_models=all`` uses them.
+        source: where ``props`` came from (the file's name), for error messages.
 
     Returns:
         ``(server, defaults, models)`` for ``load_config(server=..., defaults=...,
@@ -380,9 +462,9 @@ def server_settings(
     Raises:
         ConfigError: a value of the wrong type or form, naming the key.
     """
-    server = _mapped(props, _SERVER, _FILE)
-    defaults = {**_workers(props), **_mapped(props, _DEFAULTS, _FILE)}
-    return server, defaults, _startup_models(props, store_entries)
+    server = _mapped(props, _SERVER, source)
+    defaults = {**_workers(props, source), **_mapped(props, _DEFAULTS, source)}
+    return server, defaults, _startup_models(props, store_entries, source)
 
 
 def ignored_keys(props: Mapping[str, str]) -> tuple[list[str], list[str]]:
@@ -396,27 +478,29 @@ def ignored_keys(props: Mapping[str, str]) -> tuple[list[str], list[str]]:
     return [k for k in rest if k in _UNSUPPORTED], [k for k in rest if k not in _UNSUPPORTED]
 
 
-def _workers(props: Mapping[str, str]) -> _Table:
+def _workers(props: Mapping[str, str], source: str) -> _Table:
     # TorchServe reads 0 as "one worker per GPU, else per CPU" and then falls
     # back on NUM_WORKERS; we keep our own default instead of guessing hardware.
     for key in ("default_workers_per_model", "NUM_WORKERS"):
-        workers = _int(f"{_FILE} {key}", props[key]) if key in props else 0
+        workers = _int(f"{source} {key}", props[key]) if key in props else 0
         if workers < 0:
-            raise ConfigError(f"{_FILE} {key}: expected 0 or more, got {workers}")
+            raise ConfigError(f"{source} {key}: expected 0 or more, got {workers}")
         if workers:
             return {"workers": workers}
     return {}
 
 
-def _startup_models(props: Mapping[str, str], store_entries: Sequence[str]) -> list[_Table]:
+def _startup_models(
+    props: Mapping[str, str], store_entries: Sequence[str], source: str
+) -> list[_Table]:
     if "model_snapshot" in props:  # TorchServe restores the snapshot and skips load_models
-        return parse_snapshot_models(props["model_snapshot"], f"{_FILE} model_snapshot")
+        return parse_snapshot_models(props["model_snapshot"], f"{source} model_snapshot")
     value = props.get("load_models", "").strip()
     if value.lower() == ALL_MODELS:
         tables = store_tables(store_entries)
     else:
         tables = [t for t in map(_url_table, value.split(",")) if t["url"]]
-    return with_model_params(tables, props)
+    return with_model_params(tables, props, source=source)
 
 
 def parse_snapshot_models(text: str, where: str = "model_snapshot") -> list[_Table]:
@@ -465,7 +549,7 @@ class _Entry(NamedTuple):
 
 
 def with_model_params(
-    tables: Iterable[Mapping[str, Any]], props: Mapping[str, str]
+    tables: Iterable[Mapping[str, Any]], props: Mapping[str, str], *, source: str = _FILE
 ) -> list[_Table]:
     """Layer the ``models`` JSON of ``props`` under each url-loaded model table.
 
@@ -473,12 +557,13 @@ def with_model_params(
     loads none itself. A table takes the JSON entry of its name (or, nameless,
     of its ``marName`` or the url's stem): the version whose ``marName`` is the
     table's url, else the ``defaultVersion`` one, else the only one. The entry
-    brings its ``version``; the table's own keys win.
+    brings its ``version``; the table's own keys win. ``source`` names the file
+    in error messages.
 
     Raises:
         ConfigError: invalid JSON or a value of the wrong type.
     """
-    where = f"{_FILE} models"
+    where = f"{source} models"
     entries = _entries(where, _json(where, props["models"])) if "models" in props else []
     return [{**_params_for(table, entries), **table} for table in tables]
 

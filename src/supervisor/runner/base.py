@@ -26,6 +26,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import psutil
 
 from supervisor.runner.state import (
+    APIS,
     KEY_FILE,
     READY_FILE,
     Endpoint,
@@ -74,6 +75,11 @@ class RunnerBase(Generic[P]):
         env: the server's environment (default: ours).
         stop_grace: seconds the server gets to shut down after SIGTERM.
         python: the interpreter that runs the server.
+        addresses: fixed ``HOST:PORT`` listeners by API (``inference``,
+            ``management``, ``metrics``); the others get a free port of 127.0.0.1.
+
+    Raises:
+        ValueError: ``addresses`` names an API that does not exist.
     """
 
     def __init__(
@@ -84,7 +90,11 @@ class RunnerBase(Generic[P]):
         env: Mapping[str, str] | None = None,
         stop_grace: float = 15.0,
         python: str = sys.executable,
+        addresses: Mapping[str, str] | None = None,
     ) -> None:
+        if unknown := sorted(set(addresses or {}) - set(APIS)):
+            raise ValueError(f"no such API: {', '.join(unknown)} (known: {', '.join(APIS)})")
+        self._addresses = dict(addresses or {})
         self._args = list(args)
         self._cwd = cwd
         self._env = dict(env) if env is not None else None

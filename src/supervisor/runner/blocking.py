@@ -53,12 +53,15 @@ class SyncModelServerRunner(RunnerBase["subprocess.Popen[bytes]"]):
     """One ``python -m supervisor serve`` child, from start to stop (blocking API).
 
     Args:
-        args: ``serve`` flags; the runner adds its own last (free ports on
-            127.0.0.1, the key file and the ready file in a directory of its own).
+        args: ``serve`` flags; the runner adds its own last (``addresses`` or
+            free ports on 127.0.0.1, the key file and the ready file in a
+            directory of its own).
         cwd: the server's working directory (default: ours).
         env: the server's environment (default: ours).
         stop_grace: seconds the server gets to shut down after SIGTERM.
         python: the interpreter that runs the server.
+        addresses: fixed ``HOST:PORT`` listeners by API (``inference``,
+            ``management``, ``metrics``).
     """
 
     def _init_io(self) -> None:
@@ -83,7 +86,7 @@ class SyncModelServerRunner(RunnerBase["subprocess.Popen[bytes]"]):
         """
         self._core.start()
         self._scratch = Path(tempfile.mkdtemp(prefix="trio-supervisor-runner-"))
-        command = serve_command(self._args, self._scratch, self._python)
+        command = serve_command(self._args, self._scratch, self._python, self._addresses)
         try:
             self._process = subprocess.Popen(command, **self._spawn_options())
         except OSError as exc:

@@ -1,7 +1,8 @@
 """``python -m supervisor validate ARCHIVE``: load a model in a fresh server, then query it.
 
 Each try starts ``python -m supervisor serve`` with only that model, through
-``ModelServerRunner``, and waits (up to ``--deadline``) until it is ready. In
+``ModelServerRunner`` (on free ports of 127.0.0.1, or the addresses given with
+``--inference-address`` and the like), and waits (up to ``--deadline``) until it is ready. In
 load-and-query mode (``--canaries FILE``) it then sends every canary, one after
 the other, to ``/predictions/NAME/VERSION``. A try that fails is followed by a
 new one in a fresh server, up to ``--tries``. Exit status: 0 passed, 1 the
@@ -14,6 +15,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import quote
 
@@ -22,7 +24,7 @@ import httpx
 import trio
 
 from supervisor.models.canary import Canary, CanaryError, judge, read_canaries
-from supervisor.runner.state import Endpoint, ServerStartFailed
+from supervisor.runner.state import APIS, Endpoint, ServerStartFailed
 from supervisor.runner.trio_runner import ModelServerRunner
 from supervisor.runner.validate import LOAD_AND_QUERY, LOAD_ONLY, CanaryCheck, Report, TryResult
 
@@ -43,6 +45,8 @@ class ValidateOptions:
         tries: fresh servers to try before giving up.
         canary_timeout: seconds each canary may take.
         serve_args: more ``serve`` flags (``--config``, ``--max-restarts`` ...).
+        addresses: fixed ``HOST:PORT`` listeners by API name; the others get a
+            free port of 127.0.0.1.
     """
 
     archive: Path
@@ -51,12 +55,14 @@ class ValidateOptions:
     tries: int = 1
     canary_timeout: float = 30.0
     serve_args: tuple[str, ...] = ()
+    addresses: Mapping[str, str] = attrs.field(factory=dict)
 
 
 def add_validate_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``validate`` subcommand to the command line."""
     parser = commands.add_parser(
         "validate",
+        allow_abbrev=False,
         help="check that a model archive loads (and answers canary requests) in a fresh server",
         description="Load ARCHIVE in a fresh server; with --canaries, also send each canary "
         "request. Exit 0 only if the model loaded and every canary got its expected status.",
@@ -78,6 +84,12 @@ def add_validate_parser(commands: argparse._SubParsersAction[argparse.ArgumentPa
     )
     parser.add_argument("--config", metavar="FILE", help="TOML config for the server")
     parser.add_argument("--ts-config", metavar="FILE", help="TorchServe config.properties")
+    for api in APIS:
+        parser.add_argument(
+            f"--{api}-address",
+            metavar="HOST:PORT",
+            help=f"the {api} API's address (default: a free port of 127.0.0.1)",
+        )
     parser.add_argument("--json", action="store_true", help="print the report as one JSON document")
 
 
@@ -106,7 +118,9 @@ def _options(args: argparse.Namespace) -> ValidateOptions:
         if getattr(args, flag):
             serve_args += [f"--{flag.replace('_', '-')}", str(Path(getattr(args, flag)).resolve())]
     canaries = read_canaries(args.canaries) if args.canaries else []
+    addresses = {api: getattr(args, f"{api}_address") for api in APIS}
     return ValidateOptions(
+        addresses={api: address for api, address in addresses.items() if address},
         archive=archive,
         canaries=tuple(canaries),
         deadline=args.deadline,
@@ -129,7 +143,7 @@ async def validate_once(options: ValidateOptions, number: int) -> TryResult:
     """One try in a fresh server, stopped before this returns."""
     archive = options.archive.resolve()
     args = ["--model-store", str(archive.parent), "--models", archive.name, *options.serve_args]
-    async with ModelServerRunner(args) as runner:
+    async with ModelServerRunner(args, addresses=options.addresses) as runner:
         began = time.monotonic()
         await runner.start()
         try:

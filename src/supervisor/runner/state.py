@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import attrs
@@ -34,6 +34,7 @@ from supervisor.runner.readyfile import ModelOutcome, ReadyReport
 from supervisor.supervision.exits import describe_returncode
 
 __all__ = [
+    "APIS",
     "KEY_FILE",
     "READY_FILE",
     "Endpoint",
@@ -49,6 +50,8 @@ __all__ = [
     "settle",
 ]
 
+APIS = ("inference", "management", "metrics")
+"""The server's three APIs, each with an address of its own."""
 READY_FILE = "ready.json"
 """The ready file's name in the runner's scratch directory."""
 KEY_FILE = "key_file.json"
@@ -205,13 +208,22 @@ class Lifecycle:
         return self.endpoint_nowait()
 
 
-def serve_command(args: Sequence[str], scratch: Path, python: str) -> list[str]:
+def serve_command(
+    args: Sequence[str], scratch: Path, python: str, addresses: Mapping[str, str] | None = None
+) -> list[str]:
     """The child's command line: ``serve``, the caller's flags, then the runner's own.
 
-    The runner's flags come last so that they win: every listener on a free
-    port of 127.0.0.1, the key file and the ready file in ``scratch``.
+    The runner's flags come last so that they win: each listener on its address
+    in ``addresses`` (by API name), the others on a free port of 127.0.0.1, and
+    the key file and the ready file in ``scratch``.
+
+    Raises:
+        ValueError: ``addresses`` names an API that does not exist.
     """
-    own = [f"--{api}-address=127.0.0.1:0" for api in ("inference", "management", "metrics")]
+    addresses = addresses or {}
+    if unknown := sorted(set(addresses) - set(APIS)):
+        raise ValueError(f"no such API: {', '.join(unknown)} (known: {', '.join(APIS)})")
+    own = [f"--{api}-address={addresses.get(api, '127.0.0.1:0')}" for api in APIS]
     own += [f"--key-file={scratch / KEY_FILE}", f"--ready-file={scratch / READY_FILE}"]
     return [python, "-m", "supervisor", "serve", *args, *own]
 

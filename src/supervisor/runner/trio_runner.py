@@ -59,12 +59,15 @@ class ModelServerRunner(RunnerBase[trio.Process]):
 
     Args:
         args: ``serve`` flags (``--models``, ``--model-store``, ``--config`` ...).
-            The runner adds its own last: listeners on free ports of 127.0.0.1,
-            the key file and the ready file in a temporary directory of its own.
+            The runner adds its own last: listeners on ``addresses`` or free
+            ports of 127.0.0.1, the key file and the ready file in a temporary
+            directory of its own.
         cwd: the server's working directory (default: ours).
         env: the server's environment (default: ours).
         stop_grace: seconds the server gets to shut down after SIGTERM.
         python: the interpreter that runs the server.
+        addresses: fixed ``HOST:PORT`` listeners by API (``inference``,
+            ``management``, ``metrics``).
     """
 
     def _init_io(self) -> None:
@@ -103,7 +106,7 @@ class ModelServerRunner(RunnerBase[trio.Process]):
         if self._nursery is None or self._scratch is None:
             raise RunnerStateError("use the runner in `async with ModelServerRunner(...)`")
         self._core.start()
-        command = serve_command(self._args, self._scratch, self._python)
+        command = serve_command(self._args, self._scratch, self._python, self._addresses)
         try:
             process = await trio.lowlevel.open_process(command, **self._spawn_options())
         except OSError as exc:
