@@ -90,6 +90,19 @@ def test_log_files_are_written_off_the_caller_and_closed(tmp_path):
     assert not (tmp_path / "logs" / "model_log.log").exists()
 
 
+def test_log_files_rotate_at_their_size(tmp_path):
+    config = ServerConfig(access_log=True, log_dir=str(tmp_path), log_max_size=300, log_backups=2)
+    with open_log_files(config):
+        for i in range(40):
+            logging.getLogger("supervisor.access").info("line %02d", i)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["access_log.log", "access_log.log.1", "access_log.log.2"]
+    assert all(p.stat().st_size <= 300 for p in tmp_path.iterdir())
+    assert lines(tmp_path / "access_log.log")[-1].endswith(" - line 39")
+    kept = [x[-2:] for name in reversed(names) for x in lines(tmp_path / name)]
+    assert kept == [f"{i:02d}" for i in range(40 - len(kept), 40)]  # the newest, in order
+
+
 def test_log_files_off_by_default_write_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with open_log_files(ServerConfig()):

@@ -27,6 +27,7 @@ import os
 import queue
 import sys
 from collections.abc import Iterator
+from typing import BinaryIO
 
 from supervisor.config import LOG_FORMATS, ConfigError, ServerConfig
 from supervisor.http.access import ACCESS_LOGGER
@@ -43,6 +44,7 @@ log = logging.getLogger("supervisor")
 
 QUEUE_SIZE = 10000
 """Records waiting for the writer thread at most; more are dropped (and counted)."""
+_BATCH = 512  # lines written at once, at most
 
 _CONSOLE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _ACCESS_FORMAT = "%(asctime)s - %(message)s"  # TorchServe's access_log pattern
@@ -133,6 +135,15 @@ class _DroppingQueueHandler(logging.handlers.QueueHandler):
         self.records = records
         self.dropped = 0
 
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        """The record with its message made (no copy: this handler is its only reader)."""
+        if record.exc_info:
+            prepared: logging.LogRecord = super().prepare(record)
+            return prepared
+        record.msg = record.getMessage()
+        record.args = None
+        return record
+
     def enqueue(self, record: logging.LogRecord) -> None:
         """Queue ``record`` without waiting (room is kept for the listener's stop mark)."""
         if self.records.qsize() >= QUEUE_SIZE:
@@ -144,22 +155,107 @@ class _DroppingQueueHandler(logging.handlers.QueueHandler):
             self.dropped += 1
 
 
-def _file_handler(path: str, config: ServerConfig, text: str, logger: str) -> logging.Handler:
-    """A rotating file for the records of ``logger``.
+class _LogFile:
+    """One log file, appended in batches and rotated by size (used by the writer thread)."""
+
+    def __init__(self, path: str, config: ServerConfig, formatter: logging.Formatter) -> None:
+        self.path = path
+        self.max_size = config.log_max_size
+        self.backups = config.log_backups
+        self.formatter = formatter
+        self.pending: list[str] = []
+        self.stream = self._open()
+        self.size = self.stream.tell()
+
+    def _open(self) -> BinaryIO:
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        return open(self.path, "ab")  # open as long as the server runs
+
+    def write(self) -> None:
+        """Write the pending lines, in one go unless the file must rotate in between."""
+        chunk = bytearray()
+        for line in self.pending:
+            data = (line + "\n").encode("utf-8", "replace")
+            if self.size + len(chunk) + len(data) > self.max_size and (self.size or chunk):
+                self._append(chunk)
+                chunk.clear()
+                self._rotate()
+            chunk += data
+        self.pending.clear()
+        self._append(chunk)
+
+    def _append(self, data: bytes | bytearray) -> None:
+        if data:
+            self.stream.write(data)
+            self.stream.flush()
+            self.size += len(data)
+
+    def _rotate(self) -> None:
+        """``x.log`` becomes ``x.log.1``, ``x.log.1`` becomes ``x.log.2`` ..."""
+        self.stream.close()
+        for n in range(self.backups - 1, 0, -1):
+            if os.path.exists(f"{self.path}.{n}"):
+                os.replace(f"{self.path}.{n}", f"{self.path}.{n + 1}")
+        if self.backups:
+            os.replace(self.path, f"{self.path}.1")
+        else:
+            os.truncate(self.path, 0)
+        self.stream = self._open()
+        self.size = 0
+
+
+class _Writer(logging.Handler):
+    """The writer thread's handler: formats each record into its file's batch and
+    writes the batches when the queue runs empty (or a batch is large)."""
+
+    def __init__(self, files: dict[str, _LogFile], records: queue.Queue[logging.LogRecord]) -> None:
+        super().__init__()
+        self.files = files
+        self.records = records
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Add ``record`` to its file's batch; write the batches if nothing else waits."""
+        file = self.files.get(record.name)
+        if file is None:
+            return
+        file.pending.append(file.formatter.format(record))
+        if len(file.pending) >= _BATCH or self.records.empty():
+            self.flush()
+
+    def flush(self) -> None:
+        """Write every pending line."""
+        for file in self.files.values():
+            try:
+                file.write()
+            except OSError as exc:  # a full disk: say so, keep serving
+                file.pending.clear()
+                log.error("cannot write the log file %s: %s", file.path, exc.strerror or exc)
+
+    def close(self) -> None:
+        """Write what is pending and close the files."""
+        self.flush()
+        for file in self.files.values():
+            file.stream.close()
+        super().close()
+
+
+def _open_files(config: ServerConfig) -> dict[str, _LogFile]:
+    """The files of the logs that are on, by logger name.
 
     Raises:
-        ConfigError: the file cannot be opened.
+        ConfigError: a file cannot be opened.
     """
-    try:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        handler = logging.handlers.RotatingFileHandler(
-            path, maxBytes=config.log_max_size, backupCount=config.log_backups, encoding="utf-8"
-        )
-    except OSError as exc:
-        raise ConfigError(f"cannot open the log file {path}: {exc.strerror or exc}") from None
-    handler.setFormatter(_formatter(config.log_format, text))
-    handler.addFilter(logging.Filter(logger))
-    return handler
+    files = {}
+    for name, (path, text) in _log_files(config).items():
+        if path is None:
+            continue
+        try:
+            files[name] = _LogFile(path, config, _formatter(config.log_format, text))
+        except OSError as exc:
+            for opened in files.values():
+                opened.stream.close()
+            raise ConfigError(f"cannot open the log file {path}: {exc.strerror or exc}") from None
+    return files
 
 
 def _log_files(config: ServerConfig) -> dict[str, tuple[str | None, str]]:
@@ -179,21 +275,21 @@ def open_log_files(config: ServerConfig) -> Iterator[None]:
     Raises:
         ConfigError: a log file cannot be opened.
     """
-    files = _log_files(config)
-    handlers = [_file_handler(p, config, text, name) for name, (p, text) in files.items() if p]
-    into_queue = _DroppingQueueHandler(queue.Queue(QUEUE_SIZE + 64))
-    listener = logging.handlers.QueueListener(into_queue.queue, *handlers)
-    for name, (path, _) in files.items():
-        _route(logging.getLogger(name), into_queue if path else None)
+    files = _open_files(config)
+    records: queue.Queue[logging.LogRecord] = queue.Queue(QUEUE_SIZE + 64)
+    into_queue = _DroppingQueueHandler(records)
+    writer = _Writer(files, records)
+    listener = logging.handlers.QueueListener(records, writer)
+    for name in _log_files(config):
+        _route(logging.getLogger(name), into_queue if name in files else None)
     listener.start()
     try:
         yield
     finally:
-        for name in files:
+        for name in _log_files(config):
             _route(logging.getLogger(name), None)
         listener.stop()
-        for handler in handlers:
-            handler.close()
+        writer.close()
         if into_queue.dropped:
             dropped = into_queue.dropped
             log.warning("%d access or model log lines were dropped: the disk fell behind", dropped)
