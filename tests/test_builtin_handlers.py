@@ -411,7 +411,7 @@ class Custom(BaseHandler):
         return super().preprocess(data)
 
     def get_insights(self, tensor_data, raw_input, target=0):
-        return [{"target": target, "input": raw_input}]
+        return [{"target": target.decode(), "input": raw_input}]  # a form field: bytes
 
     def describe_handle(self):
         return json.dumps({"inputs": 3, "device": str(self.device)})

@@ -105,6 +105,7 @@ async def test_default_serve_logs_a_curl_line_that_works(nursery, tmp_path):
     assert b'"label": "setosa"' in result.stdout
     maps = await trio.Path(f"/proc/{server.process.pid}/maps").read_text()
     assert "libtorch" not in maps  # the supervisor process never loads torch
+    assert "numpy" not in maps  # nor numpy, which the workers' torch imports
     assert "Authorization: Bearer" in command  # tokens are on by default
     key_file = tmp_path / "key_file.json"
     assert key_file.stat().st_mode & 0o777 == 0o600

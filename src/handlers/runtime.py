@@ -161,11 +161,11 @@ def _part_writer(channel: Channel, batch_id: int) -> Callable[[list[ReplyItem]],
 
 def _load(header: dict[str, Any], channel: Channel) -> tuple[HandlerFunction, Context] | None:
     model_dir = os.path.abspath(str(header["model_dir"])) if header.get("model_dir") else ""
-    if model_dir:
-        sys.path.insert(0, model_dir)
-        os.chdir(model_dir)
     install_torchserve_names()
     try:
+        if model_dir:
+            os.chdir(model_dir)  # a missing directory fails the load with its path
+            sys.path.insert(0, model_dir)
         context = Context(
             model_name=str(header["model_name"]),
             model_version=str(header["model_version"]),

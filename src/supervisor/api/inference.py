@@ -3,7 +3,7 @@
 The prediction routes (``/predictions/...`` and ``/explanations/...``) hand the
 request to ``supervisor.api.predict`` and render its outcome: an ``Answer`` as a
 response, a ``Stream`` as a chunked body (``supervisor.api.streaming``). What is
-left here is Quart's part: parsing form bodies into fields.
+left here is Quart's part: parsing form bodies into fields (``_form``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from supervisor.api.common import RecordedResponse, json_response, routes_check_token, to_response
-from supervisor.api.predict import FORM_TYPES, Form, Predictor, Stream
+from supervisor.api.predict import FIELD_TYPE, FORM_TYPES, Form, Predictor, Stream
 from supervisor.api.streaming import quiet_aborted_streams, streamed_response
 from supervisor.supervision.core import Supervisor
 
@@ -63,10 +63,16 @@ def _add_routes(app: QuartTrio, prefix: str, predictor: Predictor) -> None:
 
 
 async def _form() -> Form:
-    """A form body's fields and files, each a parameter of its own."""
+    """A form body's fields and files, each a parameter of its own, as TorchServe passes them.
+
+    A field goes without a content type (``FIELD_TYPE``), so the handler gets its
+    bytes; an uploaded file keeps its own type (``application/octet-stream`` when
+    it has none), so it is decoded as a body of that type would be. A name given
+    more than once keeps its last value, a file's over a field's.
+    """
     form = await request.form
     files = await request.files
-    params = {name: ("text/plain", value.encode()) for name, value in form.items()}
-    for name, upload in files.items():
+    params = {name: (FIELD_TYPE, value.encode()) for name, value in form.items(multi=True)}
+    for name, upload in files.items(multi=True):
         params[name] = (upload.content_type or "application/octet-stream", upload.read())
     return params

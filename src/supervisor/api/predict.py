@@ -47,6 +47,7 @@ from supervisor.supervision.core import Supervisor
 
 __all__ = [
     "DEADLINE_HEADER",
+    "FIELD_TYPE",
     "FORM_TYPES",
     "RESERVED_HEADERS",
     "Form",
@@ -64,6 +65,8 @@ DEADLINE_HEADER = "X-Client-Timeout-Ms"
 """A request header: milliseconds the client will wait for the answer."""
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 """Bodies whose fields become parameters of their own."""
+FIELD_TYPE = ""
+"""A form field's content type: none, as TorchServe sends it, so the handler gets bytes."""
 RESERVED_HEADERS = frozenset({"url_path", "explain", "describe"})
 """Header names the server sets for the worker, never taken from clients (lower case)."""
 
@@ -72,7 +75,7 @@ RequestObserver = Callable[[str, str, int, float, float | None], None]
 Route = tuple[str, str, str | None, str | None]
 """The path's parts: ``predictions`` or ``explanations``, model, version, the rest."""
 Form = dict[str, tuple[str, bytes]]
-"""A form body's fields: name -> (content type, bytes)."""
+"""A form body's fields: name -> (content type, bytes); a field's type is ``FIELD_TYPE``."""
 
 _DEFAULT_TYPE = b"text/html; charset=utf-8"  # what Quart gives a body without a type
 _UNOBSERVED = (ModelNotFound, ModelVersionNotFound, Unauthorized)  # no series for these

@@ -36,7 +36,13 @@ import trio
 from handlers.protocol import InferItem, ReplyItem
 from supervisor import limits
 from supervisor.config import ModelConfig, ServerConfig
-from supervisor.errors import CanaryFailed, DeadlineExceeded, InvalidRequest, SupervisorError
+from supervisor.errors import (
+    CanaryFailed,
+    DeadlineExceeded,
+    InvalidModel,
+    InvalidRequest,
+    SupervisorError,
+)
 from supervisor.models.archive import remove_paths
 from supervisor.models.canary import Canary, CanaryResult
 from supervisor.supervision.batching import Job
@@ -116,7 +122,8 @@ class Supervisor:
 
         Raises:
             ModelConflict: that name and version are already loaded.
-            InvalidModel: the model directory's ``canaries.json`` is not valid.
+            InvalidModel: the model directory is missing, or its ``canaries.json``
+                is not valid.
             InvalidRequest: its workers and the other models' are more than
                 ``max_workers_total``.
             WorkerStartFailed: with ``wait``, the workers could not load the model
@@ -133,6 +140,7 @@ class Supervisor:
             device_for(0, config.handler_config, gpus)
         except ValueError as exc:
             raise InvalidRequest(f"model {config.name}: {exc}") from None
+        await _check_model_dir(config)
         found = tuple(canaries) if canaries is not None else await archive_canaries(config)
         pool = Pool(
             config,
@@ -476,6 +484,19 @@ class Supervisor:
             pool.stop()
         for pool in pools:
             await pool.wait_stopped()
+
+
+async def _check_model_dir(config: ModelConfig) -> None:
+    """Refuse a model whose directory is missing before any worker is spawned for it.
+
+    Raises:
+        InvalidModel: ``config.model_dir`` is set and is not a directory.
+    """
+    path = trio.Path(config.model_dir)
+    if not config.model_dir or await path.is_dir():
+        return
+    what = "is not a directory" if await path.exists() else "does not exist"
+    raise InvalidModel(f"model {config.name}: the model directory {config.model_dir} {what}")
 
 
 def _target(pool: Pool) -> int:
