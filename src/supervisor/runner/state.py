@@ -215,7 +215,9 @@ def serve_command(
 
     The runner's flags come last so that they win: each listener on its address
     in ``addresses`` (by API name), the others on a free port of 127.0.0.1, and
-    the key file and the ready file in ``scratch``.
+    the key file and the ready file in ``scratch``. Config snapshots are off
+    (``--ncs``) unless the caller names a ``--snapshot-dir``: a server started to
+    test a model serves the models it was given.
 
     Raises:
         ValueError: ``addresses`` names an API that does not exist.
@@ -225,6 +227,8 @@ def serve_command(
         raise ValueError(f"no such API: {', '.join(unknown)} (known: {', '.join(APIS)})")
     own = [f"--{api}-address={addresses.get(api, '127.0.0.1:0')}" for api in APIS]
     own += [f"--key-file={scratch / KEY_FILE}", f"--ready-file={scratch / READY_FILE}"]
+    if not any(arg.startswith("--snapshot-dir") for arg in args):
+        own.append("--ncs")  # the models asked for, not a snapshot left in the working directory
     return [python, "-m", "supervisor", "serve", *args, *own]
 
 
