@@ -34,6 +34,14 @@ EXPECTED = {
             for action in ("predictions", "explanations")
             for suffix in ("", "/{model_version}", "/{model_version}/{extra_path}")
         },
+        "/v2": {"get"},
+        "/v2/health/live": {"get"},
+        "/v2/health/ready": {"get"},
+        **{
+            f"/v2/models/{{model_name}}{version}{ready}": {"get"}
+            for version in ("", "/versions/{model_version}")
+            for ready in ("", "/ready")
+        },
     },
     "management": {
         "/": {"options"},
@@ -126,13 +134,16 @@ def test_bearer_schemes_are_http_bearer(docs):
     assert "securitySchemes" not in docs["metrics"]["components"]
 
 
-def test_inference_token_only_on_predictions_and_explanations(docs):
+def test_inference_token_on_predictions_explanations_and_oip_metadata(docs):
     doc = docs["inference"]
     assert "security" not in doc
     for (path, method), op in operations(doc).items():
         if path.startswith(("/predictions/", "/explanations/")):
             assert op["security"] == [{"inferenceToken": []}], (path, method)
             assert set(op["responses"]) == INFER_CODES, (path, method)
+        elif path.startswith("/v2") and not path.startswith("/v2/health/"):
+            assert op["security"] == [{"inferenceToken": []}], (path, method)
+            assert "401" in op["responses"], (path, method)
         else:
             assert "security" not in op, (path, method)
             assert "401" not in op["responses"], (path, method)
@@ -291,3 +302,17 @@ def test_describe_output_matches_the_schema(docs):
     check(body, docs["management"], "ModelDescription")
     with pytest.raises(ValidationError):
         check({**body, "state": "SLEEPING"}, docs["management"], "ModelDescription")
+
+
+def test_oip_bodies_match_their_schemas():
+    from supervisor.api import oip
+
+    doc = openapi_document("inference", "9.8.7")
+    config = ModelConfig(name="m", handler="h")
+    stats = ModelStats(config, "LOADING", True, None, (), (), 0, 0, 10, 0, 0.0)
+    check(oip.server_metadata("1.2.3"), doc, "OipServerMetadata")
+    check(oip.server_ready([stats])[1], doc, "OipReady")
+    check(oip.model_ready([stats], "m", None)[1], doc, "OipReady")
+    check(oip.model_metadata([stats], "m", "1.0")[1], doc, "OipModelMetadata")
+    check(oip.model_metadata([stats], "x", None)[1], doc, "OipError")
+    check({"live": True}, doc, "OipLive")

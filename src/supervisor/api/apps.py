@@ -14,6 +14,7 @@ from supervisor.api.common import json_response, make_app, require_token
 from supervisor.api.inference import add_inference_routes
 from supervisor.api.management import ManagementContext, add_management_routes
 from supervisor.api.metrics import metrics_app
+from supervisor.api.oip import OPEN_PATHS, add_oip_routes
 from supervisor.api.openapi import openapi_document
 from supervisor.api.predict import Predictor
 from supervisor.auth import Tokens
@@ -56,9 +57,10 @@ def build_apps(
     )
     inference = new_app("trio-supervisor-inference")
     if tokens is not None:
-        require_token(inference, tokens, "inference", {"/ping", *_DESCRIPTION_PATHS})
+        require_token(inference, tokens, "inference", {"/ping", *OPEN_PATHS, *_DESCRIPTION_PATHS})
     predictor = Predictor(sup, tokens, metrics.observe_request, metrics.count_response)
     add_inference_routes(inference, sup, predictor)
+    add_oip_routes(inference, sup, _version())
     _add_description(inference, "inference")
 
     management = new_app("trio-supervisor-management")

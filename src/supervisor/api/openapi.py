@@ -7,7 +7,8 @@ nullable fields (``lastExit``, ``exitCode``) are written ``type: [..., "null"]``
 
 Security follows the server: predictions and explanations need the inference key,
 every management route needs the management key (``/token`` needs the API key),
-and ``/ping``, ``/metrics`` and the API description need none.
+and ``/ping``, ``/metrics`` and the API description need none. The Open Inference
+Protocol's ``/v2`` routes need the inference key, except its two health probes.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ _ERROR_TEXT = {
 }
 
 _TAGS = {
-    "inference": "Health checks, predictions and explanations.",
+    "inference": "Health checks, predictions, explanations and OIP v2 metadata.",
     "management": "Registering, describing, scaling and unregistering models.",
     "metrics": "Prometheus metrics.",
     "description": "This API description.",
@@ -220,6 +221,63 @@ def _inference_paths() -> Json:
     }
     for action in ("predictions", "explanations"):
         paths.update(_infer_paths(action))
+    paths.update(_oip_paths())
+    return paths
+
+
+def _oip_paths() -> Json:
+    """Open Inference Protocol v2 health and metadata; the probes need no token."""
+    oip_error = _response(_ERROR_TEXT[404], _ref("OipError"))
+    ready = _ref("OipReady")
+
+    def op(op_id: str, summary: str, responses: Json, token: str | None = None) -> Json:
+        return _op("inference", op_id, summary, responses, token=token)
+
+    def health(what: str) -> Json:
+        schema = _ref(f"Oip{what.title()}")
+        return op(
+            f"oip{what.title()}",
+            f"OIP server {what} probe.",
+            {
+                "200": _response(f"The server is {what}.", schema),
+                "503": _response(f"The server is not {what}.", schema),
+            },
+        )
+
+    def model_ops(suffix: str) -> tuple[Json, Json]:
+        meta = op(
+            f"oipModelMetadata{suffix}",
+            "OIP model metadata (inputs and outputs are empty: not declared).",
+            {"200": _response("The model's metadata.", _ref("OipModelMetadata")), "404": oip_error},
+            "inferenceToken",
+        )
+        answers = {
+            "200": _response("The model version is READY.", ready),
+            "503": _response("The model version is loading or FAILED.", ready),
+            "404": oip_error,
+        }
+        return meta, op(f"oipModelReady{suffix}", "OIP model readiness.", answers, "inferenceToken")
+
+    version = _param("model_version", "path", _t("string"), "The model version.")
+    paths: Json = {
+        "/v2": {
+            "get": op(
+                "oipServerMetadata",
+                "OIP server metadata.",
+                {"200": _response("The server's metadata.", _ref("OipServerMetadata"))},
+                "inferenceToken",
+            )
+        },
+        "/v2/health/live": {"get": health("live")},
+        "/v2/health/ready": {"get": health("ready")},
+    }
+    for prefix, suffix, params in (
+        ("/v2/models/{model_name}", "", [_MODEL_NAME]),
+        ("/v2/models/{model_name}/versions/{model_version}", "Version", [_MODEL_NAME, version]),
+    ):
+        meta, readiness = model_ops(suffix)
+        paths[prefix] = {"parameters": params, "get": meta}
+        paths[f"{prefix}/ready"] = {"parameters": params, "get": readiness}
     return paths
 
 
@@ -505,7 +563,35 @@ def _inference_schemas() -> Json:
             ("status",),
             status=_t("string", enum=["Healthy", "Unhealthy"]),
             failedModels=_array(_t("string"), "`name/version` of each FAILED default version."),
-        )
+        ),
+        **_oip_schemas(),
+    }
+
+
+def _oip_schemas() -> Json:
+    return {
+        "OipError": _object("all", "The Open Inference Protocol's error.", error=_t("string")),
+        "OipLive": _object("all", live=_t("boolean")),
+        "OipReady": _object(
+            ("ready",),
+            name=_t("string", "The model (model readiness only)."),
+            ready=_t(
+                "boolean",
+                "False while the default version of some model (or this "
+                "version) is LOADING or FAILED.",
+            ),
+        ),
+        "OipServerMetadata": _object(
+            "all", name=_t("string"), version=_t("string"), extensions=_array(_t("string"))
+        ),
+        "OipModelMetadata": _object(
+            "all",
+            name=_t("string"),
+            versions=_array(_t("string"), "Every version of the model."),
+            platform=_t("string", enum=["pytorch_torchserve"]),
+            inputs=_array(_t("object"), "Empty: tensor signatures are not declared."),
+            outputs=_array(_t("object"), "Empty: tensor signatures are not declared."),
+        ),
     }
 
 

@@ -1,0 +1,121 @@
+"""Open Inference Protocol v2 over REST: health and metadata (``/v2/...``).
+
+The renderers (``server_ready``, ``model_metadata``, ``model_ready``) are pure:
+they take a ``Supervisor.statistics()`` snapshot and return a status and a
+JSON-ready body. ``add_oip_routes`` is the Quart shell around them. Errors use
+OIP's shape, ``{"error": "..."}``, not TorchServe's.
+
+A model is not ready while its version is LOADING or FAILED; the server is not
+ready while any model's default version is. Inputs and outputs are ``[]``: the
+model config declares no tensor signatures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from quart import Response
+from quart_trio import QuartTrio
+
+from supervisor.api.common import json_response
+from supervisor.supervision.core import Supervisor
+from supervisor.supervision.stats import ModelStats
+
+__all__ = [
+    "OPEN_PATHS",
+    "PLATFORM",
+    "SERVER_NAME",
+    "add_oip_routes",
+    "model_metadata",
+    "model_ready",
+    "server_metadata",
+    "server_ready",
+]
+
+SERVER_NAME = "trio-supervisor"
+PLATFORM = "pytorch_torchserve"
+_NOT_READY = ("LOADING", "FAILED")
+
+OPEN_PATHS = ("/v2/health/live", "/v2/health/ready")
+"""Probes carry no token, as for ``/ping``; the metadata routes need the inference key."""
+
+Rendered = tuple[int, dict[str, Any]]
+
+
+def server_metadata(version: str) -> dict[str, Any]:
+    """``GET /v2``: the server's name, version and (no) extensions."""
+    return {"name": SERVER_NAME, "version": version, "extensions": []}
+
+
+def server_ready(stats: Sequence[ModelStats]) -> Rendered:
+    """``GET /v2/health/ready``: 200 unless some default version is LOADING or FAILED."""
+    ready = not any(s.is_default and s.state in _NOT_READY for s in stats)
+    return (200 if ready else 503), {"ready": ready}
+
+
+def _find(stats: Sequence[ModelStats], name: str, version: str | None) -> ModelStats | str:
+    """The named version (the default one if None), or the error message."""
+    versions = [s for s in stats if s.config.name == name]
+    if not versions:
+        return f"Model not found: {name}"
+    for s in versions:
+        if s.config.version == version or (version is None and s.is_default):
+            return s
+    return f"Model version: {version} does not exist for model: {name}"
+
+
+def model_metadata(stats: Sequence[ModelStats], name: str, version: str | None) -> Rendered:
+    """``GET /v2/models/{name}[/versions/{version}]``: name, versions, platform, tensors."""
+    found = _find(stats, name, version)
+    if isinstance(found, str):
+        return 404, {"error": found}
+    versions = sorted(s.config.version for s in stats if s.config.name == name)
+    return 200, {
+        "name": name,
+        "versions": versions,
+        "platform": PLATFORM,
+        "inputs": [],
+        "outputs": [],
+    }
+
+
+def model_ready(stats: Sequence[ModelStats], name: str, version: str | None) -> Rendered:
+    """``GET /v2/models/{name}[/versions/{version}]/ready``: 200 only when READY."""
+    found = _find(stats, name, version)
+    if isinstance(found, str):
+        return 404, {"error": found}
+    ready = found.state == "READY"
+    return (200 if ready else 503), {"name": name, "ready": ready}
+
+
+def add_oip_routes(app: QuartTrio, sup: Supervisor, version: str) -> None:
+    """Add the ``/v2`` health and metadata routes to the inference app."""
+
+    def render(rendered: Rendered) -> Response:
+        return json_response(rendered[1], rendered[0])
+
+    async def metadata() -> Response:
+        return json_response(server_metadata(version))
+
+    async def live() -> Response:
+        return json_response({"live": True})  # answering at all is being live
+
+    async def ready() -> Response:
+        return render(server_ready(sup.statistics()))
+
+    async def model(name: str, model_version: str | None = None) -> Response:
+        return render(model_metadata(sup.statistics(), name, model_version))
+
+    async def readiness(name: str, model_version: str | None = None) -> Response:
+        return render(model_ready(sup.statistics(), name, model_version))
+
+    app.add_url_rule("/v2", "oip_server_metadata", metadata)
+    app.add_url_rule("/v2/health/live", "oip_live", live)
+    app.add_url_rule("/v2/health/ready", "oip_ready", ready)
+    app.add_url_rule("/v2/models/<name>", "oip_model", model)
+    app.add_url_rule("/v2/models/<name>/versions/<model_version>", "oip_model", model)
+    app.add_url_rule("/v2/models/<name>/ready", "oip_model_ready", readiness)
+    app.add_url_rule(
+        "/v2/models/<name>/versions/<model_version>/ready", "oip_model_ready", readiness
+    )
