@@ -160,16 +160,18 @@ class Predictor:
             raise Unauthorized(TOKEN_FAILED)
 
     def _count(self, answer: Answer, route: Route) -> Answer:
-        access.record(answer.status, route[1])
-        if self.on_response is not None:
-            self.on_response(answer.status)
+        self._counted(route, answer.status)
         return answer
 
-    def _record(self, route: Route, status: int, *, started: float, job: Job | None) -> None:
-        """The one place a prediction's metrics (and its access line) are recorded."""
+    def _counted(self, route: Route, status: int) -> None:
+        """The access line and the status count, for every outcome."""
         access.record(status, route[1])
         if self.on_response is not None:
             self.on_response(status)
+
+    def _record(self, route: Route, status: int, *, started: float, job: Job | None) -> None:
+        """The one place a prediction's metrics (and its access line) are recorded."""
+        self._counted(route, status)
         if self.observe is None:
             return
         model, version = route[1], route[2]
