@@ -146,7 +146,7 @@ def test_request_latency_histogram_buckets_are_seconds_labelled_by_code():
         metrics.observe_request("m", "2", 200, latency, None)
     metrics.observe_request("m", "2", 503, 0.004, None)
     samples = scrape(metrics)["supervisor_request_latency_seconds"]
-    ok = {"model_name": "m", "model_version": "2", "code": "200"}
+    ok = {"model_name": "m", "model_version": "2", "code": "200", "protocol": "rest"}
     by_le = {
         s.labels["le"]: s.value
         for s in samples
@@ -161,8 +161,13 @@ def test_request_latency_histogram_buckets_are_seconds_labelled_by_code():
     assert by_le["+Inf"] == 5
     assert value(samples, "supervisor_request_latency_seconds_count", **ok) == 5
     assert value(samples, "supervisor_request_latency_seconds_sum", **ok) == pytest.approx(100.2045)
-    failed = {"model_name": "m", "model_version": "2", "code": "503"}
+    failed = {"model_name": "m", "model_version": "2", "code": "503", "protocol": "rest"}
     assert value(samples, "supervisor_request_latency_seconds_count", **failed) == 1
+    metrics.observe_request("m", "2", 200, 0.004, None, "oip-grpc")
+    samples = scrape(metrics)["supervisor_request_latency_seconds"]
+    grpc = {**ok, "protocol": "oip-grpc"}
+    assert value(samples, "supervisor_request_latency_seconds_count", **grpc) == 1
+    assert value(samples, "supervisor_request_latency_seconds_count", **ok) == 5
 
 
 def test_queue_histogram_only_counts_requests_that_reached_a_worker():

@@ -301,12 +301,15 @@ async def _queue_full(client: httpx.AsyncClient, server: Server) -> Seen:
     return _seen(full, full.content)
 
 
+REST = ("protocol", "rest")
+
+
 def _per_model(model: str, code: str, queued: bool = True) -> dict[tuple, float]:
     """The counters one answered request for ``model`` adds."""
     labels = (("model_name", model), ("model_version", "1.0"))
     counts = {
         ("ts_inference_requests_total", *labels): 1.0,
-        ("supervisor_request_latency_seconds_count", ("code", code), *labels): 1.0,
+        ("supervisor_request_latency_seconds_count", ("code", code), *labels, REST): 1.0,
     }
     if queued:
         counts[("supervisor_queue_latency_seconds_count", *labels)] = 1.0

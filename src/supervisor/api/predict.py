@@ -13,6 +13,13 @@ made, a ``Stream`` when it ends. The lean server (``supervisor.api.fastpath``)
 and the Quart route (``supervisor.api.inference``) only render outcomes.
 Nothing here imports a web framework.
 
+Every other protocol (Open Inference Protocol v2 over REST and gRPC, KServe
+v1, TorchServe's gRPC API) goes through the same ``Predictor.infer``: it states
+the request as a ``Call`` (model, version, the fields and parameters the worker
+sees, its protocol) and renders the ``Outcome`` (the worker's reply, or the
+error that stopped the request, or a stream) in its own shape. Batching,
+deadlines, backpressure, failure messages and metrics are the same for all.
+
 Every outcome carries ``x-request-id``: the client's own ``X-Request-Id`` if it
 sent a usable one (``supervisor.http.replies.request_id``), else the request id
 the worker sees. A stream that breaks off midway is recorded with the failure's
@@ -28,6 +35,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from functools import partial
 
+import attrs
 import trio
 
 from handlers.protocol import InferItem, ReplyItem
@@ -50,13 +58,17 @@ __all__ = [
     "FIELD_TYPE",
     "FORM_TYPES",
     "RESERVED_HEADERS",
+    "Call",
     "Form",
+    "Outcome",
+    "Params",
     "Predictor",
     "RequestObserver",
     "Route",
     "Stream",
     "StreamAborted",
     "parse_deadline",
+    "worker_fields",
 ]
 
 log = logging.getLogger("supervisor.http")
@@ -70,12 +82,83 @@ FIELD_TYPE = ""
 RESERVED_HEADERS = frozenset({"url_path", "explain", "describe"})
 """Header names the server sets for the worker, never taken from clients (lower case)."""
 
-RequestObserver = Callable[[str, str, int, float, float | None], None]
-"""Called once per answered request: model, version, status, latency s, queue s."""
+RequestObserver = Callable[[str, str, int, float, float | None, str], None]
+"""Called once per answered request: model, version, status, latency s, queue s, protocol."""
 Route = tuple[str, str, str | None, str | None]
 """The path's parts: ``predictions`` or ``explanations``, model, version, the rest."""
 Form = dict[str, tuple[str, bytes]]
 """A form body's fields: name -> (content type, bytes); a field's type is ``FIELD_TYPE``."""
+Params = dict[str, tuple[str, bytes]]
+"""What the handler gets as one request: name -> (content type, bytes); a body is ``body``."""
+
+
+@attrs.frozen
+class Call:
+    """One prediction request in the pipeline's terms, whatever protocol brought it.
+
+    Attributes:
+        model: the model's name.
+        version: the version asked for (None: the default one).
+        fields: the request's headers as the worker sees them (``worker_fields``);
+            ``Authorization`` is checked against the inference key, ``X-Request-Id``
+            names the answer, ``X-Client-Timeout-Ms`` sets a deadline.
+        params: the parameters, or a function that makes them (called only once
+            the token is checked, so a protocol's decoding can refuse bad input
+            with ``InvalidRequest`` and be counted like any other outcome).
+        protocol: the metrics' ``protocol`` label (``rest``, ``oip-rest``, ...).
+        deadline: an absolute ``trio.current_time()`` deadline set by the
+            protocol (a gRPC deadline); the earlier of it and the header's wins.
+        gone: says whether the client has left; its job is then dropped before
+            it reaches a worker.
+    """
+
+    model: str
+    version: str | None
+    fields: dict[str, str]
+    params: Params | Callable[[], Params]
+    protocol: str = "rest"
+    deadline: float = math.inf
+    gone: Callable[[], bool] | None = None
+
+
+@attrs.frozen
+class Outcome:
+    """What became of a request: the worker's reply, an error, or a stream.
+
+    Exactly one of ``reply``, ``error`` and ``stream`` is set.
+
+    Attributes:
+        request_id: the answer's ``x-request-id`` (bytes, as headers carry it).
+        reply: the worker's answer, a result (``reply.ok``) or its failure.
+        error: why the request got no worker answer (refused, not found, deadline,
+            the worker died).
+        stream: a streamed answer (its first part came with status ``stream.status``).
+    """
+
+    request_id: bytes
+    reply: ReplyItem | None = None
+    error: SupervisorError | None = None
+    stream: Stream | None = None
+
+    @property
+    def status(self) -> int:
+        """The HTTP status of the outcome (a stream's first part's)."""
+        if self.reply is not None:
+            return self.reply.status
+        if self.error is not None:
+            return self.error.status
+        assert self.stream is not None
+        return self.stream.status
+
+    @property
+    def message(self) -> str:
+        """The failure's message; empty for a result or a stream."""
+        if self.error is not None:
+            return self.error.message
+        if self.reply is not None and not self.reply.ok:
+            return self.reply.message
+        return ""
+
 
 _DEFAULT_TYPE = b"text/html; charset=utf-8"  # what Quart gives a body without a type
 _UNOBSERVED = (ModelNotFound, ModelVersionNotFound, Unauthorized)  # no series for these
@@ -129,29 +212,47 @@ class Predictor:
             gone: says whether the client has left; its job is then dropped before
                 it reaches a worker.
         """
+        fields = worker_fields(headers, client, route[3] or "", explain=route[0] == "explanations")
+        params = form if form is not None else {"body": (fields.get("Content-Type", ""), body)}
+        outcome = await self.infer(Call(route[1], route[2], fields, params, gone=gone))
+        if outcome.stream is not None:
+            return outcome.stream
+        if outcome.error is not None:
+            return error_answer(outcome.error, outcome.request_id)
+        assert outcome.reply is not None
+        return _answer(outcome.reply, outcome.request_id)
+
+    async def infer(self, call: Call) -> Outcome:
+        """Run one request through the pipeline; every protocol's renderers call this.
+
+        The token is checked first, then the deadline, then the parameters are
+        made; the job is submitted and awaited, and the metrics and access line
+        are recorded once: now for a reply or an error, when it ends for a stream.
+        """
         started = trio.current_time()
         own = str(uuid.uuid4())
-        fields = _fields(headers, client, route)
-        rid = request_id(fields.get("X-Request-Id"), own).encode()
+        rid = request_id(call.fields.get("X-Request-Id"), own).encode()
         job: Job | None = None
         try:
-            self._authorize(fields)
-            deadline = parse_deadline(fields.get(DEADLINE_HEADER), started)
-            params = form if form is not None else {"body": (fields.get("Content-Type", ""), body)}
-            job = self.sup.submit(InferItem(own, fields, params), route[1], route[2], deadline)
-            job.gone = gone
+            self._authorize(call.fields)
+            deadline = min(call.deadline, parse_deadline(call.fields.get(DEADLINE_HEADER), started))
+            params = call.params() if callable(call.params) else call.params
+            item = InferItem(own, call.fields, params)
+            job = self.sup.submit(item, call.model, call.version, deadline)
+            job.gone = call.gone
             reply = await job.wait()
         except _UNOBSERVED as exc:
-            return self._count(error_answer(exc, rid), route)
+            self._counted(call.model, exc.status)
+            return Outcome(rid, error=exc)
         except SupervisorError as exc:
-            answer = error_answer(exc, rid)
+            outcome = Outcome(rid, error=exc)
         else:
             if job.streamed:
-                end = partial(self._record, route, started=started, job=job)
-                return Stream(reply, _headers(reply, rid), job, end)
-            answer = _answer(reply, rid)
-        self._record(route, answer.status, started=started, job=job)
-        return answer
+                end = partial(self._record, call, started=started, job=job)
+                return Outcome(rid, stream=Stream(reply, _headers(reply, rid), job, end))
+            outcome = Outcome(rid, reply=reply)
+        self._record(call, outcome.status, started=started, job=job)
+        return outcome
 
     def _authorize(self, fields: dict[str, str]) -> None:
         if self.tokens is None:
@@ -159,24 +260,20 @@ class Predictor:
         if not bearer_matches(fields.get("Authorization"), self.tokens.key("inference")):
             raise Unauthorized(TOKEN_FAILED)
 
-    def _count(self, answer: Answer, route: Route) -> Answer:
-        self._counted(route, answer.status)
-        return answer
-
-    def _counted(self, route: Route, status: int) -> None:
+    def _counted(self, model: str, status: int) -> None:
         """The access line and the status count, for every outcome."""
-        access.record(status, route[1])
+        access.record(status, model)
         if self.on_response is not None:
             self.on_response(status)
 
-    def _record(self, route: Route, status: int, *, started: float, job: Job | None) -> None:
+    def _record(self, call: Call, status: int, *, started: float, job: Job | None) -> None:
         """The one place a prediction's metrics (and its access line) are recorded."""
-        self._counted(route, status)
+        self._counted(call.model, status)
         if self.observe is None:
             return
-        model, version = route[1], route[2]
+        version = _job_version(self.sup, call.model, call.version)
         latency = trio.current_time() - started
-        self.observe(model, _job_version(self.sup, model, version), status, latency, _queued(job))
+        self.observe(call.model, version, status, latency, _queued(job), call.protocol)
 
 
 class Stream:
@@ -266,15 +363,28 @@ def parse_deadline(raw: str | None, started: float) -> float:
     return started + millis / 1000
 
 
-def _fields(headers: Iterable[tuple[bytes, bytes]], client: str, route: Route) -> dict[str, str]:
-    """The headers as the worker sees them: title-cased, as Quart shows them, plus extras."""
+def worker_fields(
+    headers: Iterable[tuple[bytes, bytes]],
+    client: str,
+    url_path: str = "",
+    *,
+    explain: bool = False,
+) -> dict[str, str]:
+    """The headers as the worker sees them: title-cased, as Quart shows them, plus extras.
+
+    Args:
+        headers: the request headers (lower-case names, as bytes).
+        client: the client's address (``Remote-Addr``).
+        url_path: the path past the model and version (``url_path``).
+        explain: an explanation is asked for (``explain: True``).
+    """
     fields = {"Remote-Addr": client}
     for name, value in headers:
         key = name.decode("latin-1")
         if key not in RESERVED_HEADERS:
             fields[key.title()] = value.decode("latin-1")
-    fields["url_path"] = route[3] or ""
-    if route[0] == "explanations":
+    fields["url_path"] = url_path
+    if explain:
         fields["explain"] = "True"
     return fields
 

@@ -106,7 +106,7 @@ class _RequestCollector(Collector):
         self.latency = _Histograms(
             "supervisor_request_latency_seconds",
             "Inference request latency, from arrival to answer",
-            (*_MODEL, "code"),
+            (*_MODEL, "code", "protocol"),
             LATENCY_BUCKETS,
         )
         self.queue = _Histograms(
@@ -235,9 +235,18 @@ class Metrics:
             self._registry.register(SystemCollector(host, disk_path or os.getcwd()))
 
     def observe_request(
-        self, model: str, version: str, status: int, latency_s: float, queue_s: float | None
+        self,
+        model: str,
+        version: str,
+        status: int,
+        latency_s: float,
+        queue_s: float | None,
+        protocol: str = "rest",
     ) -> None:
         """Record one answered inference request for a model that exists.
+
+        TorchServe's ``ts_*`` counters sum over protocols (their labels stay
+        TorchServe's); the latency histogram has a ``protocol`` label.
 
         Args:
             model: the ``model_name`` label.
@@ -245,6 +254,8 @@ class Metrics:
             status: the HTTP status of the answer.
             latency_s: seconds from arrival to answer.
             queue_s: seconds it waited for a worker; None if it never reached one.
+            protocol: how the request came (``rest``, ``oip-rest``, ``kserve-v1``,
+                ``grpc``, ``oip-grpc``).
         """
         r = self._requests
         totals = r.ts.setdefault((model, version, r.hostname), [0.0, 0.0, 0.0])
@@ -252,7 +263,7 @@ class Metrics:
         if 200 <= status < 300:  # TorchServe sums the latencies of successes only
             totals[1] += latency_s * 1e6
             totals[2] += (queue_s or 0.0) * 1e6
-        r.latency.observe((model, version, str(status)), latency_s)
+        r.latency.observe((model, version, str(status), protocol), latency_s)
         if queue_s is not None:
             r.queue.observe((model, version), queue_s)
 
