@@ -1,4 +1,4 @@
-"""Sessions: tests (the whole suite), lint (ruff), typecheck (mypy --strict); chaos and soak.
+"""Sessions: tests (the whole suite), lint (ruff), typecheck (mypy --strict), docs; chaos, soak.
 
 ``chaos`` and ``soak`` take minutes and are not run by default (nor in CI): they
 write their figures to ``.reliability/`` for docs/reliability.md.
@@ -34,6 +34,14 @@ def typecheck(session: nox.Session) -> None:
     """mypy --strict on the sources."""
     session.install(*CONSTRAINTS, "-e", ".[test,dev]")
     session.run("mypy", "--strict", "src")
+
+
+@nox.session(python="3.11")
+def docs(session: nox.Session) -> None:
+    """The documentation site into site/: mkdocs build --strict (any warning fails)."""
+    session.install(*CONSTRAINTS, "-e", ".[docs]")
+    quiet = {"NO_MKDOCS_2_WARNING": "1"}  # Material's end-of-life banner, not about this site
+    session.run("mkdocs", "build", "--strict", "--site-dir", "site", *session.posargs, env=quiet)
 
 
 @nox.session(python="3.11")
