@@ -7,6 +7,10 @@ file with mode 0600 (TorchServe's layout, so existing scripts can read it) and
 the file is removed at shutdown, if it still holds this server's keys. A link
 at the key file's path is replaced by the file, never followed. Clients send
 ``Authorization: Bearer <key>``; keys are compared in constant time. Keys do not expire.
+
+Keys may instead come from a key file made beforehand (``read_key_file``; e.g. a
+Kubernetes Secret mounted read-only, the same keys for every replica): it is
+only read, never written or removed, and its keys cannot be rotated over HTTP.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import orjson
 
 from supervisor.atomicfile import write_replacing
 
-__all__ = ["Tokens", "bearer_matches", "remove_key_file", "write_key_file"]
+__all__ = ["Tokens", "bearer_matches", "read_key_file", "remove_key_file", "write_key_file"]
 
 _BEARER = re.compile(r"^Bearer\s+(\S+)$", re.IGNORECASE)  # a scheme is case-insensitive
 
@@ -38,11 +42,13 @@ def _new_key() -> str:
 
 @attrs.define
 class Tokens:
-    """The current keys. ``rotate`` replaces one of them."""
+    """The current keys. ``rotate`` replaces one of them, unless they are ``fixed``."""
 
     inference: str = attrs.field(factory=_new_key)
     management: str = attrs.field(factory=_new_key)
     api: str = attrs.field(factory=_new_key)
+    fixed: bool = attrs.field(default=False, kw_only=True)
+    """The keys came from a provided key file: rotating them is refused."""
 
     def key(self, kind: str) -> str:
         """The key for ``kind`` (``inference``, ``management`` or ``api``)."""
@@ -53,6 +59,11 @@ class Tokens:
         """Replace the ``kind`` key (inference or management) and return the new one."""
         if kind not in KINDS:
             raise ValueError(f"unknown token type {kind!r}; expected one of {', '.join(KINDS)}")
+        if self.fixed:
+            raise ValueError(
+                "the keys come from a provided key file (keys_from): change them there "
+                "and restart the server"
+            )
         key = _new_key()
         setattr(self, kind, key)
         return key
@@ -65,6 +76,37 @@ class Tokens:
             "API": {"key": self.api},
         }
         return orjson.dumps(body, option=orjson.OPT_INDENT_2) + b"\n"
+
+
+def read_key_file(path: str | Path) -> Tokens:
+    """The keys of a key file in TorchServe's layout, to use as they are (``fixed``).
+
+    The inference and management keys are required; without an ``API`` key a
+    random one is made (it is unused: fixed keys are not rotated).
+
+    Raises:
+        OSError: the file cannot be read.
+        ValueError: it is not such a key file (the message says what is wrong).
+    """
+    data = Path(path).read_bytes()[: 1 << 16]
+    try:
+        body = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise ValueError("not JSON: expected a key file in TorchServe's layout") from None
+    keys = {kind: _key_in(body, kind) for kind in KINDS}
+    api = _key_in(body, "API", required=False) or _new_key()
+    return Tokens(keys["inference"], keys["management"], api, fixed=True)
+
+
+def _key_in(body: object, kind: str, *, required: bool = True) -> str:
+    """``body[kind]["key"]``: a non-empty string of printable characters without spaces."""
+    entry = body.get(kind) if isinstance(body, dict) else None
+    key = entry.get("key") if isinstance(entry, dict) else None
+    if key is None and not required:
+        return ""
+    if not (isinstance(key, str) and key.isprintable() and key and not re.search(r"\s", key)):
+        raise ValueError(f"expected a non-empty key without spaces at {kind}.key")
+    return key
 
 
 def bearer_matches(header: str | None, key: str) -> bool:

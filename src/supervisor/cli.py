@@ -4,7 +4,9 @@
 iris classifier. Settings come in layers, later ones winning: a TorchServe
 ``config.properties`` (``--ts-config``, else ``$TS_CONFIG_FILE``), then our TOML
 file (``--config``), then TorchServe's ``TS_*`` environment variables (only
-when the properties file sets ``enable_envvars_config=true``), then flags.
+when the properties file sets ``enable_envvars_config=true``), then our
+``SUPERVISOR_<KEY>`` variables (always read; ``supervisor.config.env_settings``),
+then flags.
 Server and model-default keys win one by one (``restart`` keys too); a list of
 models replaces the lists below it (``--models`` over ``TS_LOAD_MODELS`` over
 ``[[models]]`` over ``load_models``). ``torchserve``'s own flags (``--start``,
@@ -24,7 +26,15 @@ from typing import Any
 import trio
 
 from supervisor import daemon, tscommand
-from supervisor.config import LOG_FORMATS, ConfigError, ServerConfig, load_config, read_toml
+from supervisor.config import (
+    LOG_FORMATS,
+    READINESS_MODES,
+    ConfigError,
+    ServerConfig,
+    env_settings,
+    load_config,
+    read_toml,
+)
 from supervisor.logsetup import configure_console
 from supervisor.models import archiver, tsconfig
 from supervisor.models.archive import ARCHIVE_SUFFIXES
@@ -69,6 +79,9 @@ _SERVER_FLAGS = (
     "management_address",
     "metrics_address",
     "shutdown_grace",
+    "pre_stop_delay",
+    "readiness",
+    "keys_from",
     "key_file",
     "access_log",
     "model_log",
@@ -150,7 +163,12 @@ def _add_server_flags(serve: argparse.ArgumentParser) -> None:
         help="allow registering and unregistering models over HTTP",
     )
     _add_snapshot_flags(serve)
-    serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    _add_drain_flags(serve)
+    serve.add_argument(
+        "--log-level",
+        default=os.environ.get("SUPERVISOR_LOG_LEVEL", "INFO"),
+        help="DEBUG, INFO, WARNING, ERROR (default: $SUPERVISOR_LOG_LEVEL, else INFO)",
+    )
     _add_log_flags(serve)
     serve.add_argument(
         "--key-file", metavar="FILE", help="where the API keys are written (default key_file.json)"
@@ -160,6 +178,27 @@ def _add_server_flags(serve: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="once listening and every start-up model is ready or failed, write the addresses "
         "and the models' states here as JSON (removed at exit)",
+    )
+
+
+def _add_drain_flags(serve: argparse.ArgumentParser) -> None:
+    """Probes, drain and provided keys (docs/deployment.md, "Probes and drain")."""
+    serve.add_argument(
+        "--pre-stop-delay",
+        type=float,
+        metavar="S",
+        help="on SIGTERM, seconds of not-ready while still serving, before the drain (default 5)",
+    )
+    serve.add_argument(
+        "--readiness",
+        choices=READINESS_MODES,
+        help="/v2/health/ready is 200 when all start-up models are ready (default) or any",
+    )
+    serve.add_argument(
+        "--keys-from",
+        metavar="FILE",
+        help="use the API keys in FILE (a key file, e.g. a mounted Secret) as they are; "
+        "FILE is never written or removed",
     )
 
 
@@ -260,7 +299,8 @@ def config_from_args(
     """Build the server config from the parsed ``serve`` flags, their files and ``environ``.
 
     Layers, later ones winning: ``--ts-config`` (or ``$TS_CONFIG_FILE``),
-    ``--config``, ``TS_*`` variables, flags (see the module docstring).
+    ``--config``, ``TS_*`` variables, ``SUPERVISOR_*`` variables, flags (see the
+    module docstring).
     ``environ`` defaults to ``os.environ``.
     """
     environ = os.environ if environ is None else environ
@@ -271,7 +311,8 @@ def config_from_args(
     file = read_toml(args.config)
     file["server"].setdefault("config_snapshots", True)  # the CLI's default; --ncs wins
     flags = _server_flags(args)
-    store = _model_store(flags, {**file["server"], **env}, props)
+    own_env = env_settings(environ)
+    store = _model_store(flags, {**file["server"], **env, **own_env}, props)
     specs = _specs(args.models)
     entries = _store_entries(store) if _wants_all({**props, **env}, specs) else []
     ts_server, ts_defaults, ts_models = tsconfig.server_settings(
@@ -285,7 +326,7 @@ def config_from_args(
     layers = (flag_models, env_list, file["models"], ts_models)
     models: list[Any] = next(m for m in layers if m is not None)
     return load_config(
-        server={**ts_server, **file["server"], **env_server, **flags},
+        server={**ts_server, **file["server"], **env_server, **own_env, **flags},
         defaults=_layered(ts_defaults, file["defaults"], env_defaults, _default_flags(args)),
         models=models,
     )

@@ -37,14 +37,17 @@ from supervisor.policy import RestartPolicy
 
 __all__ = [
     "DEFAULT_MODEL",
+    "ENV_PREFIX",
     "KIB",
     "LOG_FORMATS",
     "MIB",
     "MILLISECONDS",
+    "READINESS_MODES",
     "SECONDS",
     "ConfigError",
     "ModelConfig",
     "ServerConfig",
+    "env_settings",
     "load_config",
     "model_config",
     "name_from_url",
@@ -88,6 +91,8 @@ def _brief(value: Any) -> str:
 _ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".mar", ".zip")
 LOG_FORMATS = ("text", "json")
 """The values of ``log_format``."""
+READINESS_MODES = ("all", "any")
+"""The values of ``readiness``: every start-up model ready, or at least one."""
 
 
 class ConfigError(ValueError):
@@ -245,6 +250,17 @@ class ServerConfig:
         model_store: directory that relative ``model_dir`` values are resolved in.
         models: the models loaded at start-up.
         shutdown_grace: seconds in-flight requests get to finish on SIGTERM.
+        pre_stop_delay: seconds between SIGTERM and the start of the drain: the
+            readiness probe answers 503 at once, every answer closes its
+            connection, and the listeners keep serving, so that a load balancer
+            takes the server out before it stops accepting (SIGINT and an
+            embedder's ``shutdown`` event skip it).
+        readiness: when ``/v2/health/ready`` says ready: ``all`` start-up models
+            ready, or ``any`` (at least one).
+        keys_from: a key file made beforehand (TorchServe's layout; e.g. a
+            Kubernetes Secret mounted read-only) whose keys are used as they are;
+            it is never written or removed, ``key_file`` is not written, and
+            rotating a key over HTTP is refused. Empty: random keys at start.
         enable_model_api: allow registering and unregistering models over HTTP.
         disable_token_authorization: serve without bearer tokens (not recommended).
         key_file: where the tokens are written (mode 0600) when authorization is on.
@@ -294,6 +310,12 @@ class ServerConfig:
         default=10 * SECONDS,
         validator=[_non_negative, limits.bounded(limits.MAX_STOP_GRACE, "seconds")],
     )
+    pre_stop_delay: float = attrs.field(
+        default=5 * SECONDS,
+        validator=[_non_negative, limits.bounded(limits.MAX_STOP_GRACE, "seconds")],
+    )
+    readiness: str = attrs.field(default="all", validator=v.in_(READINESS_MODES))
+    keys_from: str = attrs.field(default="", validator=v.instance_of(str))
     enable_model_api: bool = attrs.field(default=False, validator=v.instance_of(bool))
     disable_token_authorization: bool = attrs.field(default=False, validator=v.instance_of(bool))
     key_file: str = attrs.field(default="key_file.json", validator=v.instance_of(str))
@@ -343,6 +365,49 @@ class ServerConfig:
                 f"{self.tls_addresses[0]} is https: set certificate_file and "
                 "private_key_file (PEM files) too"
             )
+
+
+ENV_PREFIX = "SUPERVISOR_"
+"""``SUPERVISOR_<KEY>`` sets the ``[server]`` key ``key`` (``SUPERVISOR_PRE_STOP_DELAY``)."""
+_NOT_FROM_ENV = frozenset({"models", "defaults", "allowed_urls"})
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def env_settings(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The ``[server]`` keys that ``SUPERVISOR_<KEY>`` environment variables set.
+
+    Every server key can be set so except ``models``, ``defaults`` and
+    ``allowed_urls`` (the environment alone does not widen where models are
+    downloaded from, as with TorchServe's ``use_env_allowed_urls``). Values are
+    read as the key's type: numbers, ``true``/``false`` (also 1/0, yes/no,
+    on/off), or text.
+
+    Raises:
+        ConfigError: a value is not of its key's type (the variable is named).
+    """
+    found: dict[str, Any] = {}
+    for field in attrs.fields(ServerConfig):
+        name = ENV_PREFIX + field.name.upper()
+        if field.name in _NOT_FROM_ENV or name not in environ:
+            continue
+        found[field.name] = _env_value(name, str(field.type), environ[name])
+    return found
+
+
+def _env_value(name: str, kind: str, raw: str) -> Any:
+    text = raw.strip()
+    if kind in ("bool", "bool | str") and text.lower() in _TRUE + _FALSE:
+        return text.lower() in _TRUE
+    try:
+        if kind == "int":
+            return int(text)
+        if kind == "float":
+            return float(text)
+    except ValueError:
+        raise ConfigError(f"{name}: expected a number, got {_brief(raw)}") from None
+    if kind == "bool":
+        raise ConfigError(f"{name}: expected true or false, got {_brief(raw)}")
+    return raw
 
 
 def _build(cls: type[Any], table: Mapping[str, Any], where: str) -> Any:

@@ -3,16 +3,21 @@
 ::
 
     root nursery
-    ├── signal watcher (SIGTERM/SIGINT -> graceful shutdown; a second one -> now)
+    ├── signal watcher (SIGTERM -> not ready, pre-stop delay, graceful shutdown;
+    │   SIGINT -> graceful shutdown; a second one -> now)
     └── supervisor nursery (outlives HTTP, so in-flight requests can finish)
         ├── pool per model version -> slot per worker -> worker incarnation
         └── HTTP nursery: the lean server for inference (or Hypercorn with
             ``lean_http = false``), Hypercorn for management and metrics
 
 Workers are spawned before the listeners open, so the interpreter start-up of
-the workers overlaps with the server's own. On shutdown the listeners stop
-accepting, requests in flight get ``shutdown_grace`` seconds to be answered
-(after that, queued ones get 503), then the workers are stopped.
+the workers overlaps with the server's own. On SIGTERM the server first stops
+being ready (``/v2/health/ready`` answers 503 and every answer carries
+``Connection: close``) while it keeps serving for ``pre_stop_delay`` seconds,
+so that a load balancer takes it out before it stops accepting. Then, as on
+SIGINT or when the caller's ``shutdown`` is set, the listeners stop accepting,
+requests in flight get ``shutdown_grace`` seconds to be answered (after that,
+queued ones get 503), then the workers are stopped.
 """
 
 from __future__ import annotations
@@ -33,8 +38,9 @@ import trio
 
 from supervisor.api.apps import Apps, build_apps
 from supervisor.api.fastpath import FastRoutes
-from supervisor.auth import Tokens, remove_key_file, write_key_file
-from supervisor.config import DEFAULT_MODEL, ModelConfig, ServerConfig, name_from_url
+from supervisor.api.oip import Readiness
+from supervisor.auth import Tokens, read_key_file, remove_key_file, write_key_file
+from supervisor.config import DEFAULT_MODEL, ConfigError, ModelConfig, ServerConfig, name_from_url
 from supervisor.errors import SupervisorError, WorkerStartFailed
 from supervisor.http.listeners import serve_asgi_port, serve_lean_port
 from supervisor.http.tls import server_context
@@ -88,8 +94,10 @@ async def serve(
 
     Args:
         config: listeners and models.
-        shutdown: set it to start a graceful shutdown.
-        handle_signals: capture SIGTERM and SIGINT (only in the main thread).
+        shutdown: set it to start a graceful shutdown at once (no pre-stop delay:
+            a caller that wants one stops being ready first by other means).
+        handle_signals: capture SIGTERM (with ``config.pre_stop_delay``) and
+            SIGINT (only in the main thread).
         launcher: starts worker processes.
         ready_file: where to write the ready file once start-up is over (see
             ``supervisor.runner.readyfile``); removed when the server stops.
@@ -99,13 +107,17 @@ async def serve(
         task_status: receives the ``BaseURLs`` once every listener is bound.
 
     Raises:
-        ConfigError: an https address's certificate or key cannot be used.
+        ConfigError: an https address's certificate or key cannot be used, or
+            the ``keys_from`` file cannot be read.
     """
     shutdown = trio.Event() if shutdown is None else shutdown
+    stopping = trio.Event()  # not ready, answers close their connections
     tls = server_context(config)  # a bad certificate or key refuses before anything starts
     async with trio.open_nursery() as root:
+        root.start_soon(_stopping_on, shutdown, stopping)
         if handle_signals:
-            await root.start(_watch_signals, shutdown, root.cancel_scope)
+            watch = partial(_watch_signals, shutdown, root.cancel_scope, stopping)
+            await root.start(watch, config.pre_stop_delay)
         await trio.to_thread.run_sync(sweep_leftovers)  # what a killed server left behind
         with (
             open_log_files(config),
@@ -120,7 +132,7 @@ async def serve(
                 max_workers_total=config.max_workers_total,
             ) as sup:
                 config, snapshots = await _open_snapshots(config, restore_snapshot)
-                started = _Started(tokens, ready_file, task_status, tls)
+                started = _Started(tokens, ready_file, task_status, tls, stopping)
                 await _serve_with(sup, config, Path(scratch), shutdown, started, snapshots)
         root.cancel_scope.cancel()
     log.info("stopped")
@@ -130,13 +142,15 @@ async def serve(
 class _Started:
     """Who hears that the server started: the keys for the log, the ready file, the caller.
 
-    ``tls`` is the https ports' context (None when none is https).
+    ``tls`` is the https ports' context (None when none is https); ``stopping``
+    is set once the server starts to stop (readiness 503, answers close).
     """
 
     tokens: Tokens | None
     ready_file: str | Path | None
     task_status: trio.TaskStatus[BaseURLs]
     tls: ssl.SSLContext | None = None
+    stopping: trio.Event = attrs.field(factory=trio.Event)
 
 
 async def _serve_with(
@@ -157,11 +171,13 @@ async def _serve_with(
         sup.on_change = lambda: _record(directory, sup, shutdown)
     metrics = Metrics(sup.statistics)
     sup.on_batch = metrics.observe_batch
-    apps = build_apps(sup, config, started.tokens, metrics, scratch)
+    missing = [m.name for m, pool in loaded if isinstance(pool, str)]
+    readiness = Readiness(config.readiness, started.stopping, missing)
+    apps = build_apps(sup, config, started.tokens, metrics, scratch, readiness)
     fast = FastRoutes(apps.predictor)
     async with trio.open_nursery() as helpers:
         async with trio.open_nursery() as listeners:
-            endpoints = await _start_listeners(listeners, apps, fast, config, shutdown, started.tls)
+            endpoints = await _start_listeners(listeners, apps, fast, config, shutdown, started)
             helpers.start_soon(_announce, loaded, endpoints, started)
             helpers.start_soon(_drain_after_grace, sup, shutdown, config.shutdown_grace)
             started.task_status.started(endpoints)
@@ -270,10 +286,16 @@ def _settings(restored: Restored | None, model: ModelConfig) -> Mapping[str, Any
 
 @contextlib.contextmanager
 def _key_file(config: ServerConfig) -> Iterator[Tokens | None]:
-    """Make the API keys and keep them in the key file while the server runs."""
+    """Make the API keys and keep them in the key file while the server runs.
+
+    With ``keys_from``, the keys are that file's, and no key file is written.
+    """
     if config.disable_token_authorization:
         log.warning("token authorization is DISABLED: anyone who reaches the ports can use them")
         yield None
+        return
+    if config.keys_from:
+        yield _provided_keys(config.keys_from)
         return
     tokens = Tokens()
     path = write_key_file(config.key_file, tokens)
@@ -285,27 +307,45 @@ def _key_file(config: ServerConfig) -> Iterator[Tokens | None]:
             log.warning("left %s alone: it no longer holds this server's keys", path)
 
 
+def _provided_keys(path: str) -> Tokens:
+    """The keys of a key file made beforehand (``keys_from``), used as they are.
+
+    Raises:
+        ConfigError: the file cannot be read or holds no usable keys.
+    """
+    try:
+        tokens = read_key_file(path)
+    except (OSError, ValueError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise ConfigError(f"keys_from {path}: {why}") from None
+    log.info("token authorization is on; keys from %s (never written or removed)", path)
+    return tokens
+
+
 async def _start_listeners(
     nursery: trio.Nursery,
     apps: Apps,
     fast: FastRoutes,
     config: ServerConfig,
     shutdown: trio.Event,
-    tls: ssl.SSLContext | None,
+    started: _Started,
 ) -> BaseURLs:
+    tls, draining = started.tls, started.stopping
     if config.lean_http:
-        lean = partial(serve_lean_port, apps.inference, fast.route, config, shutdown, tls=tls)
+        app, route = apps.inference, fast.route
+        lean = partial(serve_lean_port, app, route, config, shutdown, tls=tls, draining=draining)
         urls = [await nursery.start(lean)]
     else:
+        address = config.inference_address
         inference = partial(
-            serve_asgi_port, apps.inference, config.inference_address, config, shutdown, tls=tls
+            serve_asgi_port, apps.inference, address, config, shutdown, tls=tls, draining=draining
         )
         urls = [await nursery.start(inference)]
     for app, address in (
         (apps.management, config.management_address),
         (apps.metrics, config.metrics_address),
     ):
-        port = partial(serve_asgi_port, app, address, config, shutdown, tls=tls)
+        port = partial(serve_asgi_port, app, address, config, shutdown, tls=tls, draining=draining)
         urls.append(await nursery.start(port))
     return BaseURLs(*urls)
 
@@ -381,18 +421,48 @@ def _log_try_line(pool: Pool, endpoints: BaseURLs, tokens: Tokens | None) -> Non
     log.info("  curl -X POST %s %s", url, data)
 
 
+async def _stopping_on(shutdown: trio.Event, stopping: trio.Event) -> None:
+    """A shutdown (however it starts) makes the server stop being ready too."""
+    await shutdown.wait()
+    stopping.set()
+
+
 async def _watch_signals(
     shutdown: trio.Event,
     cancel_scope: trio.CancelScope,
+    stopping: trio.Event,
+    pre_stop_delay: float,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """SIGTERM: not ready at once, shutdown after ``pre_stop_delay``; SIGINT: shutdown now.
+
+    A second signal (or one after the shutdown began) stops at once.
+    """
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        task_status.started()
-        async for signum in signals:
-            if shutdown.is_set():
-                log.warning("second %s: stopping now", signal.Signals(signum).name)
-                cancel_scope.cancel()
-                return
-            log.info("%s received: graceful shutdown", signal.Signals(signum).name)
-            shutdown.set()
+        async with trio.open_nursery() as delays:
+            task_status.started()
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if stopping.is_set():
+                    log.warning("second %s: stopping now", name)
+                    cancel_scope.cancel()
+                    return
+                stopping.set()
+                delay = pre_stop_delay if signum == signal.SIGTERM else 0.0
+                delays.start_soon(_shut_down_after, shutdown, delay, name)
+
+
+async def _shut_down_after(shutdown: trio.Event, delay: float, name: str) -> None:
+    """Serve on, not ready, for ``delay`` seconds; then start the graceful shutdown."""
+    if delay > 0:
+        log.info(
+            "%s received: not ready; still serving for %g s (pre_stop_delay), "
+            "then graceful shutdown",
+            name,
+            delay,
+        )
+        await trio.sleep(delay)
+    else:
+        log.info("%s received: graceful shutdown", name)
+    shutdown.set()

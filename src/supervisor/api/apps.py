@@ -14,7 +14,7 @@ from supervisor.api.common import json_response, make_app, require_token
 from supervisor.api.inference import add_inference_routes
 from supervisor.api.management import ManagementContext, add_management_routes
 from supervisor.api.metrics import metrics_app
-from supervisor.api.oip import OPEN_PATHS, add_oip_routes
+from supervisor.api.oip import OPEN_PATHS, Readiness, add_oip_routes
 from supervisor.api.openapi import openapi_document
 from supervisor.api.predict import Predictor
 from supervisor.auth import Tokens
@@ -46,9 +46,17 @@ class Apps:
 
 
 def build_apps(
-    sup: Supervisor, config: ServerConfig, tokens: Tokens | None, metrics: Metrics, scratch: Path
+    sup: Supervisor,
+    config: ServerConfig,
+    tokens: Tokens | None,
+    metrics: Metrics,
+    scratch: Path,
+    readiness: Readiness | None = None,
 ) -> Apps:
-    """Build the apps; with ``tokens``, the inference and management APIs need them."""
+    """Build the apps; with ``tokens``, the inference and management APIs need them.
+
+    ``readiness`` shapes ``/v2/health/ready`` (see ``supervisor.api.oip``).
+    """
     new_app = partial(
         make_app,
         max_request_size=config.max_request_size,
@@ -60,7 +68,7 @@ def build_apps(
         require_token(inference, tokens, "inference", {"/ping", *OPEN_PATHS, *_DESCRIPTION_PATHS})
     predictor = Predictor(sup, tokens, metrics.observe_request, metrics.count_response)
     add_inference_routes(inference, sup, predictor)
-    add_oip_routes(inference, sup, _version())
+    add_oip_routes(inference, sup, _version(), readiness)
     _add_description(inference, "inference")
 
     management = new_app("trio-supervisor-management")

@@ -5,9 +5,13 @@ they take a ``Supervisor.statistics()`` snapshot and return a status and a
 JSON-ready body. ``add_oip_routes`` is the Quart shell around them. Errors use
 OIP's shape, ``{"error": "..."}``, not TorchServe's.
 
-A model is not ready while its version is LOADING or FAILED; the server is not
-ready while any model's default version is. Inputs and outputs are ``[]``: the
-model config declares no tensor signatures.
+A model is not ready while its version is LOADING or FAILED. The server is
+ready (``Readiness``) when every model's default version is ready and no
+start-up model failed to load (``readiness = "all"``), or when at least one is
+ready (``"any"``); it is not ready from the moment it starts to stop (SIGTERM's
+pre-stop delay, then the drain), whatever its models. Liveness is answering at
+all: it depends on the server's own loop only, never on a model. Inputs and
+outputs are ``[]``: the model config declares no tensor signatures.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import attrs
+import trio
 from quart import Response
 from quart_trio import QuartTrio
 
@@ -26,6 +32,7 @@ __all__ = [
     "OPEN_PATHS",
     "PLATFORM",
     "SERVER_NAME",
+    "Readiness",
     "add_oip_routes",
     "model_metadata",
     "model_ready",
@@ -48,9 +55,46 @@ def server_metadata(version: str) -> dict[str, Any]:
     return {"name": SERVER_NAME, "version": version, "extensions": []}
 
 
-def server_ready(stats: Sequence[ModelStats]) -> Rendered:
-    """``GET /v2/health/ready``: 200 unless some default version is LOADING or FAILED."""
-    ready = not any(s.is_default and s.state in _NOT_READY for s in stats)
+@attrs.define
+class Readiness:
+    """What ``/v2/health/ready`` weighs besides the models' states.
+
+    Attributes:
+        mode: ``all`` start-up models ready, or ``any`` (at least one).
+        stopping: set from the moment the server starts to stop.
+        missing: start-up models that failed to load at all (never registered).
+    """
+
+    mode: str = "all"
+    stopping: trio.Event = attrs.field(factory=trio.Event)
+    missing: list[str] = attrs.field(factory=list)
+
+
+def server_ready(
+    stats: Sequence[ModelStats],
+    *,
+    mode: str = "all",
+    missing: Sequence[str] = (),
+    stopping: bool = False,
+) -> Rendered:
+    """``GET /v2/health/ready``: 200 when ready by ``mode``, 503 otherwise.
+
+    Args:
+        stats: every model version.
+        mode: ``all``: no default version LOADING or FAILED, and every name in
+            ``missing`` registered since; ``any``: at least one default version
+            READY (or no model at all, nothing missing).
+        missing: start-up models that failed to load at all.
+        stopping: the server is stopping: never ready.
+    """
+    defaults = [s for s in stats if s.is_default]
+    if stopping:
+        ready = False
+    elif mode == "any":
+        ready = any(s.state == "READY" for s in defaults) or not (defaults or missing)
+    else:
+        names = {s.config.name for s in defaults}
+        ready = not any(s.state in _NOT_READY for s in defaults) and names.issuperset(missing)
     return (200 if ready else 503), {"ready": ready}
 
 
@@ -89,8 +133,14 @@ def model_ready(stats: Sequence[ModelStats], name: str, version: str | None) -> 
     return (200 if ready else 503), {"name": name, "ready": ready}
 
 
-def add_oip_routes(app: QuartTrio, sup: Supervisor, version: str) -> None:
-    """Add the ``/v2`` health and metadata routes to the inference app."""
+def add_oip_routes(
+    app: QuartTrio, sup: Supervisor, version: str, server_readiness: Readiness | None = None
+) -> None:
+    """Add the ``/v2`` health and metadata routes to the inference app.
+
+    ``server_readiness`` (default: ``all``, never stopping) shapes ``/v2/health/ready``.
+    """
+    r = server_readiness or Readiness()
 
     def render(rendered: Rendered) -> Response:
         return json_response(rendered[1], rendered[0])
@@ -102,7 +152,10 @@ def add_oip_routes(app: QuartTrio, sup: Supervisor, version: str) -> None:
         return json_response({"live": True})  # answering at all is being live
 
     async def ready() -> Response:
-        return render(server_ready(sup.statistics()))
+        stopping = r.stopping.is_set()
+        return render(
+            server_ready(sup.statistics(), mode=r.mode, missing=r.missing, stopping=stopping)
+        )
 
     async def model(name: str, model_version: str | None = None) -> Response:
         return render(model_metadata(sup.statistics(), name, model_version))

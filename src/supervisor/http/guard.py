@@ -12,6 +12,8 @@ this middleware does what Hypercorn and Quart do not:
   the connection is closed (RFC 9112 section 6.3: the two parsers on a path may
   disagree about where the body ends);
 - at most ``max_requests`` requests are in progress (503 beyond);
+- once ``draining`` is set (the server is about to stop), every answer carries
+  ``Connection: close``, so that no client or proxy reuses the connection;
 - an early answer is followed by a bounded lingering drain of the body, so a
   client that sends its whole body before reading (urllib) gets the answer;
 - the app does not hear of the client's disconnect while its last answer is
@@ -94,12 +96,16 @@ class Guard:
     Args:
         app: the ASGI app behind the guard.
         limits: what is enforced.
+        draining: once set, answers close their connections.
     """
 
-    def __init__(self, app: ASGIApp, limits: GuardLimits) -> None:
+    def __init__(
+        self, app: ASGIApp, limits: GuardLimits, draining: trio.Event | None = None
+    ) -> None:
         self.app = app
         self.limits = limits
         self.in_progress = 0
+        self.draining = draining if draining is not None else trio.Event()
 
     async def __call__(self, scope: Message, receive: Any, send: Any) -> None:
         """Run one ASGI connection scope through the guard."""
@@ -118,7 +124,7 @@ class Guard:
             return
         self.in_progress += 1
         try:
-            exchange = _Exchange(receive, send)
+            exchange = _Exchange(receive, send, self.draining)
             await self.app(scope, exchange.receive, exchange.send)
         finally:
             self.in_progress -= 1
@@ -167,10 +173,11 @@ async def _drain(receive: Any, limits: GuardLimits) -> None:
 class _Exchange:
     """``receive`` and ``send`` for one request: no disconnect while a send is under way."""
 
-    def __init__(self, receive: Any, send: Any) -> None:
+    def __init__(self, receive: Any, send: Any, draining: trio.Event) -> None:
         self._receive = receive
         self._send = send
         self._sending = trio.Lock()
+        self._draining = draining
 
     async def receive(self) -> Message:
         message: Message = await self._receive()
@@ -182,9 +189,13 @@ class _Exchange:
     async def send(self, message: Message) -> None:
         if message["type"] == "http.response.start":
             access.note_status(int(message["status"]))
+            if self._draining.is_set():  # h11 then closes the connection after the answer
+                message = {**message, "headers": [*message.get("headers", []), _CLOSE]}
         async with self._sending:
             await self._send(message)
 
+
+_CLOSE = (b"connection", b"close")
 
 _PROTOCOL_MESSAGES = {
     400: "malformed request (HTTP/1.1 framing, or not exactly one Host header)",

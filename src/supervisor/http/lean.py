@@ -96,8 +96,10 @@ class _Server:
         limits: LeanLimits,
         local: Peer,
         tls: ssl.SSLContext | None,
+        draining: trio.Event | None = None,
     ) -> None:
         self.app = app
+        self.draining = draining if draining is not None else trio.Event()
         self.router = router
         self.limits = limits
         self.local = local
@@ -177,8 +179,8 @@ class _Connection:
 
     @property
     def closing(self) -> bool:
-        """Whether the server is shutting down (no keep-alive then)."""
-        return self.server.closing
+        """Whether the server is draining or shutting down (no keep-alive then)."""
+        return self.server.closing or self.server.draining.is_set()
 
     def _enter(self, phase: int, timeout: float) -> None:
         self.phase = phase
@@ -402,6 +404,7 @@ async def serve_lean(
     shutdown: trio.Event,
     *,
     tls: ssl.SSLContext | None = None,
+    draining: trio.Event | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` (and ``router``'s fast routes) on ``address`` until ``shutdown``.
@@ -414,6 +417,8 @@ async def serve_lean(
         shutdown: when set, stop accepting, let requests in flight finish (within
             ``limits.graceful_timeout``), close idle connections.
         tls: serve https with this server context (see ``supervisor.http.tls``).
+        draining: once set, every answer carries ``Connection: close`` and ends
+            its connection (the server still accepts until ``shutdown``).
         task_status: receives ``http://host:port`` (``https://`` with ``tls``) once
             listening.
 
@@ -426,7 +431,7 @@ async def serve_lean(
     sockname = listeners[0].socket.getsockname()
     ip = str(sockname[0])
     bound = f"[{ip}]:{sockname[1]}" if ":" in ip else f"{ip}:{sockname[1]}"
-    server = _Server(app, router, limits, (str(sockname[0]), int(sockname[1])), tls)
+    server = _Server(app, router, limits, (str(sockname[0]), int(sockname[1])), tls, draining)
     scheme = "http" if tls is None else "https"
     async with trio.open_nursery() as outer:
         lifespan = await outer.start(Lifespan(app).run)

@@ -43,11 +43,13 @@ async def serve_lean_port(
     shutdown: trio.Event,
     *,
     tls: ssl.SSLContext | None = None,
+    draining: trio.Event | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the inference port with the lean server until ``shutdown``.
 
-    ``tls`` serves it over TLS when ``config.inference_address`` is https.
+    ``tls`` serves it over TLS when ``config.inference_address`` is https; once
+    ``draining`` is set, answers carry ``Connection: close``.
 
     Raises:
         ListenError: ``config.inference_address`` cannot be listened on.
@@ -62,7 +64,9 @@ async def serve_lean_port(
     )
     address = config.inference_address
     host_port, context = _secured(address, tls)
-    serve = partial(serve_lean, app, router, host_port, limits, shutdown, tls=context)
+    serve = partial(
+        serve_lean, app, router, host_port, limits, shutdown, tls=context, draining=draining
+    )
     async with trio.open_nursery() as nursery:
         with _listen_errors(address):
             url = await nursery.start(serve)
@@ -76,11 +80,13 @@ async def serve_asgi_port(
     shutdown: trio.Event,
     *,
     tls: ssl.SSLContext | None = None,
+    draining: trio.Event | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` on ``address`` with Hypercorn, behind the guard, until ``shutdown``.
 
-    ``tls`` serves it over TLS when ``address`` is https.
+    ``tls`` serves it over TLS when ``address`` is https; once ``draining`` is
+    set, answers carry ``Connection: close``.
 
     Raises:
         ListenError: ``address`` cannot be listened on.
@@ -89,7 +95,7 @@ async def serve_asgi_port(
     limits = GuardLimits(
         max_request_size=config.max_request_size, max_requests=config.max_connections
     )
-    guarded: Any = Guard(app, limits)  # an ASGI app; hypercorn's types want a function
+    guarded: Any = Guard(app, limits, draining)  # an ASGI app; hypercorn's types want a function
     hc = _hypercorn_config(address, config, tls)
     async with trio.open_nursery() as nursery:
         with _listen_errors(address):

@@ -152,6 +152,11 @@ class SupervisorCollector(Collector):
             "supervisor_model_state", "1 for the model's current state", labels=(*_MODEL, "state")
         )
         depth = gauge("supervisor_queue_depth", "Requests waiting for a worker", labels=_MODEL)
+        in_flight = gauge(
+            "supervisor_inflight_requests",
+            "Requests taken and not yet answered (queued or on a worker)",
+            labels=_MODEL,
+        )
         capacity = gauge("supervisor_queue_capacity", "Size of the request queue", labels=_MODEL)
         restarts = counter("supervisor_worker_restarts", "Restarts of the slot", labels=_WORKER)
         incarnation = gauge(
@@ -171,6 +176,7 @@ class SupervisorCollector(Collector):
             model = [m.config.name, m.config.version]
             _one_hot(model_state, model, MODEL_STATES, m.state)
             depth.add_metric(model, m.queue_depth)
+            in_flight.add_metric(model, m.in_flight)
             capacity.add_metric(model, m.queue_capacity)
             for w in m.workers:
                 worker = [*model, w.id]
@@ -180,7 +186,8 @@ class SupervisorCollector(Collector):
                 rss = process_rss(w.pid)
                 if rss is not None:
                     memory.add_metric(worker, rss)
-        yield from (model_state, depth, capacity, restarts, incarnation, worker_state, memory)
+        yield from (model_state, depth, in_flight, capacity, restarts, incarnation)
+        yield from (worker_state, memory)
 
 
 def _one_hot(

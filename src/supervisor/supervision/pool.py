@@ -16,6 +16,7 @@ import logging
 import math
 import random
 import time
+import weakref
 from collections.abc import Callable, Sequence
 
 import trio
@@ -76,6 +77,7 @@ class Pool:
         self.failure_log_tail: tuple[str, ...] = ()
         self.loaded_at = time.time()
         self.requests = 0
+        self._jobs: weakref.WeakSet[Job] = weakref.WeakSet()  # in flight, or answered
         self.intensity = Intensity(config.restart)
         self.slots: list[Slot] = []
         self._send, self._receive = trio.open_memory_channel[Job](config.job_queue_size)
@@ -136,6 +138,7 @@ class Pool:
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise ModelUnavailable(f"Model {self.label} is stopping") from None
         self.requests += 1
+        self._jobs.add(job)
         return job
 
     def _check_available(self) -> None:
@@ -258,6 +261,7 @@ class Pool:
             requests=self.requests,
             loaded_at=self.loaded_at,
             spare_pid=self.spares.ready.worker.pid if self.spares and self.spares.ready else None,
+            in_flight=sum(not job.answered for job in list(self._jobs)),
         )
 
     def _add_slot(self) -> None:

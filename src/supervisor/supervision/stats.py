@@ -83,3 +83,5 @@ class ModelStats:
     loaded_at: float
     spare_pid: int | None = None
     """The pid of the ready warm spare, if the model keeps one and it is ready."""
+    in_flight: int = 0
+    """Requests taken and not yet answered: queued, or on a worker."""
