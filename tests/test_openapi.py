@@ -50,6 +50,7 @@ EXPECTED = {
         "/models/{model_name}": {"get", "put", "delete"},
         "/models/{model_name}/{model_version}": {"get", "put", "delete"},
         "/models/{model_name}/{model_version}/set-default": {"put"},
+        "/models/{model_name}/{model_version}/workers/{worker_id}/restart": {"post"},
         "/token": {"get"},
     },
     "metrics": {

@@ -11,6 +11,9 @@ from quart import Response
 from quart_trio import QuartTrio
 
 from supervisor.api.common import json_response, make_app, require_token
+from supervisor.api.dashboard import OPEN_PATHS as DASHBOARD_PATHS
+from supervisor.api.dashboard import add_dashboard_routes, stream_lifetime
+from supervisor.api.dashboard.hub import Hub
 from supervisor.api.inference import add_inference_routes
 from supervisor.api.management import ManagementContext, add_management_routes
 from supervisor.api.metrics import metrics_app
@@ -73,8 +76,12 @@ def build_apps(
 
     management = new_app("trio-supervisor-management")
     if tokens is not None:
-        require_token(management, tokens, "management", {"/token", *_DESCRIPTION_PATHS})
+        open_paths = {"/token", *_DESCRIPTION_PATHS, *DASHBOARD_PATHS}
+        require_token(management, tokens, "management", open_paths)
     add_management_routes(management, ManagementContext(sup, config, tokens, scratch))
+    hub = Hub(sup, metrics.latency_counts)
+    lifetime = stream_lifetime(config.read_timeout)
+    add_dashboard_routes(management, hub, lifetime=lifetime, key_required=tokens is not None)
     _add_description(management, "management")
     metrics_port = metrics_app(
         metrics, max_request_size=config.max_request_size, read_timeout=config.read_timeout

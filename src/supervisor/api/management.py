@@ -134,6 +134,12 @@ def add_management_routes(app: QuartTrio, ctx: ManagementContext) -> None:
         message = f'Default version successfully updated for model "{name}" to "{version}"'
         return json_response({"status": message + _outcome(result, switch=False)})
 
+    @app.route("/models/<name>/<version>/workers/<worker_id>/restart", methods=["POST"])
+    async def restart_worker(name: str, version: str, worker_id: str) -> Response:
+        label = sup.pool(name, version).restart_worker(worker_id)
+        status = f"Worker {label} of model {name} version {version} is restarting"
+        return json_response({"status": status}, 202)
+
     @app.route("/token", methods=["GET"])
     async def rotate_token() -> Response:
         response = _rotate(ctx.tokens)

@@ -380,8 +380,28 @@ def _management_paths() -> Json:
             ],
             "put": _set_default_op(),
         },
+        "/models/{model_name}/{model_version}/workers/{worker_id}/restart": {
+            "parameters": [
+                _MODEL_NAME,
+                _param("model_version", "path", _t("string"), "A version."),
+                _param("worker_id", "path", _t("string"), "The worker's slot (`w1`, `w2`...)."),
+            ],
+            "post": _restart_op(),
+        },
         "/token": {"get": _token_op()},
     }
+
+
+def _restart_op() -> Json:
+    responses = {
+        "202": _status("The worker stops after its batch in flight; a new incarnation follows."),
+        **_errors(404, 503),
+    }
+    return _mgmt(
+        "restartWorker",
+        "Replace one worker's process (not counted by the restart policy).",
+        responses,
+    )
 
 
 def _mgmt(op_id: str, summary: str, responses: Json, **fields: Any) -> Json:

@@ -47,6 +47,7 @@ from supervisor.models.archive import remove_paths
 from supervisor.models.canary import Canary, CanaryResult
 from supervisor.supervision.batching import Job
 from supervisor.supervision.devices import device_for, visible_gpus
+from supervisor.supervision.events import EventLog
 from supervisor.supervision.pool import ModelState, Pool
 from supervisor.supervision.process import Launcher, ProcessLauncher
 from supervisor.supervision.registry import Registry
@@ -80,6 +81,8 @@ class Supervisor:
         max_workers_total: int = limits.DEFAULT_MAX_WORKERS_TOTAL,
     ) -> None:
         self.registry = Registry()
+        self.events = EventLog()
+        """What happened to the models and workers (the dashboard's timeline)."""
         self.max_workers_total = max_workers_total
         self._launcher = launcher or ProcessLauncher()
         self._rng = rng or random.Random()
@@ -149,6 +152,7 @@ class Supervisor:
             gpus,
             machine_workers=self.worker_count,
             max_workers_total=self.max_workers_total,
+            events=self.events,
         )
         pool.on_batch = self._batch_observer(config)
         self.registry.add(pool, found)
@@ -412,7 +416,8 @@ class Supervisor:
         await self.load_model(config, wait=False, owned=owned, canaries=canaries)
         try:
             await self.pool(config.name, config.version).wait_ready()
-        except SupervisorError:
+        except SupervisorError as exc:
+            self._rolled_back(config.name, config.version, exc.message)
             await self.unload(config.name, version=config.version, grace=grace)
             raise
         return await self._switch(
@@ -442,8 +447,10 @@ class Supervisor:
             try:
                 outcome = failure_outcome(pool, self.registry.get(name), loaded_here=loaded_here)
                 results = await run_canaries(pool, chosen, outcome=outcome)
-            except CanaryFailed:
+            except CanaryFailed as exc:
+                self.events.record("canary.failed", name, version, exc.message)
                 if loaded_here:
+                    self._rolled_back(name, version, "a canary failed")
                     await self.unload(name, version=version, grace=grace)
                 raise
             old = self.registry.get(name)
@@ -451,12 +458,18 @@ class Supervisor:
                 return UpdateResult(name, old.config.version, None, results)
             self.registry.set_default(name, version)  # no await since the lookup: atomic
             log.info("model %s: default version %s (was %s)", name, version, old.config.version)
+            message = f"default version {version} (was {old.config.version})"
+            self.events.record("update.switched", name, version, message)
             await self.changed()
             retire = retire_old and old is not pool
             if retire:
                 await self.unload(name, version=old.config.version, grace=grace)
         previous = None if old is pool else old.config.version
         return UpdateResult(name, version, previous, results, retire)
+
+    def _rolled_back(self, name: str, version: str, why: str) -> None:
+        message = f"version {version} rolled back (unregistered): {why}"
+        self.events.record("update.rolled_back", name, version, message)
 
     def statistics(self) -> tuple[ModelStats, ...]:
         """Snapshots of every model version."""

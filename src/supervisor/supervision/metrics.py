@@ -284,6 +284,15 @@ class Metrics:
         if cls in self._requests.responses:
             self._requests.responses[cls] += 1
 
+    def latency_counts(self) -> list[tuple[tuple[str, ...], tuple[int, ...]]]:
+        """Each latency series' labels (model, version, code, ...) and bucket counts so far.
+
+        Bucket ``i`` counts answers up to ``LATENCY_BUCKETS[i]``; the last one the
+        rest. Read once a second by the dashboard (``supervision.series``), off the
+        request path.
+        """
+        return [(key, tuple(counts)) for key, counts in self._requests.latency.counts.items()]
+
     def render(self, names: Collection[str] = ()) -> tuple[bytes, str]:
         """The exposition text and its content type.
 

@@ -24,9 +24,10 @@ import trio
 from handlers.protocol import InferItem
 from supervisor import limits
 from supervisor.config import ModelConfig
-from supervisor.errors import InvalidRequest, ModelUnavailable, WorkerStartFailed
+from supervisor.errors import InvalidRequest, ModelNotFound, ModelUnavailable, WorkerStartFailed
 from supervisor.policy import Intensity
 from supervisor.supervision.batching import Job
+from supervisor.supervision.events import EventLog
 from supervisor.supervision.factory import WorkerFactory
 from supervisor.supervision.process import Launcher
 from supervisor.supervision.slot import Slot
@@ -65,8 +66,10 @@ class Pool:
         gpus: Sequence[str] = (),
         machine_workers: Callable[[], int] | None = None,
         max_workers_total: int = limits.DEFAULT_MAX_WORKERS_TOTAL,
+        events: EventLog | None = None,
     ) -> None:
         self.config = config
+        self.events = events or EventLog()
         self._machine_workers = machine_workers
         self._max_workers_total = max_workers_total
         self.rng = rng or random.Random()
@@ -190,6 +193,19 @@ class Pool:
             self._fail_queued(ModelUnavailable(self._no_worker_message()))
         self.notify()
 
+    def restart_worker(self, worker_id: str) -> str:
+        """Replace worker ``worker_id``'s process (after its batch); its label now.
+
+        Raises:
+            ModelNotFound: the model has no such worker.
+            ModelUnavailable: that worker is not serving (starting, stopping).
+        """
+        slot = next((s for s in self.active_slots() if s.id == worker_id), None)
+        if slot is None:
+            raise ModelNotFound(f"Model {self.label} has no worker {worker_id}")
+        slot.restart()
+        return slot.label
+
     def _worker_count(self) -> int:
         """Workers on the machine (all models), or this pool's when it stands alone."""
         return self._machine_workers() if self._machine_workers else len(self.active_slots())
@@ -298,6 +314,9 @@ class Pool:
         self.failure = f"{reason}; last exit: {record.summary()}"
         self.failure_log_tail = record.log_tail
         log.error("model %s FAILED: %s", self.label, self.failure)
+        self.events.record(
+            "model.failed", self.config.name, self.config.version, f"FAILED: {self.failure}"
+        )
         self._set_state(ModelState.FAILED)
         self._fail_queued(
             ModelUnavailable(

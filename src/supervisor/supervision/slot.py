@@ -26,6 +26,7 @@ from supervisor.errors import ModelUnavailable, WorkerDied, WorkerFailure, Worke
 from supervisor.policy import Backoff, Intensity, decide
 from supervisor.supervision.batching import Job, fill_batch, live, take_first
 from supervisor.supervision.devices import Device
+from supervisor.supervision.events import EventLog, exit_fields
 from supervisor.supervision.factory import WorkerFactory
 from supervisor.supervision.spare import Spare, SpareKeeper
 from supervisor.supervision.stats import ExitRecord, WorkerStats
@@ -45,6 +46,7 @@ class SlotHost(Protocol):
     rng: random.Random
     intensity: Intensity
     on_batch: Callable[[int], None] | None
+    events: EventLog
 
     @property
     def label(self) -> str:
@@ -85,6 +87,7 @@ class Slot:
         self.last_exit: ExitRecord | None = None
         self._backoff = Backoff(pool.config.restart)
         self._stopping = False
+        self._restart_asked = False
         self._wait_scope = trio.CancelScope()  # the wait that a stop or a death interrupts
 
     @property
@@ -107,11 +110,38 @@ class Slot:
         if self.worker is not None and self.worker.state is WorkerState.STARTING:
             self.worker.stop()
 
+    @property
+    def label(self) -> str:
+        """``w1#2``: the slot and its current incarnation, as errors name a worker."""
+        return f"{self.id}#{self.incarnation}"
+
+    def restart(self) -> None:
+        """Replace the current incarnation by a new one, after its batch in flight.
+
+        A restart asked for is not a failure: the restart policy does not count it.
+
+        Raises:
+            ModelUnavailable: the slot is stopping or its worker is not serving.
+        """
+        worker = self.worker
+        if self._stopping or worker is None or not worker.serving:
+            state = "stopping" if self._stopping else worker.state.value if worker else "STARTING"
+            raise ModelUnavailable(
+                f"worker {self.pool.label} {self.label} is {state}; only a serving worker "
+                "can be restarted"
+            )
+        self._restart_asked = True
+        worker.stop("restart requested")
+
     async def run(self) -> None:
         """The restart loop: one incarnation after another until stopped or given up."""
         try:
             while not self._stopping:
                 record = await self._incarnate()
+                if self._restart_asked and not self._stopping:
+                    self._restart_asked = False
+                    self.restarts += 1
+                    continue
                 delay = None if self._stopping else self._after_exit(record)
                 if delay is None:
                     break
@@ -162,6 +192,7 @@ class Slot:
                 log.warning("%s", exc.message)
             else:
                 self.pool.notify()
+                self._record_start(worker, "")
                 log.info(
                     "worker %s %s#%d ready (pid %s)",
                     self.pool.label,
@@ -178,7 +209,24 @@ class Slot:
         assert worker.exit is not None
         self.last_exit = worker.exit
         self.pool.notify()
+        self._record_exit(worker.exit)
         return worker.exit
+
+    def _record_start(self, worker: Worker, how: str) -> None:
+        c = self.pool.config
+        kind = "worker.started" if self.incarnation == 1 else "worker.replaced"
+        message = f"{self.label} ready{how} (pid {worker.pid})"
+        self.pool.events.record(kind, c.name, c.version, message, worker=self.label, pid=worker.pid)
+
+    def _record_exit(self, record: ExitRecord) -> None:
+        c = self.pool.config
+        # asked for, not a death (``record.requested`` is set after a death while serving too)
+        asked = self._stopping or self._restart_asked
+        kind = "worker.stopped" if asked else "worker.died"
+        message = f"{self.label} ended: {record.summary()}"
+        self.pool.events.record(
+            kind, c.name, c.version, message, worker=self.label, **exit_fields(record)
+        )
 
     async def _take_over(self, spare: Spare) -> ExitRecord:
         """Serve with the warm spare (already loaded) as this slot's next incarnation."""
@@ -187,6 +235,7 @@ class Slot:
         self.device = spare.device
         self.worker = worker
         self.pool.notify()
+        self._record_start(worker, ": the warm spare took over")
         log.info(
             "warm spare (pid %s) took over %s %s#%d",
             worker.pid,
