@@ -8,10 +8,14 @@ tests/docrunner.py for how commands run and how output is compared).
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.docblocks import ROOT, run_by
 from tests.docrunner import DocSession
+from tests.helpers import make_mar
+from tests.test_updates import GARBLING_HANDLER, VERSIONED_HANDLER, canary
 
 pytestmark = pytest.mark.slow
 
@@ -23,4 +27,23 @@ async def test_the_tutorial(nursery, tmp_path):
     session = DocSession(tmp_path, nursery)
     for page in TUTORIAL:
         await session.run(run_by(DOCS / "tutorial" / page, "test_the_tutorial"))
+    await session.stop()
+
+
+async def test_the_updates_walkthrough(nursery, tmp_path):
+    """docs/updates.md: echo 1.0, then 2.0 with retire_old, a bad 3.0, a set-default to 3.0."""
+    store = tmp_path / "store"
+    versions = [
+        ("echo-1.mar", "1.0", VERSIONED_HANDLER),
+        ("echo-2.mar", "2.0", VERSIONED_HANDLER),
+        ("echo-3-bad.mar", "3.0", GARBLING_HANDLER),
+    ]
+    for file, version, handler in versions:
+        extra = {"canaries.json": json.dumps([canary(version)])}
+        make_mar(store, "echo", handler, version=version, extra=extra).rename(store / file)
+    make_mar(store, "echo", VERSIONED_HANDLER, version="3.0").rename(store / "echo-3.mar")
+    (store / "smoke-3.json").write_text(json.dumps([canary("3.0")]))
+    session = DocSession(tmp_path, nursery)
+    await session.serve("python -m supervisor serve --model-store store --enable-model-api")
+    await session.run(run_by(DOCS / "updates.md", "test_the_updates_walkthrough"))
     await session.stop()
