@@ -77,7 +77,7 @@ def assert_json_error(status: int, content: bytes, what: str) -> None:
     assert status < 500, f"{what}: {status} {content[:300]!r}"
     if status >= 400:
         body = json.loads(content)
-        if what.split(" ")[-1].startswith("/v2") and "code" not in body:  # OIP's error shape
+        if what.split(" ")[-1].startswith(("/v2", "/v1/")) and "code" not in body:  # OIP, KServe
             assert body["error"], what
             return
         assert body["code"] == status, what

@@ -26,7 +26,7 @@ INFER_CODES = {"200", "400", "401", "404", "413", "500", "503", "504", "507"}
 
 EXPECTED = {
     "inference": {
-        "/": {"options"},
+        "/": {"get", "options"},
         "/api-description": {"get", "options"},
         "/ping": {"get", "post"},
         **{
@@ -42,6 +42,10 @@ EXPECTED = {
             for version in ("", "/versions/{model_version}")
             for ready in ("", "/ready")
         },
+        "/v1/models": {"get"},
+        "/v1/models/{model_name}": {"get"},
+        "/v1/models/{model_name}:predict": {"post"},
+        "/v1/models/{model_name}:explain": {"post"},
     },
     "management": {
         "/": {"options"},
@@ -142,7 +146,7 @@ def test_inference_token_on_predictions_explanations_and_oip_metadata(docs):
         if path.startswith(("/predictions/", "/explanations/")):
             assert op["security"] == [{"inferenceToken": []}], (path, method)
             assert set(op["responses"]) == INFER_CODES, (path, method)
-        elif path.startswith("/v2") and not path.startswith("/v2/health/"):
+        elif path.startswith(("/v2", "/v1/")) and not path.startswith("/v2/health/"):
             assert op["security"] == [{"inferenceToken": []}], (path, method)
             assert "401" in op["responses"], (path, method)
         else:

@@ -23,10 +23,12 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from handlers.base import HandlerFunction, PredictionException, decode_param, load_handler
 from handlers.context import Context
+from handlers.oip import is_tensor_request, run_tensor_batch
 from handlers.protocol import (
     Decoder,
     InferItem,
@@ -218,12 +220,29 @@ def run_batch(
         items: the batch's requests.
         send_parts: writes intermediate answers while the batch runs (streaming);
             None refuses them.
+
+    A batch with OIP tensor requests goes through ``handlers.oip.run_tensor_batch``.
     """
     if len(items) == 1 and items[0].headers.get("describe") == "True":
         return [_describe(handle, items[0])]
-    batch = [
-        {name: decode_param(ct, data) for name, (ct, data) in it.params.items()} for it in items
-    ]
+    if any(is_tensor_request(it) for it in items):
+        plain = partial(_run_plain, handle, context, send_parts=send_parts)
+        return run_tensor_batch(handle, context, items, plain)
+    return _run_plain(handle, context, items, send_parts=send_parts)
+
+
+def _run_plain(
+    handle: HandlerFunction,
+    context: Context,
+    items: list[InferItem],
+    decoded: list[dict[str, Any] | None] | None = None,
+    *,
+    send_parts: Callable[[list[ReplyItem]], None] | None,
+) -> list[ReplyItem]:
+    """Run a batch through ``handle``; ``decoded`` gives items' parameters already decoded."""
+    if decoded is None:
+        decoded = [None] * len(items)
+    batch = [d if d is not None else _params(it) for d, it in zip(decoded, items, strict=True)]
     headers: list[dict[str, Any]] = [dict(it.headers) for it in items]
     sender = PartSender(send_parts) if send_parts is not None else None
     context.start_batch([it.request_id for it in items], headers, sender)
@@ -232,6 +251,11 @@ def run_batch(
     finally:
         if sender is not None:
             sender.close()  # no part may follow the final reply
+
+
+def _params(item: InferItem) -> dict[str, Any]:
+    """An item's parameters decoded as TorchServe hands them to handlers."""
+    return {name: decode_param(ct, data) for name, (ct, data) in item.params.items()}
 
 
 def _answers(

@@ -9,12 +9,20 @@ model returning a tuple or dict of tensors gives a list or dict per request.
 
 Settings (model-config.yaml ``handler:`` section): ``dtype`` of the input tensor,
 default ``float32`` (``int64`` for token ids, for instance).
+
+It also serves Open Inference Protocol v2 requests with no code
+(``infer_tensors``, the tensor contract of ``handlers.oip``): each request has
+one input whose first dimension is its batch dimension, of the ``dtype`` above
+(another datatype is a 400 naming the input); requests whose other dimensions
+agree are concatenated and go through the model as one tensor, and each gets
+its rows of the output (of every output, for a tuple or dict of tensors).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from handlers.base import PredictionException
 from handlers.builtin.rejection import BadInput, RejectingHandler
 from handlers.context import Context
 from handlers.torch_handler import request_payload
@@ -86,6 +94,43 @@ class TensorHandler(RejectingHandler):
             )
         return super().inference(data, *args, **kwargs)
 
+    def infer_tensors(self, requests: list[dict[str, Any]], context: Context) -> list[Any]:
+        """OIP v2 requests: one input each, concatenated by shape, rows of the output back."""
+        import torch
+
+        self.context = context
+        answers: list[Any] = [None] * len(requests)
+        groups: dict[tuple[int, ...], list[tuple[int, Any]]] = {}
+        for idx, inputs in enumerate(requests):
+            tensor = self._oip_input(inputs)
+            if isinstance(tensor, PredictionException):
+                answers[idx] = tensor
+            else:
+                groups.setdefault(tuple(tensor.shape[1:]), []).append((idx, tensor))
+        for members in groups.values():
+            batch = torch.cat([tensor for _, tensor in members]).to(self.device)
+            sizes = [tensor.shape[0] for _, tensor in members]
+            output = self.inference(batch)
+            for (idx, _), part in zip(members, _split_rows(output, sizes), strict=True):
+                answers[idx] = part
+        return answers
+
+    def _oip_input(self, inputs: dict[str, Any]) -> Any:
+        """The request's one input tensor, or the PredictionException that refuses it."""
+        import torch
+
+        if len(inputs) != 1:
+            return PredictionException(f"this model takes one input, got {len(inputs)}", 400)
+        name, tensor = next(iter(inputs.items()))
+        if not isinstance(tensor, torch.Tensor) or tensor.dtype != self.dtype:
+            kind = tensor.dtype if isinstance(tensor, torch.Tensor) else "BYTES"
+            return PredictionException(
+                f"input '{name}' is {kind}; this model takes {self.dtype}", 400
+            )
+        if tensor.dim() == 0:
+            return PredictionException(f"input '{name}' needs a batch dimension", 400)
+        return tensor
+
     def postprocess(self, data: Any) -> list[Any]:
         """One answer per request, in request order."""
         if not isinstance(data, _ShapeGroups):
@@ -108,3 +153,17 @@ def output_rows(output: Any) -> list[Any]:
         return [dict(zip(keys, row, strict=True)) for row in zip(*columns, strict=True)]
     rows: list[Any] = output.tolist()
     return rows
+
+
+def _split_rows(output: Any, sizes: list[int]) -> list[Any]:
+    """A batched output cut into each request's rows (tuples and dicts part by part)."""
+    import torch
+
+    if isinstance(output, tuple | list):
+        columns = [_split_rows(part, sizes) for part in output]
+        return [tuple(row) for row in zip(*columns, strict=True)]
+    if isinstance(output, dict):
+        keys = list(output)
+        columns = [_split_rows(output[key], sizes) for key in keys]
+        return [dict(zip(keys, row, strict=True)) for row in zip(*columns, strict=True)]
+    return list(torch.split(output, sizes))

@@ -14,7 +14,8 @@ from supervisor.api.common import json_response, make_app, require_token
 from supervisor.api.dashboard import OPEN_PATHS as DASHBOARD_PATHS
 from supervisor.api.dashboard import add_dashboard_routes, stream_lifetime
 from supervisor.api.dashboard.hub import Hub
-from supervisor.api.inference import add_inference_routes
+from supervisor.api.inference import add_inference_routes, add_kserve_v1_routes
+from supervisor.api.kservev1 import KServeV1
 from supervisor.api.management import ManagementContext, add_management_routes
 from supervisor.api.metrics import metrics_app
 from supervisor.api.oip import OPEN_PATHS, Readiness, add_oip_routes
@@ -71,6 +72,7 @@ def build_apps(
         require_token(inference, tokens, "inference", {"/ping", *OPEN_PATHS, *_DESCRIPTION_PATHS})
     predictor = Predictor(sup, tokens, metrics.observe_request, metrics.count_response)
     add_inference_routes(inference, sup, predictor)
+    add_kserve_v1_routes(inference, sup, KServeV1(predictor))
     add_oip_routes(inference, sup, _version(), readiness)
     _add_description(inference, "inference")
 

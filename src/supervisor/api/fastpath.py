@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 from functools import partial
 
+from supervisor.api.kservev1 import PREFIX as V1_PREFIX
+from supervisor.api.kservev1 import KServeV1, split_target
 from supervisor.api.predict import (
     FORM_TYPES,
     Predictor,
@@ -39,6 +41,7 @@ class FastRoutes:
 
     def __init__(self, predictor: Predictor) -> None:
         self.predictor = predictor
+        self.kserve = KServeV1(predictor)
 
     def route(self, head: RequestHead) -> FastHandler | None:
         """The handler for ``head``, or None to leave it to the Quart app."""
@@ -46,7 +49,7 @@ class FastRoutes:
             return None
         match = _PATH.fullmatch(head.path)
         if match is None:
-            return None
+            return self._v1(head) if head.path.startswith(V1_PREFIX) else None
         content_type = head.header(b"content-type") or b""
         if content_type.split(b";", 1)[0].strip().lower() in _FORM_TYPES:
             return None
@@ -62,6 +65,19 @@ class FastRoutes:
             await _send_stream(exchange, outcome)
             return None
         return outcome
+
+    def _v1(self, head: RequestHead) -> FastHandler | None:
+        """KServe v1's ``POST /v1/models/{name}:predict`` and ``:explain``."""
+        target = split_target(head.path)
+        if target is None or head.method != "POST":
+            return None
+        return partial(self.handle_v1, target)
+
+    async def handle_v1(self, target: tuple[str, str], exchange: Exchange) -> Answer:
+        """Answer one KServe v1 request (``target``: the model and the verb)."""
+        return await self.kserve.answer(
+            target, exchange.head.headers, exchange.body, exchange.peer[0], exchange.client_gone
+        )
 
 
 async def _send_stream(exchange: Exchange, stream: Stream) -> None:

@@ -12,11 +12,13 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from supervisor.api.common import RecordedResponse, json_response, routes_check_token, to_response
+from supervisor.api.kservev1 import VERBS, KServeV1, model_list
+from supervisor.api.oip import model_ready
 from supervisor.api.predict import FIELD_TYPE, FORM_TYPES, Form, Predictor, Stream
 from supervisor.api.streaming import quiet_aborted_streams, streamed_response
 from supervisor.supervision.core import Supervisor
 
-__all__ = ["add_inference_routes"]
+__all__ = ["add_inference_routes", "add_kserve_v1_routes"]
 
 _PREFIXES = ("predictions", "explanations")
 
@@ -60,6 +62,40 @@ def _add_routes(app: QuartTrio, prefix: str, predictor: Predictor) -> None:
     app.add_url_rule(f"/{prefix}/<model>", view_func=route, methods=methods)
     app.add_url_rule(f"/{prefix}/<model>/<version>", view_func=route, methods=methods)
     app.add_url_rule(f"/{prefix}/<model>/<version>/<path:extra>", view_func=route, methods=methods)
+
+
+def add_kserve_v1_routes(app: QuartTrio, sup: Supervisor, kserve: KServeV1) -> None:
+    """Add KServe v1's ``/v1/models``, ``/v1/models/{name}`` and ``:predict``/``:explain``.
+
+    ``GET /`` is KServe v1's liveness probe (``{"status": "alive"}``, no token,
+    as ``/ping``); the other GET routes need the inference key; the predict
+    routes check it themselves, in the pipeline (``supervisor.api.kservev1``).
+    """
+
+    async def live() -> Response:
+        return json_response({"status": "alive"})  # answering at all is being live
+
+    async def models() -> Response:
+        return json_response(model_list(sup.statistics()))
+
+    async def model(name: str) -> Response:
+        status, body = model_ready(sup.statistics(), name, None)
+        return json_response(body, status)
+
+    app.add_url_rule("/", "kserve_v1_live", live)
+    app.add_url_rule("/v1/models", "kserve_v1_models", models)
+    app.add_url_rule("/v1/models/<name>", "kserve_v1_model", model)
+    for verb in VERBS:
+
+        async def infer(name: str, verb: str = verb) -> Response:
+            body = await request.get_data(True, False, False)
+            client = (request.scope.get("client") or ["<local>"])[0]
+            answer = await kserve.answer((name, verb), request.scope["headers"], body, client)
+            return to_response(answer, RecordedResponse)
+
+        endpoint = f"kserve_v1_{verb}"
+        app.add_url_rule(f"/v1/models/<name>:{verb}", endpoint, infer, methods=["POST"])
+        routes_check_token(app, [endpoint])
 
 
 async def _form() -> Form:

@@ -10,21 +10,28 @@ ready (``Readiness``) when every model's default version is ready and no
 start-up model failed to load (``readiness = "all"``), or when at least one is
 ready (``"any"``); it is not ready from the moment it starts to stop (SIGTERM's
 pre-stop delay, then the drain), whatever its models. Liveness is answering at
-all: it depends on the server's own loop only, never on a model. Inputs and
-outputs are ``[]``: the model config declares no tensor signatures.
+all: it depends on the server's own loop only, never on a model.
+
+A model's ``inputs`` and ``outputs`` are what its model-config.yaml declares in
+an ``oip:`` section (``inputs:`` and ``outputs:``, each a list of ``name``,
+``datatype``, ``shape`` with -1 for a variable dimension); a model that declares
+none has ``[]`` for both (it may still take any tensors). Inference itself is
+``supervisor.api.oiprest``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
 import trio
-from quart import Response
+from quart import Response, request
 from quart_trio import QuartTrio
 
-from supervisor.api.common import json_response
+from supervisor.api.common import RecordedResponse, json_response, routes_check_token, to_response
+from supervisor.api.oipcodec import DATATYPES
+from supervisor.api.oiprest import OipRest
 from supervisor.supervision.core import Supervisor
 from supervisor.supervision.stats import ModelStats
 
@@ -33,7 +40,9 @@ __all__ = [
     "PLATFORM",
     "SERVER_NAME",
     "Readiness",
+    "add_oip_infer_routes",
     "add_oip_routes",
+    "declared_tensors",
     "model_metadata",
     "model_ready",
     "server_metadata",
@@ -119,9 +128,29 @@ def model_metadata(stats: Sequence[ModelStats], name: str, version: str | None) 
         "name": name,
         "versions": versions,
         "platform": PLATFORM,
-        "inputs": [],
-        "outputs": [],
+        "inputs": declared_tensors(found.config.handler_config, "inputs"),
+        "outputs": declared_tensors(found.config.handler_config, "outputs"),
     }
+
+
+def declared_tensors(handler_config: Mapping[str, Any], kind: str) -> list[dict[str, Any]]:
+    """The tensors model-config.yaml declares under ``oip: {kind}:`` (``inputs``, ``outputs``).
+
+    An entry without a name, a known datatype and a list of integer dimensions
+    is left out.
+    """
+    section = handler_config.get("oip")
+    entries = section.get(kind) if isinstance(section, Mapping) else None
+    declared = []
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, Mapping):
+            continue
+        name, datatype, shape = entry.get("name"), entry.get("datatype"), entry.get("shape")
+        if not (isinstance(name, str) and datatype in DATATYPES and isinstance(shape, list)):
+            continue
+        if all(type(d) is int and d >= -1 for d in shape):
+            declared.append({"name": name, "datatype": datatype, "shape": shape})
+    return declared
 
 
 def model_ready(stats: Sequence[ModelStats], name: str, version: str | None) -> Rendered:
@@ -172,3 +201,24 @@ def add_oip_routes(
     app.add_url_rule(
         "/v2/models/<name>/versions/<model_version>/ready", "oip_model_ready", readiness
     )
+
+
+def add_oip_infer_routes(app: QuartTrio, rest: OipRest) -> None:
+    """Add ``POST /v2/models/{name}[/versions/{version}]/infer`` (``supervisor.api.oiprest``).
+
+    The lean front end answers these itself; Quart gets what it leaves (an
+    unusual path, say), answered the same way. The route checks the token in
+    the pipeline, so ``require_token`` lets it through.
+    """
+
+    async def infer(name: str, model_version: str | None = None) -> Response:
+        body = await request.get_data(True, False, False)
+        client = (request.scope.get("client") or ["<local>"])[0]
+        answer = await rest.answer((name, model_version), request.scope["headers"], body, client)
+        return to_response(answer, RecordedResponse)
+
+    app.add_url_rule("/v2/models/<name>/infer", "oip_infer", infer, methods=["POST"])
+    app.add_url_rule(
+        "/v2/models/<name>/versions/<model_version>/infer", "oip_infer", infer, methods=["POST"]
+    )
+    routes_check_token(app, ["oip_infer"])

@@ -222,6 +222,7 @@ def _inference_paths() -> Json:
     for action in ("predictions", "explanations"):
         paths.update(_infer_paths(action))
     paths.update(_oip_paths())
+    paths.update(_kserve_v1_paths())
     return paths
 
 
@@ -278,6 +279,51 @@ def _oip_paths() -> Json:
         meta, readiness = model_ops(suffix)
         paths[prefix] = {"parameters": params, "get": meta}
         paths[f"{prefix}/ready"] = {"parameters": params, "get": readiness}
+    return paths
+
+
+def _kserve_v1_paths() -> Json:
+    """KServe v1: the model list, a model's status, ``:predict`` and ``:explain``."""
+
+    def error(code: int) -> Json:
+        response = _error(code)
+        response["content"] = _json(_ref("OipError"))  # KServe's {"error": ...}
+        return response
+
+    def op(op_id: str, summary: str, responses: Json, **fields: Any) -> Json:
+        return _op("inference", op_id, summary, responses, token="inferenceToken", **fields)
+
+    ready = _ref("OipReady")
+    status = {
+        "200": _response("The default version is READY.", ready),
+        "503": _response("The default version is loading or FAILED.", ready),
+        "404": error(404),
+    }
+    listed = {"200": _response("Every model's name.", _ref("KServeV1Models"))}
+    alive = {"200": _response("The server answers.", _ref("KServeV1Live"))}
+    live = _op("inference", "kserveV1Live", "KServe v1 liveness (no token).", alive)
+    paths: Json = {
+        "/": {**_description_paths()["/"], "get": live},  # beside OPTIONS / (the description)
+        "/v1/models": {"get": op("kserveV1Models", "KServe v1: the models.", listed)},
+        "/v1/models/{model_name}": {
+            "parameters": [_MODEL_NAME],
+            "get": op("kserveV1Model", "KServe v1: is the model ready.", status),
+        },
+    }
+    for verb, key in (("predict", "predictions"), ("explain", "explanations")):
+        answers = {
+            "200": _response(f"One of `{key}` per instance, in order.", _ref("KServeV1Answer")),
+            **{str(code): error(code) for code in (400, 404, 500, 503, 504, 507)},
+        }
+        paths[f"/v1/models/{{model_name}}:{verb}"] = {
+            "parameters": [_MODEL_NAME],
+            "post": op(
+                f"kserveV1{verb.title()}",
+                f"KServe v1 {verb}: each instance is one request of the batch.",
+                answers,
+                requestBody={"required": True, "content": _json(_ref("KServeV1Request"))},
+            ),
+        }
     return paths
 
 
@@ -585,6 +631,26 @@ def _inference_schemas() -> Json:
             failedModels=_array(_t("string"), "`name/version` of each FAILED default version."),
         ),
         **_oip_schemas(),
+        **_kserve_v1_schemas(),
+    }
+
+
+def _kserve_v1_schemas() -> Json:
+    instances = _t("array", minItems=1, maxItems=1024, items={})
+    return {
+        "KServeV1Live": _object("all", status=_t("string", enum=["alive"])),
+        "KServeV1Models": _object("all", models=_array(_t("string"))),
+        "KServeV1Request": _object(
+            ("instances",),
+            "Each instance reaches the handler as one request, its body the instance as JSON.",
+            instances=instances,
+            inputs={**instances, "description": "Taken instead of `instances` without them."},
+        ),
+        "KServeV1Answer": _object(
+            description="`predictions` (`:predict`) or `explanations` (`:explain`).",
+            predictions=_array({}),
+            explanations=_array({}),
+        ),
     }
 
 

@@ -79,7 +79,7 @@ FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 """Bodies whose fields become parameters of their own."""
 FIELD_TYPE = ""
 """A form field's content type: none, as TorchServe sends it, so the handler gets bytes."""
-RESERVED_HEADERS = frozenset({"url_path", "explain", "describe"})
+RESERVED_HEADERS = frozenset({"url_path", "explain", "describe", "oip"})
 """Header names the server sets for the worker, never taken from clients (lower case)."""
 
 RequestObserver = Callable[[str, str, int, float, float | None, str], None]

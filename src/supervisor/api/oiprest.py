@@ -1,0 +1,182 @@
+"""Open Inference Protocol v2 inference over REST: a renderer over the one pipeline.
+
+::
+
+    POST /v2/models/{name}[/versions/{version}]/infer
+
+The body is an OIP inference request, as JSON or with the binary tensor
+extension (``Inference-Header-Content-Length`` gives the JSON header's length;
+raw tensor bytes follow it). ``supervisor.api.oipcodec`` decodes it, once the
+token is checked, into the worker's canonical form; the answer is rendered
+as JSON, or with binary outputs (``binary_data``, ``binary_data_output``) and
+the response header ``Inference-Header-Content-Length``. A handler that
+answers with something other than tensors (a TorchServe handler's JSON that is
+no OIP response) has its answer passed on as it is, as TorchServe does.
+
+Errors are OIP's shape, ``{"error": "<message>"}`` with the status: 400 for
+bad input (naming the tensor), 401 without the inference key (with
+``www-authenticate``), 404 for an unknown model or version, 503 with
+``retry-after`` for a full queue, 504 past a deadline, 500 (507) with the
+worker, its incarnation and log tail when a worker died. The route is on the
+lean front end (``supervisor.api.fastpath``) and in the Quart app
+(``supervisor.api.oip``); both answer with ``OipRest.answer``. Nothing here
+imports a web framework.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import orjson
+
+from supervisor.api.oipcodec import OIP_FIELD, Request, decode_reply, decode_rest, render_rest
+from supervisor.api.predict import Call, Outcome, Params, Predictor, StreamAborted, worker_fields
+from supervisor.errors import InvalidRequest, StreamFailed, SupervisorError
+from supervisor.http.replies import WWW_AUTHENTICATE, Answer
+
+__all__ = ["HEADER_LENGTH", "PREFIX", "PROTOCOL", "OipRest", "split_target"]
+
+PROTOCOL = "oip-rest"
+PREFIX = "/v2/models/"
+HEADER_LENGTH = b"inference-header-content-length"
+"""The binary extension's header (request and response): the JSON header's length."""
+
+_JSON = b"application/json"
+_BINARY = b"application/octet-stream"
+
+
+def split_target(path: str) -> tuple[str, str | None] | None:
+    """``/v2/models/{name}[/versions/{version}]/infer`` -> ``(name, version)``, else None."""
+    if not path.startswith(PREFIX) or not path.endswith("/infer") or "%" in path:
+        return None
+    parts = path[len(PREFIX) : -len("/infer")].split("/")
+    if len(parts) == 1 and parts[0]:
+        return parts[0], None
+    if len(parts) == 3 and parts[0] and parts[1] == "versions" and parts[2]:
+        return parts[0], parts[2]
+    return None
+
+
+class OipRest:
+    """``POST /v2/models/{name}[/versions/{version}]/infer`` over the prediction pipeline.
+
+    Args:
+        predictor: the one prediction pipeline.
+    """
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
+
+    async def answer(
+        self,
+        target: tuple[str, str | None],
+        headers: Iterable[tuple[bytes, bytes]],
+        body: bytes,
+        client: str,
+        gone: Callable[[], bool] | None = None,
+    ) -> Answer:
+        """Answer one inference request.
+
+        Args:
+            target: the model's name and version (``split_target``).
+            headers: the request headers (lower-case bytes names).
+            body: the request body.
+            client: the client's address.
+            gone: says whether the client has left (its queued job is dropped).
+        """
+        headers = list(headers)
+        model, version = target
+        fields = worker_fields(headers, client)
+        fields[OIP_FIELD] = "v2"
+        decoded: list[Request] = []
+
+        def params() -> Params:
+            request = decode_rest(body, _header_length(headers))
+            decoded.append(request)
+            return request.params
+
+        call = Call(model, version, fields, params, protocol=PROTOCOL, gone=gone)
+        outcome = await self.predictor.infer(call)
+        return await self._render(outcome, decoded[0] if decoded else None, model, version)
+
+    async def _render(
+        self, outcome: Outcome, request: Request | None, model: str, version: str | None
+    ) -> Answer:
+        rid = outcome.request_id
+        body, content_type = b"", ""
+        if outcome.stream is not None:
+            outcome, body, content_type = await _joined(outcome)
+        elif outcome.reply is not None and outcome.reply.ok:
+            body, content_type = outcome.reply.body, outcome.reply.content_type
+        refused = outcome.reply is not None and not outcome.reply.ok
+        if outcome.error is not None or refused or request is None:
+            return _error(outcome.status, outcome.message, rid, outcome.error)
+        try:
+            tensors = decode_reply(body, content_type)
+            if tensors is None:  # no tensors: passed on as it is, as TorchServe does
+                return Answer(200, _headers(content_type.encode() or _JSON, rid), body)
+            served = self._version(model, version)
+            rendered, header_length = render_rest(request, tensors, model=model, version=served)
+        except InvalidRequest as exc:
+            return _error(exc.status, exc.message, rid, exc)
+        if header_length is None:
+            return Answer(200, _headers(_JSON, rid), rendered)
+        headers = _headers(_BINARY, rid)
+        headers.append((HEADER_LENGTH, str(header_length).encode()))
+        return Answer(200, headers, rendered)
+
+    def _version(self, model: str, version: str | None) -> str | None:
+        """The version that served the request (the default one's, if none was named)."""
+        try:
+            return self.predictor.sup.pool(model, version).config.version or None
+        except SupervisorError:
+            return version
+
+
+def _header_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    """``Inference-Header-Content-Length``, if the request has it.
+
+    Raises:
+        InvalidRequest: its value is not a byte count.
+    """
+    raw = None
+    for name, value in headers:
+        if name == HEADER_LENGTH:
+            raw = value
+    if raw is None:
+        return None
+    if not raw.strip().isdigit():
+        raise InvalidRequest("Inference-Header-Content-Length must be a byte count")
+    return int(raw)
+
+
+async def _joined(outcome: Outcome) -> tuple[Outcome, bytes, str]:
+    """A streamed answer read to its end: the outcome, its parts joined, its content type."""
+    stream = outcome.stream
+    assert stream is not None
+    content_type = dict(stream.headers).get(b"content-type", b"").decode("latin-1")
+    parts = []
+    try:
+        while (chunk := await stream.next_chunk()) is not None:
+            parts.append(chunk)
+    except StreamAborted as exc:
+        return Outcome(outcome.request_id, error=StreamFailed(str(exc))), b"", ""
+    finally:
+        stream.close()
+    return outcome, b"".join(parts), content_type
+
+
+def _headers(content_type: bytes, rid: bytes) -> list[tuple[bytes, bytes]]:
+    return [(b"content-type", content_type), (b"x-request-id", rid)]
+
+
+def _error(status: int, message: str, rid: bytes, error: SupervisorError | None) -> Answer:
+    """``{"error": message}`` with the status, ``www-authenticate`` and ``retry-after``."""
+    headers = _headers(_JSON, rid)
+    if status == 401:
+        headers.append((b"www-authenticate", WWW_AUTHENTICATE.encode()))
+    retry_after = getattr(error, "retry_after", None)
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
+    message = message or f"the request failed with status {status}"
+    return Answer(status, headers, orjson.dumps({"error": message}))
