@@ -18,7 +18,8 @@ from supervisor.api.inference import add_inference_routes, add_kserve_v1_routes
 from supervisor.api.kservev1 import KServeV1
 from supervisor.api.management import ManagementContext, add_management_routes
 from supervisor.api.metrics import metrics_app
-from supervisor.api.oip import OPEN_PATHS, Readiness, add_oip_routes
+from supervisor.api.oip import OPEN_PATHS, Readiness, add_oip_infer_routes, add_oip_routes
+from supervisor.api.oiprest import OipRest
 from supervisor.api.openapi import openapi_document
 from supervisor.api.predict import Predictor
 from supervisor.auth import Tokens
@@ -74,6 +75,7 @@ def build_apps(
     add_inference_routes(inference, sup, predictor)
     add_kserve_v1_routes(inference, sup, KServeV1(predictor))
     add_oip_routes(inference, sup, _version(), readiness)
+    add_oip_infer_routes(inference, OipRest(predictor))
     _add_description(inference, "inference")
 
     management = new_app("trio-supervisor-management")

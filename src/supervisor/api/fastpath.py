@@ -15,6 +15,9 @@ from functools import partial
 
 from supervisor.api.kservev1 import PREFIX as V1_PREFIX
 from supervisor.api.kservev1 import KServeV1, split_target
+from supervisor.api.oiprest import PREFIX as V2_PREFIX
+from supervisor.api.oiprest import OipRest
+from supervisor.api.oiprest import split_target as split_v2_target
 from supervisor.api.predict import (
     FORM_TYPES,
     Predictor,
@@ -42,6 +45,7 @@ class FastRoutes:
     def __init__(self, predictor: Predictor) -> None:
         self.predictor = predictor
         self.kserve = KServeV1(predictor)
+        self.oip = OipRest(predictor)
 
     def route(self, head: RequestHead) -> FastHandler | None:
         """The handler for ``head``, or None to leave it to the Quart app."""
@@ -49,6 +53,8 @@ class FastRoutes:
             return None
         match = _PATH.fullmatch(head.path)
         if match is None:
+            if head.path.startswith(V2_PREFIX):
+                return self._v2(head)
             return self._v1(head) if head.path.startswith(V1_PREFIX) else None
         content_type = head.header(b"content-type") or b""
         if content_type.split(b";", 1)[0].strip().lower() in _FORM_TYPES:
@@ -76,6 +82,19 @@ class FastRoutes:
     async def handle_v1(self, target: tuple[str, str], exchange: Exchange) -> Answer:
         """Answer one KServe v1 request (``target``: the model and the verb)."""
         return await self.kserve.answer(
+            target, exchange.head.headers, exchange.body, exchange.peer[0], exchange.client_gone
+        )
+
+    def _v2(self, head: RequestHead) -> FastHandler | None:
+        """OIP v2's ``POST /v2/models/{name}[/versions/{version}]/infer``."""
+        target = split_v2_target(head.path)
+        if target is None or head.method != "POST":
+            return None
+        return partial(self.handle_v2, target)
+
+    async def handle_v2(self, target: tuple[str, str | None], exchange: Exchange) -> Answer:
+        """Answer one OIP v2 inference request (``target``: the model and version)."""
+        return await self.oip.answer(
             target, exchange.head.headers, exchange.body, exchange.peer[0], exchange.client_gone
         )
 
