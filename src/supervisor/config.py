@@ -123,6 +123,14 @@ def _address(_instance: Any, attribute: Any, value: Any) -> None:
         )
 
 
+def _grpc_address(_instance: Any, attribute: Any, value: Any) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"{attribute.name}: expected a string, got {_brief(value)}")
+    host, sep, port = value.rpartition(":")
+    if "://" in value or not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{attribute.name} {_brief(value)}: expected HOST:PORT (no scheme)")
+
+
 def _patterns(value: Any) -> tuple[str, ...]:
     """``allowed_urls`` as a tuple; a lone string is one pattern, not its characters."""
     return (value,) if isinstance(value, str) else tuple(value)
@@ -296,6 +304,15 @@ class ServerConfig:
             so that an embedded server writes nothing unasked.
         snapshot_dir: where config snapshots are written (TorchServe's
             ``logs/config``, relative to the working directory).
+        grpc: serve TorchServe's gRPC APIs and OIP v2 over gRPC on
+            ``grpc_inference_address`` and ``grpc_management_address``. On for
+            ``python -m supervisor serve`` unless ``--no-grpc``; off by default
+            here, so that an embedded server opens no port unasked.
+        grpc_inference_address: ``host:port`` of the gRPC inference port (port 0: a
+            free one).
+        grpc_management_address: ``host:port`` of the gRPC management port.
+        grpc_tls: serve both gRPC ports over TLS with ``certificate_file`` and
+            ``private_key_file`` (TorchServe's ``enable_grpc_ssl``).
         defaults: the model defaults (``[defaults]``), for models registered later.
     """
 
@@ -338,6 +355,10 @@ class ServerConfig:
     snapshot_dir: str = attrs.field(
         default="logs/config", validator=[v.instance_of(str), v.min_len(1)]
     )
+    grpc: bool = attrs.field(default=False, validator=v.instance_of(bool))
+    grpc_inference_address: str = attrs.field(default="127.0.0.1:7070", validator=_grpc_address)
+    grpc_management_address: str = attrs.field(default="127.0.0.1:7071", validator=_grpc_address)
+    grpc_tls: bool = attrs.field(default=False, validator=v.instance_of(bool))
     log_dir: str = attrs.field(default="logs", validator=v.instance_of(str))
     access_log: bool | str = attrs.field(default=False, validator=v.instance_of((bool, str)))
     model_log: bool | str = attrs.field(default=False, validator=v.instance_of((bool, str)))
@@ -365,6 +386,8 @@ class ServerConfig:
                 f"{self.tls_addresses[0]} is https: set certificate_file and "
                 "private_key_file (PEM files) too"
             )
+        if self.grpc and self.grpc_tls and not (self.certificate_file and self.private_key_file):
+            raise ValueError("grpc_tls: set certificate_file and private_key_file (PEM files) too")
 
 
 ENV_PREFIX = "SUPERVISOR_"

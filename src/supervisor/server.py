@@ -8,7 +8,8 @@
     └── supervisor nursery (outlives HTTP, so in-flight requests can finish)
         ├── pool per model version -> slot per worker -> worker incarnation
         └── HTTP nursery: the lean server for inference (or Hypercorn with
-            ``lean_http = false``), Hypercorn for management and metrics
+            ``lean_http = false``), Hypercorn for management and metrics; with
+            ``grpc``, the gRPC ports (grpcio's threads, calls bridged into trio)
 
 Workers are spawned before the listeners open, so the interpreter start-up of
 the workers overlaps with the server's own. On SIGTERM the server first stops
@@ -38,10 +39,13 @@ import trio
 
 from supervisor.api.apps import Apps, build_apps
 from supervisor.api.fastpath import FastRoutes
+from supervisor.api.management import ManagementContext
 from supervisor.api.oip import Readiness
 from supervisor.auth import Tokens, read_key_file, remove_key_file, write_key_file
 from supervisor.config import DEFAULT_MODEL, ConfigError, ModelConfig, ServerConfig, name_from_url
 from supervisor.errors import SupervisorError, WorkerStartFailed
+from supervisor.grpc.listener import GrpcServices
+from supervisor.grpc.listener import run as serve_grpc
 from supervisor.http.listeners import serve_asgi_port, serve_lean_port
 from supervisor.http.tls import server_context
 from supervisor.logsetup import open_log_files
@@ -73,11 +77,13 @@ _IDENTITY = frozenset({"name", "version", "handler", "url", "model_dir"})
 
 @attrs.frozen
 class BaseURLs:
-    """The base URLs the server listens on."""
+    """The base URLs the server listens on (the gRPC ones ``host:port``, empty when off)."""
 
     inference: str
     management: str
     metrics: str
+    grpc_inference: str = ""
+    grpc_management: str = ""
 
 
 async def serve(
@@ -178,6 +184,10 @@ async def _serve_with(
     async with trio.open_nursery() as helpers:
         async with trio.open_nursery() as listeners:
             endpoints = await _start_listeners(listeners, apps, fast, config, shutdown, started)
+            if config.grpc:
+                context = ManagementContext(sup, config, started.tokens, scratch)
+                services = GrpcServices(apps.predictor, context, readiness)
+                endpoints = await _start_grpc(listeners, services, endpoints, config, shutdown)
             helpers.start_soon(_announce, loaded, endpoints, started)
             helpers.start_soon(_drain_after_grace, sup, shutdown, config.shutdown_grace)
             started.task_status.started(endpoints)
@@ -350,6 +360,18 @@ async def _start_listeners(
     return BaseURLs(*urls)
 
 
+async def _start_grpc(
+    nursery: trio.Nursery,
+    services: GrpcServices,
+    endpoints: BaseURLs,
+    config: ServerConfig,
+    shutdown: trio.Event,
+) -> BaseURLs:
+    """Start the gRPC ports beside the HTTP ones; they drain on ``shutdown`` alike."""
+    grpc = await nursery.start(serve_grpc, services, config, shutdown)
+    return attrs.evolve(endpoints, grpc_inference=grpc.inference, grpc_management=grpc.management)
+
+
 async def _drain_after_grace(sup: Supervisor, shutdown: trio.Event, grace: float) -> None:
     """When the grace period is over, answer every request still queued (503)."""
     await shutdown.wait()
@@ -382,6 +404,12 @@ async def _announce(
         endpoints.management,
         endpoints.metrics,
     )
+    if endpoints.grpc_inference:
+        log.info(
+            "listening: gRPC inference %s, gRPC management %s",
+            endpoints.grpc_inference,
+            endpoints.grpc_management,
+        )
     outcomes = [await _settled(model, pool, endpoints, started.tokens) for model, pool in loaded]
     if started.ready_file is not None:
         e = endpoints

@@ -45,7 +45,21 @@ from supervisor.models.registration import (
 from supervisor.supervision.core import Supervisor
 from supervisor.supervision.rollout import UpdateResult
 
-__all__ = ["SYNC_REPLY_SHARE", "ManagementContext", "add_management_routes", "sync_reply_budget"]
+__all__ = [
+    "MODEL_API_OFF",
+    "SYNC_REPLY_SHARE",
+    "Answered",
+    "ManagementContext",
+    "add_management_routes",
+    "describe_models",
+    "list_models",
+    "register_model",
+    "require_model_api",
+    "scale_workers",
+    "set_default_version",
+    "sync_reply_budget",
+    "unregister_model",
+]
 
 log = logging.getLogger("supervisor.api")
 
@@ -76,63 +90,123 @@ class ManagementContext:
     scratch: Path
 
 
+@attrs.frozen
+class Answered:
+    """A management call's answer, for any protocol to render.
+
+    Attributes:
+        status: the HTTP status (200, or 202 while workers still start).
+        body: the JSON-ready body.
+        location: where to poll for the model's state (a 202's ``Location``).
+    """
+
+    status: int
+    body: Any
+    location: str | None = None
+
+
+def require_model_api(config: ServerConfig) -> None:
+    """Refuse a call that registers or unregisters models while the model API is off.
+
+    Raises:
+        MethodNotAllowed: ``enable_model_api`` is off.
+    """
+    if not config.enable_model_api:
+        raise MethodNotAllowed(MODEL_API_OFF)
+
+
+def list_models(sup: Supervisor, limit: int, start: int) -> dict[str, Any]:
+    """A page of the registered models (TorchServe's ``limit`` and ``next_page_token``)."""
+    limit = 100 if limit <= 0 or limit > 100 else limit
+    start = max(0, start)
+    names = sup.registry.names()
+    page = names[start : start + limit]
+    models = [{"modelName": n, "modelUrl": model_url(sup.pool(n).config)} for n in page]
+    body: dict[str, Any] = {"models": models}
+    if start + limit < len(names):
+        body["nextPageToken"] = str(start + limit)
+    return body
+
+
+async def describe_models(
+    sup: Supervisor, name: str, version: str | None, *, customized: bool
+) -> list[dict[str, Any]]:
+    """``GET /models/{name}[/{version}]``: each version's description."""
+    stats = sup.describe(name, version)
+    body = [describe_model(s) for s in stats]
+    if customized and version != "all":
+        body[0]["customizedMetadata"] = await _customized(sup, name, version)
+    return body
+
+
+async def set_default_version(
+    ctx: ManagementContext, name: str, version: str, canaries: Any, *, retire_old: bool
+) -> dict[str, Any]:
+    """Make ``version`` the default once its canaries pass (see docs/updates.md)."""
+    if retire_old:
+        require_model_api(ctx.config)
+    checked = await _canaries(ctx, canaries)
+    result = await ctx.sup.promote(
+        name, version, canaries=checked, retire_old=retire_old, grace=ctx.config.shutdown_grace
+    )
+    message = f'Default version successfully updated for model "{name}" to "{version}"'
+    return {"status": message + _outcome(result, switch=False)}
+
+
+def _respond(answered: Answered) -> Response:
+    response = json_response(answered.body, answered.status)
+    if answered.location is not None:
+        response.headers["Location"] = answered.location
+    return response
+
+
 def add_management_routes(app: QuartTrio, ctx: ManagementContext) -> None:
     """Add every management route to ``app``."""
     sup = ctx.sup
 
     @app.route("/models", methods=["GET"])
-    async def list_models() -> Response:
-        limit = _int_arg("limit", 100)
-        limit = 100 if limit <= 0 or limit > 100 else limit
-        start = max(0, _int_arg("next_page_token", 0))
-        names = sup.registry.names()
-        page = names[start : start + limit]
-        models = [{"modelName": n, "modelUrl": model_url(sup.pool(n).config)} for n in page]
-        body: dict[str, Any] = {"models": models}
-        if start + limit < len(names):
-            body["nextPageToken"] = str(start + limit)
-        return json_response(body)
+    async def list_route() -> Response:
+        limit, start = _int_arg("limit", 100), _int_arg("next_page_token", 0)
+        return json_response(list_models(sup, limit, start))
 
     @app.route("/models", methods=["POST"])
     async def register() -> Response:
         deadline = trio.current_time() + sync_reply_budget(ctx.config)
-        if not ctx.config.enable_model_api:
-            raise MethodNotAllowed(MODEL_API_OFF)
-        return await _register(ctx, await _params(), deadline)
+        require_model_api(ctx.config)
+        return _respond(await register_model(ctx, await _params(), deadline))
 
     @app.route("/models/<name>", methods=["GET"])
     @app.route("/models/<name>/<version>", methods=["GET"])
     async def describe(name: str, version: str | None = None) -> Response:
-        stats = sup.describe(name, version)
-        body = [describe_model(s) for s in stats]
-        if _flag("customized") and version != "all":
-            body[0]["customizedMetadata"] = await _customized(sup, name, version)
+        body = await describe_models(sup, name, version, customized=_flag("customized"))
         return json_response(body)
 
     @app.route("/models/<name>", methods=["PUT"])
     @app.route("/models/<name>/<version>", methods=["PUT"])
     async def scale(name: str, version: str | None = None) -> Response:
         deadline = trio.current_time() + sync_reply_budget(ctx.config)
-        return await _scale(sup, name, version or request.args.get("model_version"), deadline)
+        low = _int_arg("min_worker", 1)
+        high = _int_arg("max_worker", low)
+        version = version or request.args.get("model_version")
+        synchronous = _flag("synchronous")
+        answered = await scale_workers(sup, name, version, low, high, synchronous, deadline)
+        return _respond(answered)
 
     @app.route("/models/<name>", methods=["DELETE"])
     @app.route("/models/<name>/<version>", methods=["DELETE"])
     async def unregister(name: str, version: str | None = None) -> Response:
-        if not ctx.config.enable_model_api:
-            raise MethodNotAllowed(MODEL_API_OFF)
-        return await _unregister(sup, name, version, grace=ctx.config.shutdown_grace)
+        require_model_api(ctx.config)
+        body = await unregister_model(sup, name, version, grace=ctx.config.shutdown_grace)
+        return json_response(body)
 
     @app.route("/models/<name>/<version>/set-default", methods=["PUT"])
     async def set_default(name: str, version: str) -> Response:
         retire_old = _flag("retire_old")
-        if retire_old and not ctx.config.enable_model_api:
-            raise MethodNotAllowed(MODEL_API_OFF)
-        canaries = await _canaries(ctx, await _set_default_canaries())
-        result = await sup.promote(
-            name, version, canaries=canaries, retire_old=retire_old, grace=ctx.config.shutdown_grace
-        )
-        message = f'Default version successfully updated for model "{name}" to "{version}"'
-        return json_response({"status": message + _outcome(result, switch=False)})
+        if retire_old:
+            require_model_api(ctx.config)
+        canaries = await _set_default_canaries()
+        body = await set_default_version(ctx, name, version, canaries, retire_old=retire_old)
+        return json_response(body)
 
     @app.route("/models/<name>/<version>/workers/<worker_id>/restart", methods=["POST"])
     async def restart_worker(name: str, version: str, worker_id: str) -> Response:
@@ -184,7 +258,14 @@ async def _canaries(ctx: ManagementContext, raw: Any) -> tuple[Canary, ...] | No
     return await trio.to_thread.run_sync(request_canaries, raw, ctx.config.model_store)
 
 
-async def _register(ctx: ManagementContext, params: Mapping[str, Any], deadline: float) -> Response:
+async def register_model(
+    ctx: ManagementContext, params: Mapping[str, Any], deadline: float
+) -> Answered:
+    """``POST /models``: register (and with workers, start) a model; see docs/updates.md.
+
+    A synchronous registration waits for its workers until ``deadline``
+    (``trio.current_time()``), then answers 202 with where to poll.
+    """
     reg = parse_registration(params)
     canaries = await _canaries(ctx, params.get("canaries"))
     config, files = await prepare_model(reg, ctx.config, ctx.scratch)
@@ -196,7 +277,7 @@ async def _register(ctx: ManagementContext, params: Mapping[str, Any], deadline:
         if not update.done.is_set():
             return _still_starting(config.name, config.version)
         result = update.result()
-        return json_response({"status": _registered(config) + _outcome(result)})
+        return Answered(200, {"status": _registered(config) + _outcome(result)})
     try:
         if reg.set_default:
             raise InvalidRequest("set_default=true needs initial_workers of 1 or more")
@@ -206,8 +287,8 @@ async def _register(ctx: ManagementContext, params: Mapping[str, Any], deadline:
         raise
     if config.workers == 0:
         message = f"{_registered(config)}. Use scale workers API to add workers for the model."
-        return json_response({"status": message})
-    return json_response({"status": "Processing worker updates..."}, 202)
+        return Answered(200, {"status": message})
+    return Answered(202, {"status": "Processing worker updates..."})
 
 
 @attrs.define
@@ -258,14 +339,11 @@ class _Update:
         return self._outcome
 
 
-def _still_starting(name: str, version: str | None) -> Response:
+def _still_starting(name: str, version: str | None) -> Answered:
     """202: a synchronous call whose workers are still starting; where to poll."""
     where = f"/models/{name}" + (f"/{version}" if version else "")
-    response = json_response(
-        {"status": f"Workers are still starting; poll GET {where} for the model's state"}, 202
-    )
-    response.headers["Location"] = where
-    return response
+    body = {"status": f"Workers are still starting; poll GET {where} for the model's state"}
+    return Answered(202, body, where)
 
 
 def _registered(config: ModelConfig) -> str:
@@ -288,10 +366,20 @@ def _outcome(result: UpdateResult, *, switch: bool = True) -> str:
     return "".join(f"; {part}" for part in parts)
 
 
-async def _scale(sup: Supervisor, name: str, version: str | None, deadline: float) -> Response:
+async def scale_workers(
+    sup: Supervisor,
+    name: str,
+    version: str | None,
+    low: int,
+    high: int,
+    synchronous: bool,
+    deadline: float,
+) -> Answered:
+    """``PUT /models/{name}``: scale to ``low`` workers (``high`` at most, as describe shows).
+
+    A synchronous call waits for the workers until ``deadline``, then answers 202.
+    """
     pool = sup.pool(name, version)
-    low = _int_arg("min_worker", 1)
-    high = _int_arg("max_worker", low)
     pool.check_scale(low, "min_worker")
     why = limits.check_workers("max_worker", high)
     if why is not None:
@@ -306,27 +394,29 @@ async def _scale(sup: Supervisor, name: str, version: str | None, deadline: floa
         pool.config = before
         raise
     await sup.changed()  # a config snapshot records the new count before the answer
-    if not _flag("synchronous"):
-        return json_response({"status": "Processing worker updates..."}, 202)
+    if not synchronous:
+        return Answered(202, {"status": "Processing worker updates..."})
     with trio.move_on_at(deadline):
         await pool.wait_ready(low)  # WorkerStartFailed carries the reason and the log tail
         return _scaled(name, version, low)
     return _still_starting(name, version)
 
 
-def _scaled(name: str, version: str | None, low: int) -> Response:
+def _scaled(name: str, version: str | None, low: int) -> Answered:
     suffix = f", version: {version}" if version else ""
-    return json_response({"status": f"Workers scaled to {low} for model: {name}{suffix}"})
+    return Answered(200, {"status": f"Workers scaled to {low} for model: {name}{suffix}"})
 
 
-async def _unregister(sup: Supervisor, name: str, version: str | None, *, grace: float) -> Response:
+async def unregister_model(
+    sup: Supervisor, name: str, version: str | None, *, grace: float
+) -> dict[str, Any]:
     """Drain the version (its queued and in-flight requests are served), then stop it."""
     pool = sup.pool(name, version)
     others = [p for p in sup.registry.versions(name) if p is not pool]
     if others and sup.registry.is_default(pool):
         raise Forbidden(f"Cannot remove default version for model {name}")
     await sup.unload(name, version=pool.config.version, grace=grace)
-    return json_response({"status": f'Model "{name}" unregistered'})
+    return {"status": f'Model "{name}" unregistered'}
 
 
 async def _customized(sup: Supervisor, name: str, version: str | None) -> Any:
