@@ -313,11 +313,13 @@ function chart(title, samples, lines) {
   box.append(svg("rect", { x: 0, y: 0, width, height, class: "chart-bg" }));
   const values = samples.flatMap((s) => lines.map(([key]) => s[key]).filter((v) => v !== null));
   const top = Math.max(1e-9, ...values);
+  const span = Math.min(KEEP, Math.max(60, samples.length)); // at least the last minute
+  const x = (i) => ((i + span - samples.length) / (span - 1)) * width;
   for (const [key, cls] of lines) {
     const points = samples
       .map((s, i) => [i, s[key]])
       .filter(([, v]) => v !== null)
-      .map(([i, v]) => `${((i + KEEP - samples.length) / (KEEP - 1)) * width},${height - 2 - (v / top) * (height - 4)}`);
+      .map(([i, v]) => `${x(i)},${height - 2 - (v / top) * (height - 4)}`);
     if (points.length) box.append(svg("polyline", { points: points.join(" "), class: `line ${cls}` }));
   }
   const label = el("figcaption", {}, `${title} · max ${values.length ? round(top) : "–"}`);
