@@ -221,17 +221,22 @@ async def rolling_restart(fleet: Fleet) -> dict[str, Any]:
     """SIGTERM, wait, start again, wait until HAProxy has it UP: each server in turn."""
     first, retries = len(fleet.calls), await fleet.retries()
     began = trio.current_time()
-    exits = []
+    exits, stops, starts = [], [], []
     for i in range(len(fleet.ports)):
+        signalled = trio.current_time()
         exits.append(await fleet.stop_server(i))
+        stops.append(round(trio.current_time() - signalled, 2))
         await fleet.start_server(i)
         await fleet.wait_haproxy(f"s{i}", "UP")
+        starts.append(round(trio.current_time() - signalled - stops[-1], 2))
     await trio.sleep(0.5)  # requests under way at the end are counted too
     calls = fleet.calls[first:]
     return {
         **figures(calls),
         "seconds": round(trio.current_time() - began, 1),
         "exit_codes": exits,
+        "stop_seconds": stops,
+        "start_to_up_seconds": starts,
         "haproxy_retries": await fleet.retries() - retries,
     }
 

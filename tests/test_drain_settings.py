@@ -23,6 +23,7 @@ from supervisor.auth import read_key_file
 from supervisor.cli import _parser, config_from_args
 from supervisor.config import ConfigError, env_settings
 from supervisor.server import serve
+from tests.docblocks import ROOT, blocks
 from tests.test_oip_rest import wait_state
 from tests.test_security import bearer, echo_model, secure_config
 
@@ -64,6 +65,22 @@ def test_every_server_key_reads_its_type_from_the_environment():
 def test_a_bad_value_names_its_variable(name, value, expected):
     with pytest.raises(ConfigError, match=expected):
         env_settings({name: value})
+
+
+def test_a_bad_variable_stops_the_start_as_the_docs_show(tmp_path):
+    page = ROOT / "docs" / "configuration.md"
+    [shown] = [b.text for b in blocks(page) if b.run_by and b.run_by[1] == this_test()]
+    result = subprocess.run(
+        [sys.executable, "-m", "supervisor", "serve"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "SUPERVISOR_PRE_STOP_DELAY": "soon"},
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr == shown + "\n"
+
+
+def this_test() -> str:
+    return test_a_bad_variable_stops_the_start_as_the_docs_show.__name__
 
 
 def test_models_defaults_and_allowed_urls_do_not_come_from_the_environment():
