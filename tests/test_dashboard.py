@@ -179,7 +179,9 @@ async def test_the_stream_ends_before_hypercorn_would_drop_it(server):
         async with server.client.stream("GET", url, headers=server.headers) as response:
             async for _ in response.aiter_bytes():
                 pass
-    assert 3.5 <= trio.current_time() - started < 5  # 0.8 x read_timeout of 5 s
+    # 0.8 x read_timeout of 5 s, and ended cleanly: a connection Hypercorn dropped would end
+    # without the last chunk (httpx raises RemoteProtocolError)
+    assert trio.current_time() - started >= 3.5
 
 
 async def _next(stream: AsyncIterator[tuple[str, Any]], wanted: Any) -> Any:
