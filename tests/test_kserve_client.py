@@ -1,4 +1,4 @@
-"""KServe's own Python client (``kserve.InferenceRESTClient``, v2 and v1) against a real server.
+"""KServe's own Python clients (REST v2 and v1, gRPC) against a real server.
 
 kserve 0.21 cannot share the test environment: it requires ``psutil<6`` and the
 server requires ``psutil>=7.2``. So the client runs in a virtual environment of
@@ -6,7 +6,9 @@ its own, made here on first use (``.nox/kserve-client``, or the directory in
 ``KSERVE_CLIENT_VENV``) with ``pip install kserve==0.21.0``, and each scenario is
 a script run by that environment's Python against a server in this process.
 The script prints what the client returned (or the exception it raised) as
-JSON; the answers are compared with the model called here.
+JSON; the answers are compared with the model called here. The gRPC client
+(``InferenceGRPCClient``) speaks OIP's ``GRPCInferenceService`` on the gRPC
+inference port, its token in the ``authorization`` metadata.
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import attrs
 import httpx
 import pytest
 import torch
 import trio
 
-from supervisor import ModelConfig
-from supervisor.server import serve
+from supervisor import ModelConfig, ServerConfig
+from supervisor.server import BaseURLs, serve
 from tests.helpers import FAST_RESTARTS
 from tests.test_builtin_handlers import linear_model
 from tests.test_kserve_v1 import linear_dir
@@ -127,6 +130,68 @@ asyncio.run(main())
 """
 
 
+GRPC_SCRIPT = """
+import asyncio, json, sys
+
+import grpc
+import numpy as np
+from kserve import InferenceGRPCClient, InferInput, InferRequest
+
+url, token = sys.argv[1], sys.argv[2]
+auth = (("authorization", f"Bearer {token}"),)
+X = np.array([[1.0, 2.0, 3.0], [-1.0, 0.5, 4.0]], dtype=np.float32)
+IDS = np.array([[1, -2], [2**40, 0]], dtype=np.int64)
+
+
+def outputs(response):
+    return {
+        "id": response.id,
+        "model_name": response.model_name,
+        "outputs": {
+            o.name: [o.datatype, list(o.shape), o.as_numpy().tolist()] for o in response.outputs
+        },
+    }
+
+
+def request(model, name, array, datatype, raw, rid=None):
+    tensor = InferInput(name, list(array.shape), datatype)
+    tensor.set_data_from_numpy(array, binary_data=raw)
+    return InferRequest(model_name=model, infer_inputs=[tensor], request_id=rid)
+
+
+async def refused(call):
+    try:
+        await call
+    except grpc.aio.AioRpcError as exc:
+        return [exc.code().name, exc.details()]
+    return "no exception"
+
+
+async def main():
+    seen = {}
+    client = InferenceGRPCClient(url, timeout=60, retries=0)
+    seen["live"] = await client.is_server_live(headers=auth)
+    seen["ready"] = await client.is_server_ready(headers=auth)
+    seen["model ready"] = await client.is_model_ready("linear", headers=auth)
+    for raw in (False, True):
+        req = request("linear", "x", X, "FP32", raw, rid=f"g-{raw}")
+        seen[f"fp32 raw={raw}"] = outputs(await client.infer(req, headers=auth))
+        req = request("triple", "ids", IDS, "INT64", raw)
+        seen[f"int64 raw={raw}"] = outputs(await client.infer(req, headers=auth))
+    req = request("nope", "x", X, "FP32", True)
+    seen["unknown model"] = await refused(client.infer(req, headers=auth))
+    req = request("linear", "x", X, "FP32", True)
+    req.inputs[0].shape = [2, 5]
+    seen["bad shape"] = await refused(client.infer(req, headers=auth))
+    seen["no token"] = await refused(client.infer(request("linear", "x", X, "FP32", True)))
+    await client.close()
+    print(json.dumps(seen))
+
+
+asyncio.run(main())
+"""
+
+
 def _kserve_installed(python: Path) -> bool:
     if not python.exists():
         return False
@@ -176,6 +241,14 @@ async def ready(base: str) -> None:
                 await trio.sleep(0.05)
 
 
+async def started(nursery: trio.Nursery, config: ServerConfig) -> tuple[BaseURLs, trio.Event]:
+    """A server in this process, its models READY; set the event to stop it."""
+    shutdown = trio.Event()
+    urls = await nursery.start(partial(serve, config, shutdown=shutdown, handle_signals=False))
+    await ready(urls.inference)
+    return urls, shutdown
+
+
 def flat(rows: list[list[float]]) -> list[float]:
     return [value for row in rows for value in row]
 
@@ -195,11 +268,10 @@ async def run_script(python: Path, script: str, *args: str) -> dict[str, Any]:
 
 async def test_kserve_rest_client_v2_and_v1(nursery, tmp_path, handler_dir, kserve_python):
     config = secure_config(tmp_path, *client_models(tmp_path, handler_dir))
-    shutdown = trio.Event()
-    urls = await nursery.start(partial(serve, config, shutdown=shutdown, handle_signals=False))
-    token = read_keys(config)["inference"]
-    await ready(urls.inference)
-    seen = await run_script(kserve_python, REST_SCRIPT, urls.inference, token)
+    urls, shutdown = await started(nursery, config)
+    seen = await run_script(
+        kserve_python, REST_SCRIPT, urls.inference, read_keys(config)["inference"]
+    )
     shutdown.set()
 
     x = torch.tensor([[1.0, 2.0, 3.0], [-1.0, 0.5, 4.0]])
@@ -238,3 +310,33 @@ async def test_kserve_rest_client_v2_and_v1(nursery, tmp_path, handler_dir, kser
     status, message = seen["v1 bad body"]
     assert status == 400
     assert message.startswith('KServe v1: "instances" (or "inputs") must be a list')
+
+
+async def test_kserve_grpc_client(nursery, tmp_path, handler_dir, kserve_python):
+    models = client_models(tmp_path, handler_dir)
+    config = secure_config(tmp_path, *models, grpc=True, grpc_inference_address="127.0.0.1:0")
+    config = attrs.evolve(config, grpc_management_address="127.0.0.1:0")
+    urls, shutdown = await started(nursery, config)
+    key = read_keys(config)["inference"]
+    seen = await run_script(kserve_python, GRPC_SCRIPT, urls.grpc_inference, key)
+    shutdown.set()
+
+    x = torch.tensor([[1.0, 2.0, 3.0], [-1.0, 0.5, 4.0]])
+    with torch.no_grad():
+        scores = linear_model()(x).tolist()
+    assert (seen["live"], seen["ready"], seen["model ready"]) == (True, True, True)
+    for raw in (False, True):
+        fp32 = seen[f"fp32 raw={raw}"]
+        assert (fp32["id"], fp32["model_name"]) == (f"g-{raw}", "linear")
+        [(name, (datatype, shape, data))] = fp32["outputs"].items()
+        assert (name, datatype, shape) == ("scores", "FP32", [2, 2])
+        assert flat(data) == pytest.approx(flat(scores), abs=1e-5)
+        ids = [[1, -2], [2**40, 0]]
+        assert seen[f"int64 raw={raw}"]["outputs"] == {
+            "tripled": ["INT64", [2, 2], [[v * 3 + 1 for v in row] for row in ids]]
+        }
+    assert seen["unknown model"][0] == "NOT_FOUND"
+    assert "Model not found: nope" in seen["unknown model"][1]
+    assert seen["bad shape"][0] == "INVALID_ARGUMENT"
+    assert "'x'" in seen["bad shape"][1]
+    assert seen["no token"][0] == "UNAUTHENTICATED"
