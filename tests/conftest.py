@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +12,11 @@ import pytest
 import supervisor
 
 pytest_plugins = ["tests._trio_unwrap"]
+
+# `python -m supervisor serve` serves gRPC on 7070 and 7071 unless told otherwise; the
+# servers the tests start as processes take free ports instead, so none collide.
+os.environ.setdefault("SUPERVISOR_GRPC_INFERENCE_ADDRESS", "127.0.0.1:0")
+os.environ.setdefault("SUPERVISOR_GRPC_MANAGEMENT_ADDRESS", "127.0.0.1:0")
 
 if getattr(supervisor, "DISTRIBUTION", None) != "trio-supervisor":
     raise RuntimeError(

@@ -78,6 +78,8 @@ _SERVER_FLAGS = (
     "inference_address",
     "management_address",
     "metrics_address",
+    "grpc_inference_address",
+    "grpc_management_address",
     "shutdown_grace",
     "pre_stop_delay",
     "readiness",
@@ -163,6 +165,7 @@ def _add_server_flags(serve: argparse.ArgumentParser) -> None:
         help="allow registering and unregistering models over HTTP",
     )
     _add_snapshot_flags(serve)
+    _add_grpc_flags(serve)
     _add_drain_flags(serve)
     serve.add_argument(
         "--log-level",
@@ -179,6 +182,21 @@ def _add_server_flags(serve: argparse.ArgumentParser) -> None:
         help="once listening and every start-up model is ready or failed, write the addresses "
         "and the models' states here as JSON (removed at exit)",
     )
+
+
+def _add_grpc_flags(serve: argparse.ArgumentParser) -> None:
+    """TorchServe's gRPC APIs and OIP v2 over gRPC (docs/protocols.md); on unless --no-grpc."""
+    serve.add_argument(
+        "--grpc-inference-address",
+        metavar="HOST:PORT",
+        help="gRPC inference (default 127.0.0.1:7070)",
+    )
+    serve.add_argument(
+        "--grpc-management-address",
+        metavar="HOST:PORT",
+        help="gRPC management (default 127.0.0.1:7071)",
+    )
+    serve.add_argument("--no-grpc", action="store_true", help="serve no gRPC port")
 
 
 def _add_drain_flags(serve: argparse.ArgumentParser) -> None:
@@ -310,6 +328,7 @@ def config_from_args(
     env = _env_layer(props, environ)
     file = read_toml(args.config)
     file["server"].setdefault("config_snapshots", True)  # the CLI's default; --ncs wins
+    file["server"].setdefault("grpc", True)  # the CLI's default; --no-grpc wins
     flags = _server_flags(args)
     own_env = env_settings(environ)
     store = _model_store(flags, {**file["server"], **env, **own_env}, props)
@@ -365,6 +384,8 @@ def _server_flags(args: argparse.Namespace) -> dict[str, Any]:
     server.update({key: True for key in _SWITCHES if getattr(args, key)})
     if args.no_config_snapshots:
         server["config_snapshots"] = False
+    if args.no_grpc:
+        server["grpc"] = False
     if args.snapshot_dir is not None:
         server["snapshot_dir"] = args.snapshot_dir
     return server

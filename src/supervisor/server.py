@@ -41,11 +41,10 @@ from supervisor.api.apps import Apps, build_apps
 from supervisor.api.fastpath import FastRoutes
 from supervisor.api.management import ManagementContext
 from supervisor.api.oip import Readiness
+from supervisor.api.predict import Predictor
 from supervisor.auth import Tokens, read_key_file, remove_key_file, write_key_file
 from supervisor.config import DEFAULT_MODEL, ConfigError, ModelConfig, ServerConfig, name_from_url
 from supervisor.errors import SupervisorError, WorkerStartFailed
-from supervisor.grpc.listener import GrpcServices
-from supervisor.grpc.listener import run as serve_grpc
 from supervisor.http.listeners import serve_asgi_port, serve_lean_port
 from supervisor.http.tls import server_context
 from supervisor.logsetup import open_log_files
@@ -186,8 +185,8 @@ async def _serve_with(
             endpoints = await _start_listeners(listeners, apps, fast, config, shutdown, started)
             if config.grpc:
                 context = ManagementContext(sup, config, started.tokens, scratch)
-                services = GrpcServices(apps.predictor, context, readiness)
-                endpoints = await _start_grpc(listeners, services, endpoints, config, shutdown)
+                grpc = partial(_start_grpc, listeners, apps.predictor, context, readiness)
+                endpoints = await grpc(endpoints, config, shutdown)
             helpers.start_soon(_announce, loaded, endpoints, started)
             helpers.start_soon(_drain_after_grace, sup, shutdown, config.shutdown_grace)
             started.task_status.started(endpoints)
@@ -362,13 +361,18 @@ async def _start_listeners(
 
 async def _start_grpc(
     nursery: trio.Nursery,
-    services: GrpcServices,
+    predictor: Predictor,
+    context: ManagementContext,
+    readiness: Readiness,
     endpoints: BaseURLs,
     config: ServerConfig,
     shutdown: trio.Event,
 ) -> BaseURLs:
     """Start the gRPC ports beside the HTTP ones; they drain on ``shutdown`` alike."""
-    grpc = await nursery.start(serve_grpc, services, config, shutdown)
+    from supervisor.grpc.listener import GrpcServices, run  # grpcio loads only when it is on
+
+    services = GrpcServices(predictor, context, readiness)
+    grpc = await nursery.start(run, services, config, shutdown)
     return attrs.evolve(endpoints, grpc_inference=grpc.inference, grpc_management=grpc.management)
 
 

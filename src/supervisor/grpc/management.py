@@ -36,7 +36,7 @@ from supervisor.api.management import (
 from supervisor.errors import InvalidRequest, SupervisorError
 from supervisor.grpc.bridge import Rpc, abort
 from supervisor.grpc.protos import management_pb2 as pb
-from supervisor.grpc.status import code_for, token_accepted
+from supervisor.grpc.status import code_for, failure_message, token_accepted
 from supervisor.http.replies import TOKEN_FAILED
 
 __all__ = ["SERVICE", "SYNC_MARGIN", "ManagementService"]
@@ -174,7 +174,7 @@ class ManagementService:
         try:
             text = rpc.run(work, rpc)
         except SupervisorError as exc:
-            abort(context, code_for(exc.status), exc.message)
+            abort(context, code_for(exc.status), failure_message(exc, exc.message))
         except Exception as exc:  # a bug: INTERNAL for this call; the server stays
             log.exception("gRPC management call failed")
             abort(context, grpc.StatusCode.INTERNAL, f"internal error: {exc!r}")

@@ -40,7 +40,7 @@ from supervisor.auth import Tokens
 from supervisor.errors import InvalidRequest, SupervisorError
 from supervisor.grpc.bridge import Rpc, abort
 from supervisor.grpc.protos import open_inference_grpc_pb2 as pb
-from supervisor.grpc.status import code_for, metadata_headers, token_accepted
+from supervisor.grpc.status import code_for, failure_message, metadata_headers, token_accepted
 from supervisor.grpc.torchserve import client_address
 from supervisor.http.replies import TOKEN_FAILED
 
@@ -249,7 +249,7 @@ class _Failed:
 async def _answer(outcome: Outcome) -> tuple[bytes, str] | _Failed:
     """The worker's answer (a stream's parts joined) and its content type, or the failure."""
     if outcome.error is not None or (outcome.reply is not None and not outcome.reply.ok):
-        return _Failed(outcome.status, outcome.message)
+        return _Failed(outcome.status, failure_message(outcome.error, outcome.message))
     if outcome.reply is not None:
         return outcome.reply.body, outcome.reply.content_type
     stream = outcome.stream

@@ -6,7 +6,8 @@ gives that status: 400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403
 PERMISSION_DENIED, 404 NOT_FOUND, 409 ABORTED, 413 and 429 RESOURCE_EXHAUSTED,
 503 UNAVAILABLE, 504 DEADLINE_EXCEEDED, any other 4xx FAILED_PRECONDITION and
 any other 5xx (a worker's death: 500, 507) INTERNAL. The message is the
-HTTP answer's, so it names the worker, its incarnation and its log tail alike.
+HTTP answer's, so it names the worker and its incarnation alike, and carries the
+worker's last log lines (REST's ``logTail``).
 """
 
 from __future__ import annotations
@@ -16,8 +17,12 @@ from collections.abc import Iterable
 import grpc
 
 from supervisor.auth import Tokens, bearer_matches
+from supervisor.errors import SupervisorError
 
-__all__ = ["code_for", "metadata_headers", "token_accepted"]
+__all__ = ["LOG_LINES", "code_for", "failure_message", "metadata_headers", "token_accepted"]
+
+LOG_LINES = 20
+"""The worker's last log lines a failure's message carries (REST has them as ``logTail``)."""
 
 _CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
@@ -47,6 +52,14 @@ def code_for(status: int) -> grpc.StatusCode:
     if 500 <= status < 600:
         return grpc.StatusCode.INTERNAL
     return grpc.StatusCode.UNKNOWN
+
+
+def failure_message(error: SupervisorError | None, message: str) -> str:
+    """A failure's message, with the worker's last log lines when ``error`` has them."""
+    tail = error.log_tail[-LOG_LINES:] if error is not None else ()
+    if not tail:
+        return message
+    return message + "; the worker's last log lines:\n" + "\n".join(tail)
 
 
 def metadata_headers(metadata: Iterable[tuple[str, str | bytes]]) -> list[tuple[bytes, bytes]]:

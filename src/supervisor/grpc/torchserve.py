@@ -34,7 +34,7 @@ from supervisor.api.predict import (
 from supervisor.errors import InvalidRequest
 from supervisor.grpc.bridge import Rpc, abort
 from supervisor.grpc.protos import inference_pb2 as pb
-from supervisor.grpc.status import code_for, metadata_headers
+from supervisor.grpc.status import code_for, failure_message, metadata_headers
 from supervisor.supervision.core import Supervisor
 
 __all__ = ["SERVICE", "InferenceService", "client_address"]
@@ -182,7 +182,7 @@ def _body(outcome: Outcome, context: grpc.ServicerContext) -> bytes:
     """A reply's body; a failure or an error ends the call with its code and message."""
     if outcome.reply is not None and outcome.reply.ok:
         return outcome.reply.body
-    abort(context, code_for(outcome.status), outcome.message)
+    abort(context, code_for(outcome.status), failure_message(outcome.error, outcome.message))
 
 
 def _parts(rpc: Rpc, stream: Stream, context: grpc.ServicerContext) -> Iterator[bytes]:

@@ -103,15 +103,14 @@ MAX_YAML_DEPTH = 100
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 # TorchServe keys that exist there and have no effect here (JVM, Netty, TLS,
-# gRPC, CORS, metrics modes, GPUs, workflows, ...): logged, never an error.
+# CORS, metrics modes, GPUs, workflows, ...): logged, never an error.
 # fmt: off
 _UNSUPPORTED = frozenset((
     "async_logging", "blacklist_env_vars", "cors_allowed_headers",
     "cors_allowed_methods", "cors_allowed_origin", "cpu_launcher_args", "cpu_launcher_enable",
     "debug", "decode_input_request", "default_service_handler", "disable_system_metrics",
-    "enable_grpc_ssl", "enable_metrics_api", "grpc_inference_address",
-    "grpc_inference_port", "grpc_management_address", "grpc_management_port",
-    "initial_distribution_port", "initial_worker_port", "install_py_dep_per_model", "io_ratio",
+    "enable_metrics_api", "initial_distribution_port",
+    "initial_worker_port", "install_py_dep_per_model", "io_ratio",
     "ipex_enable", "keystore", "keystore_pass", "keystore_type", "limit_max_image_pixels",
     "max_response_size", "metric_time_interval", "metrics_config", "metrics_format",
     "metrics_mode", "model_metrics_auto_detect", "model_server_home", "netty_client_threads",
@@ -410,7 +409,10 @@ _SERVER: dict[str, tuple[str, _Convert]] = {
     "key_file": ("key_file", _text),
     "certificate_file": ("certificate_file", _text),
     "private_key_file": ("private_key_file", _text),
+    "enable_grpc_ssl": ("grpc_tls", _bool),
 }
+_GRPC = {"inference": 7070, "management": 7071}
+"""The gRPC ports and TorchServe's default port of each (``grpc_<kind>_port``)."""
 _DEFAULTS: dict[str, tuple[str, _Convert]] = {
     "job_queue_size": ("job_queue_size", _int),
     "default_response_timeout": ("response_timeout", _seconds),
@@ -435,6 +437,7 @@ _JSON_MODEL = {
 }
 _USED = frozenset(
     {*_SERVER, *_DEFAULTS, "default_workers_per_model", "NUM_WORKERS"}
+    | {f"grpc_{kind}_{part}" for kind in _GRPC for part in ("address", "port")}
     | {"load_models", "models", "model_snapshot", "enable_envvars_config", "use_env_allowed_urls"}
 )
 
@@ -462,7 +465,7 @@ def server_settings(
     Raises:
         ConfigError: a value of the wrong type or form, naming the key.
     """
-    server = _mapped(props, _SERVER, source)
+    server = {**_mapped(props, _SERVER, source), **_grpc_addresses(props, source)}
     defaults = {**_workers(props, source), **_mapped(props, _DEFAULTS, source)}
     return server, defaults, _startup_models(props, store_entries, source)
 
@@ -476,6 +479,21 @@ def ignored_keys(props: Mapping[str, str]) -> tuple[list[str], list[str]]:
     """
     rest = sorted(set(props) - _USED)
     return [k for k in rest if k in _UNSUPPORTED], [k for k in rest if k not in _UNSUPPORTED]
+
+
+def _grpc_addresses(props: Mapping[str, str], source: str) -> _Table:
+    """``grpc_<kind>_address`` (a host, default 127.0.0.1) and ``grpc_<kind>_port`` as one."""
+    table: _Table = {}
+    for kind, default_port in _GRPC.items():
+        host_key, port_key = f"grpc_{kind}_address", f"grpc_{kind}_port"
+        if host_key not in props and port_key not in props:
+            continue
+        host = props.get(host_key, "").strip() or "127.0.0.1"
+        port = _int(f"{source} {port_key}", props[port_key]) if port_key in props else default_port
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"{source} {port_key}: expected a port (0 to 65535), got {port}")
+        table[f"grpc_{kind}_address"] = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return table
 
 
 def _workers(props: Mapping[str, str], source: str) -> _Table:

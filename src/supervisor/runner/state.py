@@ -217,7 +217,8 @@ def serve_command(
     in ``addresses`` (by API name), the others on a free port of 127.0.0.1, and
     the key file and the ready file in ``scratch``. Config snapshots are off
     (``--ncs``) unless the caller names a ``--snapshot-dir``: a server started to
-    test a model serves the models it was given.
+    test a model serves the models it was given. gRPC is off (``--no-grpc``)
+    unless the caller names a ``--grpc-...`` address.
 
     Raises:
         ValueError: ``addresses`` names an API that does not exist.
@@ -229,6 +230,8 @@ def serve_command(
     own += [f"--key-file={scratch / KEY_FILE}", f"--ready-file={scratch / READY_FILE}"]
     if not any(arg.startswith("--snapshot-dir") for arg in args):
         own.append("--ncs")  # the models asked for, not a snapshot left in the working directory
+    if not any(arg.startswith(("--grpc-", "--no-grpc")) for arg in args):
+        own.append("--no-grpc")  # its endpoints are HTTP; 7070 and 7071 would be shared by all
     return [python, "-m", "supervisor", "serve", *args, *own]
 
 
