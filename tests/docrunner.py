@@ -4,16 +4,17 @@ A ``console`` block is a list of ``$ command`` lines, each followed by its expec
 command runs with ``sh`` in the session's directory, with ``python`` and ``python3`` being this
 environment's, the keys in ``$IK``, ``$MK`` and ``$AK`` (as docs/http-api.md defines them), and
 the default ports 8080-8082 rewritten to the real ones; an assignment (``pid=$(...)``) is
-repeated before the commands after it, until the next server starts.
+repeated before the commands after it.
 ``python -m supervisor serve ...`` starts the server in the background (on free ports) and waits
 for its ready file; its expected lines must each appear in the server's log. Output is compared
 after :func:`normalise` (request ids, keys, pids, dates, ports, timestamps, durations); in the
 expected text a line ``...`` stands for any lines and ``...`` inside a line for any text.
 
 An ``sh`` block runs as one script (a ``supervisor serve`` line in it starts the server instead),
-with no output compared; a ``text`` block right after it, run by the same test, is its expected
-output. A ``python``, ``toml`` or ``yaml`` block whose first line is ``# PATH`` (then an optional
-``: comment``) is written to PATH.
+and a ``text`` block right after it, run by the same test, is its expected output; or, when it
+has ``# `` comment lines, command by command, a comment under a command being its output (as in
+README.md). A ``python``, ``toml`` or ``yaml`` block whose first line is ``# PATH`` (then an
+optional ``: comment``) is written to PATH.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ KEY_VARIABLES = {"IK": "inference", "MK": "management", "AK": "API"}
 STEP_TIMEOUT = 120  # seconds for one command (an archive build, a validation)
 SERVE = re.compile(r"^(?:\S*/)?python3? -m supervisor serve(?: |$)")
 ASSIGNMENT = re.compile(r"^[A-Za-z_]\w*=")
+FUNCTION = re.compile(r"^[A-Za-z_]\w*\(\) \{")
 FILE_BLOCK = re.compile(r"^# (?P<path>[\w./-]+\.(?:py|toml|yaml|json))(?::.*)?$")
 
 NORMALISE = [
@@ -76,6 +78,16 @@ def matches(expected: str, actual: str) -> bool:
     """Whether ``actual`` output is what ``expected`` shows, after normalising both."""
     text = normalise(actual)
     return pattern_of(expected).fullmatch(text + "\n" if text else "") is not None
+
+
+def comment_under(lines: list[str], index: int) -> str:
+    """The ``# `` comment lines right under ``lines[index]``, without their ``# ``."""
+    comment = []
+    for line in lines[index + 1 :]:
+        if not line.startswith("# "):
+            break
+        comment.append(line[2:])
+    return "\n".join(comment)
 
 
 def steps(console: str) -> list[tuple[str, str]]:
@@ -121,7 +133,10 @@ class DocSession:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(block.text + "\n")
 
-    async def step(self, command: str, expected: str, block: Block) -> None:
+    async def step(
+        self, command: str, expected: str, block: Block, *, compare: bool = True
+    ) -> None:
+        """Run one command; compare its output with ``expected`` (unless ``compare`` is off)."""
         if SERVE.match(command):
             await self.serve(command)
             assert self.server is not None
@@ -134,21 +149,31 @@ class DocSession:
         if ASSIGNMENT.match(command) and not expected:
             self.assignments.append(command)  # later commands see the variable, as in a shell
             return
-        actual = await self.shell("\n".join([*self.assignments, command]))
-        assert matches(expected, actual), f"{block.where}: $ {command}\n--- got:\n{actual}"
+        actual = await self.shell("\n".join([*self.assignments, command]), check=not compare)
+        if compare:
+            assert matches(expected, actual), f"{block.where}: $ {command}\n--- got:\n{actual}"
 
     async def script(self, block: Block, expected: str | None) -> None:
+        """An ``sh`` block: its commands in order, each ``# ...`` comment under one its output."""
         lines = block.text.replace("\\\n", " ").splitlines()
-        serving = [line for line in lines if SERVE.match(line)]
-        for line in serving:
-            await self.serve(line)
-        rest = "\n".join(line for line in lines if not SERVE.match(line))
-        actual = await self.shell(rest, check=True)
-        if expected is not None:
-            assert matches(expected, actual), f"{block.where}\n--- got:\n{actual}"
+        if not any(line.startswith("# ") for line in lines):
+            for line in filter(SERVE.match, lines):
+                await self.serve(line)
+            rest = "\n".join(line for line in lines if not SERVE.match(line))
+            actual = await self.shell(rest, check=True)
+            if all(ASSIGNMENT.match(line) or FUNCTION.match(line) for line in lines):
+                self.assignments.append(rest)  # definitions only: later commands see them
+            if expected is not None:
+                assert matches(expected, actual), f"{block.where}\n--- got:\n{actual}"
+            return
+        for index, line in enumerate(lines):
+            if line.strip() and not line.startswith("#"):
+                output = comment_under(lines, index)
+                await self.step(line, output, block, compare=bool(output))
 
     async def shell(self, command: str, *, check: bool = False) -> str:
         """``command``'s standard output (its standard error only goes into failures)."""
+        self.read_keys()  # a page may have rotated one (GET /token)
         with trio.fail_after(STEP_TIMEOUT):
             done = await trio.run_process(
                 ["sh", "-ec" if check else "-c", self.local(command)],
@@ -171,8 +196,7 @@ class DocSession:
     async def serve(self, command: str) -> None:
         """Start ``python -m supervisor serve ARGS`` and wait until its models have settled."""
         await self.stop()
-        self.assignments = []
-        args = shlex.split(command)[4:]  # after "python -m supervisor serve"
+        args = shlex.split(command, comments=True)[4:]  # after "python -m supervisor serve"
         ready = self.cwd / ".doc-ready.json"
         self.server = ServeProcess(self.cwd, *args, *local_ports(), "--ready-file", str(ready))
         await self.nursery.start(self.server.run)
@@ -181,8 +205,11 @@ class DocSession:
         await eventually(lambda: ready.exists() or process.poll() is not None, within=90)
         assert ready.exists(), "\n".join(self.server.lines[-30:])
         self.urls = {kind: json.loads(ready.read_text())[kind] for kind in DEFAULT_PORTS}
+
+    def read_keys(self) -> None:
+        """``$IK``, ``$MK`` and ``$AK`` from the running server's key file, if it has one."""
         key_file = self.cwd / "key_file.json"
-        if key_file.exists():
+        if self.server is not None and key_file.exists():
             keys = json.loads(key_file.read_text())
             self.env.update({var: keys[kind]["key"] for var, kind in KEY_VARIABLES.items()})
 

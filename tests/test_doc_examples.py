@@ -12,9 +12,9 @@ import json
 
 import pytest
 
-from tests.docblocks import ROOT, run_by
+from tests.docblocks import ROOT, blocks, run_by
 from tests.docrunner import DocSession
-from tests.helpers import make_mar
+from tests.helpers import ECHO_HANDLER, make_mar
 from tests.test_updates import GARBLING_HANDLER, VERSIONED_HANDLER, canary
 
 pytestmark = pytest.mark.slow
@@ -46,4 +46,42 @@ async def test_the_updates_walkthrough(nursery, tmp_path):
     session = DocSession(tmp_path, nursery)
     await session.serve("python -m supervisor serve --model-store store --enable-model-api")
     await session.run(run_by(DOCS / "updates.md", "test_the_updates_walkthrough"))
+    await session.stop()
+
+
+def handler_from(page: str, first_line: str) -> str:
+    """The ``python`` block of ``page`` that starts with ``first_line``."""
+    [source] = [
+        block.text
+        for block in blocks(DOCS / page)
+        if block.lang == "python" and block.text.startswith(first_line)
+    ]
+    return source
+
+
+async def test_the_http_api_inference_examples(nursery, tmp_path):
+    """docs/http-api.md up to the management API: the built-in iris, echo and counter."""
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "echo_handler.py").write_text(ECHO_HANDLER)
+    (models / "counter.py").write_text(handler_from("handlers.md", "# counter.py"))
+    session = DocSession(tmp_path, nursery)
+    await session.serve(
+        "python -m supervisor serve --models iris=handlers.builtin.iris"
+        " echo=echo_handler@models counter=counter@models"
+    )
+    await session.run(run_by(DOCS / "http-api.md", "test_the_http_api_inference_examples"))
+    await session.stop()
+
+
+async def test_the_validation_walkthrough(nursery, tmp_path):
+    """docs/validation.md: archive, validate (passing, then failing), the two runners."""
+    session = DocSession(tmp_path, nursery)
+    await session.run(run_by(DOCS / "validation.md", "test_the_validation_walkthrough"))
+
+
+async def test_the_handlers_examples(nursery, tmp_path):
+    """docs/handlers.md: the streaming counter, and the built-in handlers' three examples."""
+    session = DocSession(tmp_path, nursery)
+    await session.run(run_by(DOCS / "handlers.md", "test_the_handlers_examples"))
     await session.stop()
