@@ -85,3 +85,10 @@ async def test_the_handlers_examples(nursery, tmp_path):
     session = DocSession(tmp_path, nursery)
     await session.run(run_by(DOCS / "handlers.md", "test_the_handlers_examples"))
     await session.stop()
+
+
+async def test_the_readme_doubler(nursery, tmp_path):
+    """README.md's own model: the doubler handler, served from its directory, answering."""
+    session = DocSession(tmp_path, nursery)
+    await session.run(run_by(ROOT / "README.md", "test_the_readme_doubler"))
+    await session.stop()
