@@ -32,6 +32,7 @@ class Server:
     endpoints: BaseURLs
     headers: dict[str, str]
     client: httpx.AsyncClient
+    shutdown: trio.Event
 
     def url(self, path: str) -> str:
         return f"{self.endpoints.management}{path}"
@@ -58,7 +59,7 @@ async def server(nursery, tmp_path) -> AsyncIterator[Server]:
     endpoints = await nursery.start(partial(serve, config, shutdown=shutdown, handle_signals=False))
     key = json.loads((tmp_path / "key_file.json").read_text())["management"]["key"]
     async with httpx.AsyncClient(timeout=30) as client:
-        server = Server(endpoints, {"Authorization": f"Bearer {key}"}, client)
+        server = Server(endpoints, {"Authorization": f"Bearer {key}"}, client, shutdown)
         await _wait_ready(server)
         yield server
     shutdown.set()
@@ -182,6 +183,21 @@ async def test_the_stream_ends_before_hypercorn_would_drop_it(server):
     # 0.8 x read_timeout of 5 s, and ended cleanly: a connection Hypercorn dropped would end
     # without the last chunk (httpx raises RemoteProtocolError)
     assert trio.current_time() - started >= 3.5
+
+
+async def test_a_shutdown_ends_the_streams_at_once(server):
+    url = server.url("/dashboard/events")
+    async with (
+        AsyncExitStack() as stack,
+        server.client.stream("GET", url, headers=server.headers) as response,
+    ):
+        stream = await stack.enter_async_context(aclosing(events(response)))
+        kind, _ = await anext(stream)
+        assert kind == "snapshot"
+        server.shutdown.set()
+        with trio.fail_after(2):  # not after shutdown_grace (2 s) or the stream's lifetime (4 s)
+            async for _ in stream:
+                pass
 
 
 async def _next(stream: AsyncIterator[tuple[str, Any]], wanted: Any) -> Any:

@@ -17,7 +17,7 @@ from importlib.resources import files
 import trio
 from quart import Response
 from quart_trio import QuartTrio
-from werkzeug.exceptions import NotFound
+from werkzeug.exceptions import NotFound, ServiceUnavailable
 
 from supervisor.api.dashboard.hub import Hub
 
@@ -84,6 +84,8 @@ def add_dashboard_routes(
 
     @app.route("/dashboard/events", methods=["GET"])
     async def dashboard_events() -> Response:
+        if hub.stopping:
+            raise ServiceUnavailable("the server is stopping")
         response = _response(_stream(hub, lifetime), "text/event-stream")
         response.timeout = None  # it ends itself, after ``lifetime``
         return response

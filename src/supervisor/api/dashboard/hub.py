@@ -54,6 +54,8 @@ class Hub:
         interval: seconds between samples.
         buffer: messages a browser may fall behind before it is dropped.
         clock: wall-clock time (seconds since the epoch).
+        stopping: set when the server starts to stop: every stream ends then, so
+            that an open page does not hold the shutdown for its grace period.
     """
 
     def __init__(
@@ -64,8 +66,10 @@ class Hub:
         interval: float = 1.0,
         buffer: int = 64,
         clock: Callable[[], float] = time.time,
+        stopping: trio.Event | None = None,
     ) -> None:
         self.sup = sup
+        self._stopping = stopping if stopping is not None else trio.Event()
         self.series = RequestSeries(LATENCY_BUCKETS)
         self._counts = latency_counts
         self._interval = interval
@@ -79,13 +83,28 @@ class Hub:
         """How many browsers were dropped for falling behind."""
 
     @property
+    def stopping(self) -> bool:
+        """Whether the server is stopping (no new streams)."""
+        return self._stopping.is_set()
+
+    @property
     def subscribers(self) -> int:
         """How many browsers are connected."""
         return len(self._subscribers)
 
     async def run(self, *, task_status: trio.TaskStatus[Hub] = trio.TASK_STATUS_IGNORED) -> None:
         """Sample once a second; push state changes to the browsers. Runs until cancelled."""
-        task_status.started(self)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._end_streams_when_stopping)
+            task_status.started(self)
+            await self._sample_and_publish()
+
+    async def _end_streams_when_stopping(self) -> None:
+        await self._stopping.wait()
+        for subscriber in list(self._subscribers):
+            self._remove(subscriber)
+
+    async def _sample_and_publish(self) -> None:
         next_sample = trio.current_time()
         while True:
             with trio.move_on_at(next_sample):

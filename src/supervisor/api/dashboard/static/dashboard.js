@@ -17,6 +17,7 @@ const state = {
   series: new Map(), // "name/version" -> samples, oldest first
   events: [],
   retry: null,
+  delay: 500, // before the next connection; doubles while streams fail or end at once
 };
 
 const $ = (id) => document.getElementById(id);
@@ -111,14 +112,17 @@ async function connect() {
   setConnection("live", "on");
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
   state.reader = reader;
+  const opened = Date.now();
   await read(reader);
+  if (Date.now() - opened > 2000) state.delay = 500; // a stream that lasted: the server ended it
   if (state.reader === reader) reconnect();
 }
 
 function reconnect() {
   setConnection("reconnecting", "wait");
   clearTimeout(state.retry);
-  state.retry = setTimeout(connect, 500);
+  state.retry = setTimeout(connect, state.delay);
+  state.delay = Math.min(state.delay * 2, 5000);
 }
 
 async function read(reader) {
