@@ -53,6 +53,10 @@ class SumHandler:
         answers = []
         for index, row in enumerate(batch):
             request = row["body"]
+            if request.get("id") == "refuse":
+                context.set_response_status(400, "Bad Request", index)
+                answers.append({"code": 400, "message": "ts: refused"})
+                continue
             total = sum(sum(i["data"]) for i in request["inputs"])
             answers.append({
                 "id": request.get("id"),
@@ -264,7 +268,8 @@ async def _refusals(client: httpx.AsyncClient, keys: dict[str, str]) -> None:
     assert "9.9" in r.json()["error"]
     r = await client.post("/v2/models/echo/infer", json=shape, headers={"Authorization": ""})
     assert r.status_code == 401
-    assert set(r.json()) == {"error"}
+    assert r.json()["error"] == r.json()["message"]  # OIP's shape, and the port's
+    assert r.json()["type"] == "InvalidKeyException"
     assert "www-authenticate" in r.headers
     refused = {"inputs": [{"name": "refuse", "datatype": "BOOL", "shape": [1], "data": [True]}]}
     r = await client.post("/v2/models/echo/infer", json=refused)
@@ -401,6 +406,8 @@ async def _torchserve_handler_gets_the_json_request(client: httpx.AsyncClient) -
             {"name": "b", "datatype": "FP32", "shape": [1], "data": [0.5]},
         ],
     }
+    r = await client.post("/v2/models/ts/infer", json={**request, "id": "refuse"})
+    assert (r.status_code, r.json()) == (400, {"error": "ts: refused"})
     r = await client.post("/v2/models/ts/infer", json=request)
     assert r.status_code == 200, r.text
     body = r.json()

@@ -186,6 +186,7 @@ def test_unknown_output_asked_for_is_refused_naming_it() -> None:
         ({"name": "x", "datatype": "FP32", "shape": "1", "data": [1]}, "'x'.*shape"),
         ({"name": "x", "datatype": "FP32", "shape": [1]}, "'x'.*no data"),
         ({"datatype": "FP32", "shape": [1], "data": [1]}, "name"),
+        ({"name": "x", "datatype": "FP32", "shape": [1], "data": [[[[]]]] * 1}, "'x'"),
     ],
 )
 def test_bad_json_inputs_are_refused_naming_the_input(spec: dict[str, Any], message: str) -> None:
@@ -318,3 +319,11 @@ def test_non_utf8_bytes_output_must_be_asked_for_as_binary() -> None:
     raw = struct.pack("<I", 1) + b"\xff"
     with pytest.raises(InvalidRequest, match=r"'o'.*binary"):
         render_rest(request, [Tensor("o", "BYTES", [1], raw)], model="m", version=None)
+
+
+def test_data_nested_past_the_recursion_limit_is_refused() -> None:
+    deep = "[" * 1000 + "1.0" + "]" * 1000  # within orjson's limit, past Python's
+    head = '{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": '
+    body = head + deep + "}]}"
+    with pytest.raises(InvalidRequest, match="'x'"):
+        decode_rest(body.encode(), None)

@@ -42,6 +42,8 @@ EXPECTED = {
             for version in ("", "/versions/{model_version}")
             for ready in ("", "/ready")
         },
+        "/v2/models/{model_name}/infer": {"post"},
+        "/v2/models/{model_name}/versions/{model_version}/infer": {"post"},
         "/v1/models": {"get"},
         "/v1/models/{model_name}": {"get"},
         "/v1/models/{model_name}:predict": {"post"},

@@ -411,7 +411,10 @@ def _from_data(spec: dict[str, Any]) -> Tensor:
     name, datatype, shape = spec["name"], spec["datatype"], spec["shape"]
     if "data" not in spec:
         raise InvalidRequest(f"input '{name}': no data (nor binary_data_size)")
-    flat = _flatten(spec["data"], name)
+    try:
+        flat = _flatten(spec["data"], name)
+    except RecursionError:
+        raise InvalidRequest(f"input '{name}': data nests too deeply") from None
     count = math.prod(shape)
     if len(flat) != count:
         raise InvalidRequest(

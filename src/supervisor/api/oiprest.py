@@ -15,7 +15,8 @@ no OIP response) has its answer passed on as it is, as TorchServe does.
 
 Errors are OIP's shape, ``{"error": "<message>"}`` with the status: 400 for
 bad input (naming the tensor), 401 without the inference key (with
-``www-authenticate``), 404 for an unknown model or version, 503 with
+``www-authenticate``, and also the ``code``, ``type`` and ``message`` that every
+401 of the port has), 404 for an unknown model or version, 503 with
 ``retry-after`` for a full queue, 504 past a deadline, 500 (507) with the
 worker, its incarnation and log tail when a worker died. The route is on the
 lean front end (``supervisor.api.fastpath``) and in the Quart app
@@ -111,10 +112,13 @@ class OipRest:
         refused = outcome.reply is not None and not outcome.reply.ok
         if outcome.error is not None or refused or request is None:
             return _error(outcome.status, outcome.message, rid, outcome.error)
+        if outcome.status >= 400:  # the handler answered with an error status of its own
+            return _error(outcome.status, _said(body), rid, None)
         try:
             tensors = decode_reply(body, content_type)
             if tensors is None:  # no tensors: passed on as it is, as TorchServe does
-                return Answer(200, _headers(content_type.encode() or _JSON, rid), body)
+                headers = _headers(content_type.encode() or _JSON, rid)
+                return Answer(outcome.status, headers, body)
             served = self._version(model, version)
             rendered, header_length = render_rest(request, tensors, model=model, version=served)
         except InvalidRequest as exc:
@@ -166,6 +170,19 @@ async def _joined(outcome: Outcome) -> tuple[Outcome, bytes, str]:
     return outcome, b"".join(parts), content_type
 
 
+def _said(body: bytes) -> str:
+    """What a handler's error answer says: its JSON ``message`` (or ``error``), else its text."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body.decode("utf-8", "replace")
+    if isinstance(parsed, dict):
+        for key in ("message", "error"):
+            if isinstance(parsed.get(key), str):
+                return str(parsed[key])
+    return body.decode("utf-8", "replace")
+
+
 def _headers(content_type: bytes, rid: bytes) -> list[tuple[bytes, bytes]]:
     return [(b"content-type", content_type), (b"x-request-id", rid)]
 
@@ -179,4 +196,7 @@ def _error(status: int, message: str, rid: bytes, error: SupervisorError | None)
     if retry_after is not None:
         headers.append((b"retry-after", str(retry_after).encode()))
     message = message or f"the request failed with status {status}"
-    return Answer(status, headers, orjson.dumps({"error": message}))
+    body: dict[str, object] = {"error": message}
+    if status == 401 and error is not None:  # the port's 401 shape too, as every route has it
+        body = {**error.to_json(), **body}
+    return Answer(status, headers, orjson.dumps(body))

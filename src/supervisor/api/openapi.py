@@ -16,6 +16,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from supervisor.api.oipcodec import DATATYPES
+
 __all__ = ["KINDS", "OPENAPI_VERSION", "openapi_document"]
 
 Json = dict[str, Any]
@@ -248,7 +250,7 @@ def _oip_paths() -> Json:
     def model_ops(suffix: str) -> tuple[Json, Json]:
         meta = op(
             f"oipModelMetadata{suffix}",
-            "OIP model metadata (inputs and outputs are empty: not declared).",
+            "OIP model metadata (inputs and outputs as declared, else empty).",
             {"200": _response("The model's metadata.", _ref("OipModelMetadata")), "404": oip_error},
             "inferenceToken",
         )
@@ -279,7 +281,52 @@ def _oip_paths() -> Json:
         meta, readiness = model_ops(suffix)
         paths[prefix] = {"parameters": params, "get": meta}
         paths[f"{prefix}/ready"] = {"parameters": params, "get": readiness}
+        paths[f"{prefix}/infer"] = {"parameters": params, "post": _oip_infer_op(suffix)}
     return paths
+
+
+def _oip_infer_op(suffix: str) -> Json:
+    """OIP v2 inference: JSON, or the binary tensor extension, in and out."""
+
+    def error(code: int) -> Json:
+        response = _error(code)
+        response["content"] = _json(_ref("OipError"))
+        return response
+
+    described = (
+        "The binary tensor extension: the length of the JSON header that starts the body; "
+        "raw tensor bytes follow it."
+    )
+    header_length = {"description": described, "schema": _t("integer", minimum=0)}
+    binary = {"schema": _t("string", format="binary")}
+    answer = _response(
+        "The outputs: JSON, or with binary outputs (`binary_data`, `binary_data_output`) a "
+        "JSON header and their raw bytes (`Inference-Header-Content-Length`).",
+        _ref("OipInferResponse"),
+    )
+    answer["content"]["application/octet-stream"] = binary
+    answer["headers"] = {"Inference-Header-Content-Length": header_length}
+    length = _param(
+        "Inference-Header-Content-Length",
+        "header",
+        _t("integer", minimum=0),
+        described,
+    )
+    return _op(
+        "inference",
+        f"oipInfer{suffix}",
+        "OIP v2 inference (tensors by name; binary tensor extension supported).",
+        {"200": answer, **{str(code): error(code) for code in (400, 404, 500, 503, 504, 507)}},
+        token="inferenceToken",
+        parameters=[length],
+        requestBody={
+            "required": True,
+            "content": {
+                **_json(_ref("OipInferRequest")),
+                "application/octet-stream": binary,
+            },
+        },
+    )
 
 
 def _kserve_v1_paths() -> Json:
@@ -654,8 +701,52 @@ def _kserve_v1_schemas() -> Json:
     }
 
 
+def _oip_tensor_schemas() -> Json:
+    """The inference request and response of OIP v2 (REST)."""
+    datatype = _t("string", enum=list(DATATYPES))
+    shape = _array(_t("integer", minimum=0))
+    input_tensor = _object(
+        ("name", "shape", "datatype"),
+        name=_t("string"),
+        shape=shape,
+        datatype=datatype,
+        parameters=_t("object", "`binary_data_size`: its bytes follow the JSON header."),
+        data={"description": "The elements, flat or nested, row-major."},
+    )
+    asked = _object(
+        ("name",),
+        name=_t("string"),
+        parameters=_t("object", "`binary_data`: send it as raw bytes."),
+    )
+    output_tensor = _object(
+        ("name", "shape", "datatype"),
+        name=_t("string"),
+        shape=shape,
+        datatype=datatype,
+        parameters=_t("object", "`binary_data_size` for an output sent as raw bytes."),
+        data=_array({}, "The elements, flat, row-major (absent for a binary output)."),
+    )
+    return {
+        "OipInferRequest": _object(
+            ("inputs",),
+            id=_t("string", "Echoed in the response."),
+            parameters=_t("object", "`binary_data_output`; unknown ones are ignored."),
+            inputs=_t("array", minItems=1, items=input_tensor),
+            outputs=_array(asked, "The outputs to send (all when absent)."),
+        ),
+        "OipInferResponse": _object(
+            ("model_name", "outputs"),
+            model_name=_t("string"),
+            model_version=_t("string"),
+            id=_t("string", "The request's `id`, if it had one."),
+            outputs=_array(output_tensor),
+        ),
+    }
+
+
 def _oip_schemas() -> Json:
     return {
+        **_oip_tensor_schemas(),
         "OipError": _object("all", "The Open Inference Protocol's error.", error=_t("string")),
         "OipLive": _object("all", live=_t("boolean")),
         "OipReady": _object(
@@ -675,8 +766,12 @@ def _oip_schemas() -> Json:
             name=_t("string"),
             versions=_array(_t("string"), "Every version of the model."),
             platform=_t("string", enum=["pytorch_torchserve"]),
-            inputs=_array(_t("object"), "Empty: tensor signatures are not declared."),
-            outputs=_array(_t("object"), "Empty: tensor signatures are not declared."),
+            inputs=_array(
+                _t("object"), "As model-config.yaml declares them (`oip: inputs:`); else empty."
+            ),
+            outputs=_array(
+                _t("object"), "As model-config.yaml declares them (`oip: outputs:`); else empty."
+            ),
         ),
     }
 
