@@ -95,6 +95,7 @@ async def events(response: httpx.Response) -> AsyncIterator[tuple[str, Any]]:
 async def test_the_page_is_open_and_everything_with_data_needs_the_key(server):
     page = await server.client.get(server.url("/dashboard"))
     assert page.status_code == 200
+    assert (await server.client.get(server.url("/dashboard/"))).content == page.content
     assert page.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
     assert page.headers["x-frame-options"] == "DENY"
     assert b"<script src=" in page.content

@@ -1,18 +1,26 @@
-"""The dashboard's pure parts: the event log, the request series and the views."""
+"""The dashboard's model: the event log, the request series, the views (pure), and the
+events the supervisor records (fake workers, virtual time)."""
 
 from __future__ import annotations
 
 import orjson
 import pytest
+import trio
 from hypothesis import given
 from hypothesis import strategies as st
+from trio.testing import MockClock
 
 from supervisor.api.dashboard.view import models_view, sse_comment, sse_message
 from supervisor.config import ModelConfig
+from supervisor.errors import CanaryFailed, WorkerStartFailed
+from supervisor.policy import RestartPolicy
+from supervisor.supervision.core import open_supervisor
 from supervisor.supervision.events import EVENT_KINDS, EventLog, exit_fields
 from supervisor.supervision.metrics import LATENCY_BUCKETS
 from supervisor.supervision.series import RequestSeries, quantile
 from supervisor.supervision.stats import ExitRecord, ModelStats, WorkerStats
+from tests.fakeworker import Behaviour, FakeLauncher
+from tests.test_rollout import SAYS_PING, SAYS_PONG, model
 
 
 def test_event_log_keeps_the_newest_events_with_gapless_numbers():
@@ -157,3 +165,39 @@ def test_server_sent_events_framing():
     assert orjson.loads(data.removeprefix(b"data: ")) == {"kind": "worker.died", "text": "a\nb"}
     assert end == b"\n"
     assert sse_comment("ping") == b": ping\n\n"
+
+
+async def test_the_supervisor_records_starts_updates_canaries_and_rollbacks(
+    autojump_clock: MockClock, nursery: trio.Nursery
+) -> None:
+    async with open_supervisor(launcher=FakeLauncher(nursery)) as sup:
+        await sup.load_model(model("1.0"))
+        with pytest.raises(CanaryFailed):
+            await sup.update(model("2.0"), canaries=[SAYS_PONG])
+        await sup.update(model("3.0"), canaries=[SAYS_PING])
+        seen = [(e.kind, e.version, e.worker) for e in sup.events.recent()]
+    assert seen[:7] == [
+        ("worker.started", "1.0", "w1#1"),
+        ("worker.started", "2.0", "w1#1"),
+        ("canary.failed", "2.0", None),
+        ("update.rolled_back", "2.0", None),
+        ("worker.stopped", "2.0", "w1#1"),
+        ("worker.started", "3.0", "w1#1"),
+        ("update.switched", "3.0", None),
+    ]
+
+
+async def test_a_crash_loop_is_recorded_as_deaths_then_failed(
+    autojump_clock: MockClock, nursery: trio.Nursery
+) -> None:
+    fail = Behaviour(load="fail")
+    launcher = FakeLauncher(nursery, behaviours=[fail, fail])
+    async with open_supervisor(launcher=launcher, wait=False) as sup:
+        await sup.load_model(model("1.0", restart=RestartPolicy(max_restarts=1)), wait=False)
+        with pytest.raises(WorkerStartFailed):
+            await sup.pool("m").wait_ready()  # returns by raising once the model is FAILED
+        seen = [(e.kind, e.worker) for e in sup.events.recent()]
+        [failed] = [e for e in sup.events.recent() if e.kind == "model.failed"]
+    assert seen == [("worker.died", "w1#1"), ("worker.died", "w1#2"), ("model.failed", None)]
+    assert "more than 1 restarts" in failed.message
+    assert dict(sup.events.recent()[0].fields)["exitCode"] == 1

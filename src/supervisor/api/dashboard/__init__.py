@@ -32,7 +32,9 @@ _STATIC = {
     "dashboard.js": "text/javascript; charset=utf-8",
     "dashboard.css": "text/css; charset=utf-8",
 }
-OPEN_PATHS = frozenset({"/dashboard", *(f"/dashboard/static/{name}" for name in _STATIC)})
+OPEN_PATHS = frozenset(
+    {"/dashboard", "/dashboard/", *(f"/dashboard/static/{name}" for name in _STATIC)}
+)
 """The paths served without a key: the page's static files (no data in them)."""
 _HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,

@@ -244,7 +244,7 @@ function newCard(id, model) {
     errors: el("span", { class: "value" }),
     charts: el("div", { class: "charts" }),
     rows: el("tbody"),
-    count: el("input", { type: "number", min: 0, max: 64, value: model.minWorkers, class: "count" }),
+    count: el("input", { type: "number", min: 0, value: model.minWorkers, class: "count" }),
     workerRows: new Map(),
   };
   card.count.setAttribute("aria-label", `workers for ${id}`);
