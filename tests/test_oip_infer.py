@@ -26,6 +26,8 @@ import trio
 from supervisor import ModelConfig
 from supervisor.api import oiprest
 from supervisor.server import serve
+from tests.docblocks import ROOT, run_by
+from tests.docrunner import DocSession
 from tests.helpers import FAST_RESTARTS
 from tests.test_builtin_handlers import linear_model, torchscript_bytes
 from tests.test_security import bearer, read_keys, secure_config
@@ -434,3 +436,14 @@ async def _metadata_declared_in_the_model_config(client: httpx.AsyncClient) -> N
     )
     r = await client.get("/v2/models/echo")
     assert (r.json()["inputs"], r.json()["outputs"]) == ([], [])
+
+
+@pytest.mark.slow
+async def test_the_protocols_oip_rest_examples(nursery, tmp_path):
+    """docs/protocols.md, OIP v2 over REST: the doubler, with curl and with tritonclient."""
+    pytest.importorskip("tritonclient.http")
+    session = DocSession(tmp_path, nursery)
+    await session.run(
+        run_by(ROOT / "docs" / "protocols.md", "test_the_protocols_oip_rest_examples")
+    )
+    await session.stop()
