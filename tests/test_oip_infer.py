@@ -23,8 +23,12 @@ import pytest
 import torch
 import trio
 
+from handlers import PredictionException
+from handlers.context import Context
+from handlers.protocol import InferItem
+from handlers.runtime import run_batch
 from supervisor import ModelConfig
-from supervisor.api import oiprest
+from supervisor.api import oipcodec, oiprest
 from supervisor.server import serve
 from tests.docblocks import ROOT, run_by
 from tests.docrunner import DocSession
@@ -168,6 +172,97 @@ def test_split_target_takes_infer_with_or_without_a_version():
         "/v1/models/m/infer",
     ):
         assert oiprest.split_target(path) is None, path
+
+
+# --- the worker side, in process: the supervisor's canonical form through run_batch ------------
+
+
+class Recorder:
+    """A tensor-contract handler that records what it got; plain requests get their bodies."""
+
+    def __init__(self) -> None:
+        self.tensor_batches: list[list[dict[str, Any]]] = []
+        self.plain_batches: list[list[dict[str, Any]]] = []
+
+    def infer_tensors(self, requests: list[dict[str, Any]], context: Context) -> list[Any]:
+        self.tensor_batches.append(requests)
+        answers: list[Any] = []
+        for inputs in requests:
+            if "bad" in inputs:
+                answers.append(PredictionException("bad tensor", 418))
+            else:
+                answers.append((inputs["x"] + 1, ["é", b"\xff"]))
+        return answers
+
+    def handle(self, batch: list[dict[str, Any]], context: Context) -> list[Any]:
+        self.plain_batches.append(batch)
+        return [row["body"] for row in batch]
+
+
+def tensor_item(rid: str, inputs: list[dict[str, Any]]) -> InferItem:
+    request = oipcodec.decode_rest(orjson.dumps({"inputs": inputs}), None)
+    return InferItem(rid, {**request.fields, "url_path": ""}, request.params)
+
+
+def test_a_mixed_batch_goes_to_each_method_in_its_own_batch_in_order():
+    recorder = Recorder()
+    context = Context("m", "1.0", "", 8, model_yaml_config={"oip": LINEAR_OIP})
+    items = [
+        InferItem("p0", {}, {"body": ("application/json", b'{"plain": 0}')}),
+        tensor_item("t1", [{"name": "x", "datatype": "INT16", "shape": [2], "data": [1, 2]}]),
+        tensor_item("t2", [{"name": "bad", "datatype": "BOOL", "shape": [1], "data": [True]}]),
+        InferItem("p3", {}, {"body": ("application/json", b'{"plain": 3}')}),
+    ]
+    replies = run_batch(recorder.handle, context, items)
+    assert [r.request_id for r in replies] == ["p0", "t1", "t2", "p3"]
+    assert [len(b) for b in recorder.plain_batches] == [2]
+    assert [len(b) for b in recorder.tensor_batches] == [2]
+    x = recorder.tensor_batches[0][0]["x"]
+    assert (x.dtype, x.tolist()) == (torch.int16, [1, 2])
+    assert orjson.loads(replies[0].body) == {"plain": 0}
+    assert (replies[2].ok, replies[2].status, replies[2].message) == (False, 418, "bad tensor")
+    [scores, text] = oipcodec.decode_reply(replies[1].body, replies[1].content_type)
+    assert (scores.name, scores.datatype, scores.shape) == ("scores", "INT16", [2])
+    assert np.frombuffer(scores.raw, dtype="<i2").tolist() == [2, 3]
+    assert (text.name, text.datatype, text.shape) == ("output1", "BYTES", [2])
+    assert text.raw == struct.pack("<I", 2) + "é".encode() + struct.pack("<I", 1) + b"\xff"
+
+
+def test_every_datatype_reaches_the_handler_as_its_torch_dtype():
+    recorder = Recorder()
+    context = Context("m", "1.0", "", 8)
+    inputs = [
+        {"name": d.lower(), "datatype": d, "shape": [2, 2], "data": values}
+        for d, (_, values) in SAMPLES.items()
+    ]
+    run_batch(recorder.handle, context, [tensor_item("t", inputs)])
+    [got] = recorder.tensor_batches[0]
+    for datatype, (dtype, values) in SAMPLES.items():
+        tensor = got[datatype.lower()]
+        assert tensor.shape == (2, 2)
+        assert str(tensor.dtype) == f"torch.{np.dtype(dtype).name}"
+        expected = np.array(values, dtype=dtype).reshape(2, 2)
+        assert np.array_equal(tensor.view(torch.uint8).numpy().view(expected.dtype), expected)
+
+
+class TorchServeStyle:
+    """No ``infer_tensors``: what TorchServe hands a handler for an OIP request."""
+
+    def handle(self, batch: list[dict[str, Any]], context: Context) -> list[Any]:
+        return [
+            {"body": row["body"], "explain": context.get_request_header(i, "explain")}
+            for i, row in enumerate(batch)
+        ]
+
+
+def test_a_handler_without_the_tensor_method_gets_torchserves_request():
+    context = Context("m", "1.0", "", 8)
+    item = tensor_item("t", [{"name": "w", "datatype": "BYTES", "shape": [1], "data": ["hi"]}])
+    [reply] = run_batch(TorchServeStyle().handle, context, [item])
+    assert orjson.loads(reply.body) == {
+        "body": {"inputs": [{"name": "w", "shape": [1], "datatype": "BYTES", "data": ["hi"]}]},
+        "explain": "False",
+    }
 
 
 # --- a real server -------------------------------------------------------------------------------

@@ -327,3 +327,9 @@ def test_data_nested_past_the_recursion_limit_is_refused() -> None:
     body = head + deep + "}]}"
     with pytest.raises(InvalidRequest, match="'x'"):
         decode_rest(body.encode(), None)
+
+
+def test_a_handlers_oip_json_answer_with_bad_outputs_is_refused_naming_the_output() -> None:
+    answer = {"outputs": [{"name": "o", "datatype": "INT8", "shape": [1], "data": [999]}]}
+    with pytest.raises(InvalidRequest, match="output 'o'"):
+        decode_reply(orjson.dumps(answer), "application/json")

@@ -6,6 +6,12 @@ it is, and a ``Stream`` is written as a chunked body. The router leaves to the
 Quart app what it would not parse the same way cheaply (form bodies,
 percent-encoded or odd paths, other methods), so each unusual case has one
 implementation. Nothing here imports Quart or Werkzeug.
+
+Other protocols' hot routes are routed here too, each with one prefix test once
+the ``/predictions`` match has failed (so that route costs nothing more): OIP
+v2's ``POST /v2/models/{name}[/versions/{version}]/infer``
+(``supervisor.api.oiprest``) and KServe v1's ``:predict`` and ``:explain``
+(``supervisor.api.kservev1``).
 """
 
 from __future__ import annotations

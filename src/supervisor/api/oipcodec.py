@@ -227,7 +227,7 @@ def decode_reply(body: bytes, content_type: str) -> list[Tensor] | None:
         return None
     if not isinstance(parsed, dict) or not isinstance(parsed.get("outputs"), list):
         return None
-    return [_from_data(_checked(spec, "output")) for spec in parsed["outputs"]]
+    return [_from_data(_checked(spec, "output"), "output") for spec in parsed["outputs"]]
 
 
 def render_rest(
@@ -406,28 +406,27 @@ def _from_raw(spec: dict[str, Any], raw: bytes) -> Tensor:
     return Tensor(name, datatype, shape, raw)
 
 
-def _from_data(spec: dict[str, Any]) -> Tensor:
+def _from_data(spec: dict[str, Any], kind: str = "input") -> Tensor:
     """A tensor given as JSON ``data`` (nested or flat), packed to canonical bytes."""
     name, datatype, shape = spec["name"], spec["datatype"], spec["shape"]
+    what = f"{kind} '{name}'"
     if "data" not in spec:
-        raise InvalidRequest(f"input '{name}': no data (nor binary_data_size)")
+        raise InvalidRequest(f"{what}: no data (nor binary_data_size)")
     try:
-        flat = _flatten(spec["data"], name)
+        flat = _flatten(spec["data"], what)
     except RecursionError:
-        raise InvalidRequest(f"input '{name}': data nests too deeply") from None
+        raise InvalidRequest(f"{what}: data nests too deeply") from None
     count = math.prod(shape)
     if len(flat) != count:
-        raise InvalidRequest(
-            f"input '{name}': shape {shape} needs {count} elements, data has {len(flat)}"
-        )
+        raise InvalidRequest(f"{what}: shape {shape} needs {count} elements, data has {len(flat)}")
     try:
         raw = _pack(datatype, flat)
     except (TypeError, ValueError, OverflowError, struct.error) as exc:
-        raise InvalidRequest(f"input '{name}': data is not {datatype}: {exc}") from None
+        raise InvalidRequest(f"{what}: data is not {datatype}: {exc}") from None
     return Tensor(name, datatype, shape, raw)
 
 
-def _flatten(data: Any, name: str) -> list[Any]:
+def _flatten(data: Any, what: str) -> list[Any]:
     if not isinstance(data, list):
         return [data]  # a scalar (shape [] or [1])
     if not data or not isinstance(data[0], list):
@@ -435,8 +434,8 @@ def _flatten(data: Any, name: str) -> list[Any]:
     flat: list[Any] = []
     for row in data:
         if not isinstance(row, list):
-            raise InvalidRequest(f"input '{name}': data nests unevenly")
-        flat.extend(_flatten(row, name))
+            raise InvalidRequest(f"{what}: data nests unevenly")
+        flat.extend(_flatten(row, what))
     return flat
 
 
