@@ -3,8 +3,8 @@
 A ``console`` block is a list of ``$ command`` lines, each followed by its expected output. A
 command runs with ``sh`` in the session's directory, with ``python`` and ``python3`` being this
 environment's, the keys in ``$IK``, ``$MK`` and ``$AK`` (as docs/http-api.md defines them), and
-the default ports 8080-8082 rewritten to the real ones; an assignment (``pid=$(...)``) is
-repeated before the commands after it.
+the default ports 8080-8082 (and gRPC's 7070-7071) rewritten to the real ones; an assignment
+(``pid=$(...)``) is repeated before the commands after it.
 ``python -m supervisor serve ...`` starts the server in the background (on free ports) and waits
 for its ready file; its expected lines must each appear in the server's log. Output is compared
 after :func:`normalise` (request ids, keys, pids, dates, ports, timestamps, durations); in the
@@ -34,6 +34,8 @@ from tests.helpers import eventually
 from tests.serveproc import ServeProcess, local_ports
 
 DEFAULT_PORTS = {"inference": "8080", "management": "8081", "metrics": "8082"}
+GRPC_PORTS = {"grpc_inference": "7070", "grpc_management": "7071"}  # host:port, no scheme
+GRPC_LISTENING = re.compile(r"listening: gRPC inference (\S+), gRPC management (\S+)")
 KEY_VARIABLES = {"IK": "inference", "MK": "management", "AK": "API"}
 STEP_TIMEOUT = 120  # seconds for one command (an archive build, a validation)
 SERVE = re.compile(r"^(?:\S*/)?python3? -m supervisor serve(?: |$)")
@@ -191,6 +193,9 @@ class DocSession:
         for kind, port in DEFAULT_PORTS.items():
             if kind in self.urls:
                 command = command.replace(f"http://127.0.0.1:{port}", self.urls[kind])
+        for kind, port in GRPC_PORTS.items():
+            if kind in self.urls:
+                command = command.replace(f"127.0.0.1:{port}", self.urls[kind])
         return command
 
     async def serve(self, command: str) -> None:
@@ -205,6 +210,8 @@ class DocSession:
         await eventually(lambda: ready.exists() or process.poll() is not None, within=90)
         assert ready.exists(), "\n".join(self.server.lines[-30:])
         self.urls = {kind: json.loads(ready.read_text())[kind] for kind in DEFAULT_PORTS}
+        if grpc := self.server.find(GRPC_LISTENING):
+            self.urls.update(grpc_inference=grpc[1], grpc_management=grpc[2])
 
     def read_keys(self) -> None:
         """``$IK``, ``$MK`` and ``$AK`` from the running server's key file, if it has one."""

@@ -313,6 +313,9 @@ async def test_errors_end_calls_with_torchserves_codes_and_our_messages(served):
     failed = await in_thread(rpc_error, clients.predict, b"fail")  # 503, as TorchServe's
     assert failed.code() == grpc.StatusCode.UNAVAILABLE
     assert failed.details() == "Prediction failed: ValueError: failed on purpose"
+    too_big = b"x" * (ServerConfig().max_request_size + 1)
+    big = await in_thread(rpc_error, clients.predict, too_big)
+    assert big.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     scale = management.ScaleWorkerRequest(model_name="nope", min_worker=1)
     missing = await in_thread(rpc_error, clients.manage, "ScaleWorker", scale)
     assert missing.code() == grpc.StatusCode.NOT_FOUND

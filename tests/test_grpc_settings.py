@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
+
 import pytest
 
 from supervisor.cli import _parser, config_from_args
 from supervisor.config import ConfigError
 from supervisor.models import tsconfig
 from supervisor.runner.state import serve_command
+from tests.serveproc import local_ports
 
 
 def config(*argv: str, environ: dict[str, str] | None = None):
@@ -62,3 +67,19 @@ def test_runners_start_servers_without_grpc_unless_asked(tmp_path):
     assert "--no-grpc" in serve_command([], tmp_path, "python")
     asked = serve_command(["--grpc-inference-address=127.0.0.1:0"], tmp_path, "python")
     assert "--no-grpc" not in asked
+
+
+@pytest.mark.slow
+def test_a_taken_grpc_port_stops_the_start_with_exit_1(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "supervisor", "serve", *local_ports(), "--ncs",
+             f"--grpc-inference-address=127.0.0.1:{port}"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert f"error: cannot listen on 127.0.0.1:{port} (gRPC inference)" in result.stderr
+    assert "Traceback" not in result.stderr
