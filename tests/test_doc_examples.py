@@ -14,7 +14,7 @@ import pytest
 
 from tests.docblocks import ROOT, blocks, run_by
 from tests.docrunner import DocSession
-from tests.helpers import ECHO_HANDLER, make_mar
+from tests.helpers import CRASH_AT_LOAD_HANDLER, ECHO_HANDLER, make_mar
 from tests.test_updates import GARBLING_HANDLER, VERSIONED_HANDLER, canary
 
 pytestmark = pytest.mark.slow
@@ -91,4 +91,28 @@ async def test_the_readme_doubler(nursery, tmp_path):
     """README.md's own model: the doubler handler, served from its directory, answering."""
     session = DocSession(tmp_path, nursery)
     await session.run(run_by(ROOT / "README.md", "test_the_readme_doubler"))
+    await session.stop()
+
+
+DESCRIBED_ECHO = (
+    ECHO_HANDLER
+    + """
+    def describe_handle(self):
+        return {"model": "echo", "kind": "echo"}
+"""
+)
+
+
+async def test_the_http_api_management_examples(nursery, tmp_path):
+    """docs/http-api.md's management API: register, errors, list, describe, scale, delete."""
+    store = tmp_path / "store"
+    make_mar(store, "echo", DESCRIBED_ECHO)
+    make_mar(store, "echo", DESCRIBED_ECHO, version="2.0").rename(store / "echo2.mar")
+    make_mar(store, "echo", DESCRIBED_ECHO)
+    make_mar(store, "broken", CRASH_AT_LOAD_HANDLER)
+    session = DocSession(tmp_path, nursery)
+    await session.serve(
+        "python -m supervisor serve --model-store store --enable-model-api --max-restarts 1"
+    )
+    await session.run(run_by(DOCS / "http-api.md", "test_the_http_api_management_examples"))
     await session.stop()
