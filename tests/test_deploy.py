@@ -30,10 +30,11 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import trio
+import tritonclient.grpc
 import yaml
 
 from tests.docblocks import run_by
-from tests.helpers import ECHO_HANDLER, make_mar
+from tests.helpers import ECHO_HANDLER, eventually, make_mar
 from tests.serveproc import ServeProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,6 +47,7 @@ K8S_VERSION = "1.31.0"
 CHECKOV_REQUIREMENTS = DEPLOY / "lint-requirements.txt"
 
 KEYS_IN_SECRET = "/etc/trio-supervisor/keys/key_file.json"
+GRPC_LISTENING = re.compile(r"listening: gRPC inference (\S+),")
 
 # ---------------------------------------------------------------------------------------------
 # Reading the files
@@ -567,6 +569,10 @@ async def test_entry_command_serves(image: dict[str, Path], case: str, tmp_path:
         async with httpx.AsyncClient(base_url=inference, timeout=30) as client:
             assert (await client.get("/v2/health/live")).status_code == 200
             await wait_status(client, "/v2/health/ready", 200)
+            await eventually(lambda: server.find(GRPC_LISTENING) is not None)
+            grpc_match = server.find(GRPC_LISTENING)
+            assert grpc_match is not None
+            assert await trio.to_thread.run_sync(grpc_live_and_ready, grpc_match.group(1))
             if args:
                 answer = await client.post("/predictions/echo", content=b"hi", headers=auth)
                 assert answer.status_code == 200
@@ -582,6 +588,15 @@ async def test_entry_command_serves(image: dict[str, Path], case: str, tmp_path:
         with trio.fail_after(90):
             assert await server.process.wait() == 0, "\n".join(server.lines[-20:])
         nursery.cancel_scope.cancel()
+
+
+def grpc_live_and_ready(target: str) -> bool:
+    """OIP v2 ServerLive and ServerReady over gRPC, with Triton's client."""
+    client = tritonclient.grpc.InferenceServerClient(target)
+    try:
+        return bool(client.is_server_live() and client.is_server_ready())
+    finally:
+        client.close()
 
 
 async def wait_status(client: httpx.AsyncClient, path: str, status: int) -> None:
