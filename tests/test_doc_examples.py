@@ -116,3 +116,9 @@ async def test_the_http_api_management_examples(nursery, tmp_path):
     )
     await session.run(run_by(DOCS / "http-api.md", "test_the_http_api_management_examples"))
     await session.stop()
+
+
+async def test_the_embedding_example(nursery, tmp_path):
+    """docs/embedding.md's complete example, run as a script, prints what the page shows."""
+    session = DocSession(tmp_path, nursery)
+    await session.run(run_by(DOCS / "embedding.md", "test_the_embedding_example"))
