@@ -1,6 +1,8 @@
 """What a connected dashboard costs the prediction path: no browser vs one event stream.
 
 Run: python bench/dashboard.py [--rounds N] [--duration S] [--quick] [--out FILE]
+     python bench/dashboard.py --micro
+
 
 One scenario (bench/compare.py's first): the tiny model (bench/models.py), 2
 workers, ``serve --disable-token-auth``, 32 keep-alive clients of
@@ -17,6 +19,11 @@ It prints one Markdown table: the median of each side, with/without, the spread
 of each ((max - min) / median) and whether the two ranges are apart, and how
 many messages the client read. Servers are stopped with SIGTERM and the run
 fails if any of their processes is left.
+
+``--micro`` times, in this process, what the server does once a second for the
+dashboard (best of 5 runs of 2,000): with no client, one sample of the latency
+histogram; with one, also the models' state (2 workers' memory read with psutil,
+the view built, encoded as JSON and framed as an event).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import signal
 import statistics
 import subprocess
@@ -35,12 +43,21 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import attrs
 import httpx
 import loadgen
 import models
+import orjson
 import run
 import servers
 from report import _table
+
+from supervisor.api.dashboard.view import models_view, sse_message
+from supervisor.config import ModelConfig
+from supervisor.supervision.hostmetrics import process_rss
+from supervisor.supervision.metrics import LATENCY_BUCKETS
+from supervisor.supervision.series import RequestSeries
+from supervisor.supervision.stats import ModelStats, WorkerStats
 
 SIDES = ("no client", "one client")
 METRICS = (
@@ -145,9 +162,46 @@ def _verdict(higher_is_better: bool, without: list[float], with_client: list[flo
     return "within spread"
 
 
+def micro(runs: int = 5, ticks: int = 2000) -> dict[str, float]:
+    """Microseconds per tick of the hub, without and with a client (best of ``runs``)."""
+    worker = WorkerStats("w1", os.getpid(), 1, "READY", time.time(), 0, 10, None, ("line",) * 20)
+    stats = ModelStats(
+        ModelConfig(name="tiny", handler="h", workers=2), "READY", True, None, (),
+        (worker, attrs.evolve(worker, id="w2")), 0, 3, 100, 1000, 0.0,
+    )  # fmt: skip
+    series = RequestSeries(LATENCY_BUCKETS)
+    labels = ("tiny", "1.0", "200", "rest")
+
+    def sample(i: int) -> None:
+        series.add(float(i), [(labels, tuple(i * (k + 1) for k in range(16)))])
+
+    def state(i: int) -> None:
+        sample(i)
+        models = models_view([stats], series, process_rss)
+        orjson.dumps(models)
+        sse_message("state", {"time": float(i), "models": models})
+
+    found = {}
+    for name, tick in (("no client", sample), ("one client", state)):
+        best = min(_timed(tick, ticks) for _ in range(runs))
+        found[name] = best / ticks * 1e6
+    return found
+
+
+def _timed(tick: Any, ticks: int) -> float:
+    started = time.perf_counter()
+    for i in range(ticks):
+        tick(i)
+    return time.perf_counter() - started
+
+
 def main() -> None:
     if sys.argv[1:2] == ["--read-events"]:
         read_events(sys.argv[2])
+        return
+    if sys.argv[1:2] == ["--micro"]:
+        for name, us in micro().items():
+            print(f"{name}: {us:.1f} us per tick (one tick a second)")
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="runs per side (default 3)")
