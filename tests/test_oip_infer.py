@@ -29,6 +29,8 @@ from handlers.protocol import InferItem
 from handlers.runtime import run_batch
 from supervisor import ModelConfig
 from supervisor.api import oipcodec, oiprest
+from supervisor.api.oip import declared_tensors
+from supervisor.models.tsconfig import model_yaml_settings
 from supervisor.server import serve
 from tests.docblocks import ROOT, run_by
 from tests.docrunner import DocSession
@@ -172,6 +174,26 @@ def test_split_target_takes_infer_with_or_without_a_version():
         "/v1/models/m/infer",
     ):
         assert oiprest.split_target(path) is None, path
+
+
+def test_metadata_tensors_come_from_model_config_yaml_and_bad_entries_are_left_out():
+    text = """
+minWorkers: 1
+oip:
+  inputs:
+    - {name: x, datatype: FP32, shape: [-1, 3]}
+    - {name: no_type, shape: [1]}
+    - {name: bad_dim, datatype: INT64, shape: [-2]}
+  outputs:
+    - {name: scores, datatype: FP32, shape: [-1, 2]}
+"""
+    _, handler_config = model_yaml_settings(text)
+    assert declared_tensors(handler_config, "inputs") == [
+        {"name": "x", "datatype": "FP32", "shape": [-1, 3]}
+    ]
+    assert declared_tensors(handler_config, "outputs") == LINEAR_OIP["outputs"]
+    assert declared_tensors({}, "inputs") == []
+    assert declared_tensors({"oip": "nonsense"}, "outputs") == []
 
 
 # --- the worker side, in process: the supervisor's canonical form through run_batch ------------
