@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 import trio
 from google.protobuf import empty_pb2
@@ -32,6 +33,7 @@ from supervisor.grpc.torchserve import client_address
 from supervisor.server import serve
 from tests.helpers import FAST_RESTARTS, make_mar
 from tests.test_security import read_keys, secure_config
+from tests.test_tls import make_pki
 
 LOCAL0 = "127.0.0.1:0"
 
@@ -213,14 +215,14 @@ async def served(nursery, tmp_path, handler_dir):
     urls = await nursery.start(partial(serve, config, shutdown=shutdown, handle_signals=False))
     clients = Clients(urls.grpc_inference, urls.grpc_management, read_keys(config))
     await wait_workers(clients, "probe", 1)
-    yield clients
+    yield clients, urls
     clients.close()
     shutdown.set()
 
 
 @pytest.mark.slow
 async def test_torchserves_client_walks_through_the_apis(served):
-    clients = served
+    clients, urls = served
     ping = await in_thread(clients.inference.Ping, empty_pb2.Empty())
     assert json.loads(ping.health) == {"status": "Healthy"}
 
@@ -246,8 +248,39 @@ async def test_torchserves_client_walks_through_the_apis(served):
     assert parts == [b"part0 ", b"part1 ", b"done stream 2"]
     joined = await in_thread(clients.predict, b"stream 2")
     assert joined.prediction == b"part0 part1 done stream 2"
+    await _stream_predictions2(clients)
+    async with httpx.AsyncClient() as http:
+        metrics = (await http.get(f"{urls.metrics}/metrics")).text
+    counted = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("supervisor_request_latency_seconds_count")
+        and 'protocol="grpc"' in line
+        and 'model_name="probe"' in line
+    ]
+    assert counted, "gRPC predictions are in the metrics with protocol grpc"
 
     await _register_scale_describe_unregister(clients)
+
+
+async def _stream_predictions2(clients: Clients) -> None:
+    """Each request of the client's stream answered in turn; a failure does not end the call."""
+    requests = [
+        inference.PredictionsRequest(model_name="probe", input={"data": b"one"}, sequence_id="s"),
+        inference.PredictionsRequest(model_name="nope", input={"data": b"two"}, sequence_id="s"),
+        inference.PredictionsRequest(model_name="probe", input={"data": b"stream 1"}),
+    ]
+    metadata = bearer(clients.keys["inference"])
+    answers = await in_thread(
+        lambda: list(clients.inference.StreamPredictions2(iter(requests), metadata=metadata))
+    )
+    assert [(a.prediction, a.sequence_id, a.status.code) for a in answers] == [
+        (b"done one", "s", 0),
+        (b"", "s", grpc.StatusCode.NOT_FOUND.value[0]),
+        (b"part0 ", "", 0),
+        (b"done stream 1", "", 0),
+    ]
+    assert answers[1].status.message == "Model not found: nope"
 
 
 async def _register_scale_describe_unregister(clients: Clients) -> None:
@@ -286,7 +319,7 @@ async def _register_scale_describe_unregister(clients: Clients) -> None:
 
 @pytest.mark.slow
 async def test_errors_end_calls_with_torchserves_codes_and_our_messages(served):
-    clients = served
+    clients, _ = served
     no_token = await in_thread(
         rpc_error,
         clients.inference.Predictions,
@@ -341,4 +374,33 @@ async def test_the_model_api_off_denies_registering_over_grpc(nursery, tmp_path)
     listed = await in_thread(clients.manage, "ListModels", management.ListModelsRequest())
     assert json.loads(listed) == {"models": []}
     clients.close()
+    shutdown.set()
+
+
+@pytest.mark.slow
+async def test_grpc_over_tls_with_the_https_ports_certificate(nursery, tmp_path):
+    pki = make_pki(tmp_path)
+    config = grpc_config(
+        tmp_path,
+        grpc_tls=True,
+        certificate_file=str(pki.certificate),
+        private_key_file=str(pki.key),
+    )
+    shutdown = trio.Event()
+    urls = await nursery.start(partial(serve, config, shutdown=shutdown, handle_signals=False))
+
+    def ping(credentials: grpc.ChannelCredentials | None) -> str:
+        channel = (
+            grpc.secure_channel(urls.grpc_inference, credentials)
+            if credentials
+            else grpc.insecure_channel(urls.grpc_inference)
+        )
+        with channel:
+            stub = inference_grpc.InferenceAPIsServiceStub(channel)
+            return str(stub.Ping(empty_pb2.Empty(), timeout=10).health)
+
+    trusted = grpc.ssl_channel_credentials(root_certificates=pki.ca.read_bytes())
+    assert "Healthy" in await in_thread(ping, trusted)
+    plain = await in_thread(rpc_error, ping, None)
+    assert plain.code() == grpc.StatusCode.UNAVAILABLE
     shutdown.set()

@@ -33,11 +33,12 @@ import trio
 from supervisor.api.management import ManagementContext
 from supervisor.api.oip import Readiness
 from supervisor.api.predict import Predictor
-from supervisor.config import ConfigError, ServerConfig
+from supervisor.config import ConfigError, ServerConfig, split_address
 from supervisor.grpc.management import ManagementService
 from supervisor.grpc.oip import OipService
 from supervisor.grpc.torchserve import InferenceService
 from supervisor.http.listeners import ListenError
+from supervisor.http.tls import server_context
 
 __all__ = ["INFERENCE_THREADS", "MANAGEMENT_THREADS", "GrpcAddresses", "GrpcServices", "run"]
 
@@ -183,11 +184,16 @@ def _installed_version() -> str:
 def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
     """The TLS credentials of ``grpc_tls`` (the HTTP ports' certificate and key), or None.
 
+    The files pass the https ports' checks first (a key others may read, an
+    encrypted key, a key that is not the certificate's, files that are not PEM).
+
     Raises:
-        ConfigError: the files cannot be read.
+        ConfigError: the files cannot be used (the message says why).
     """
     if not config.grpc_tls:
         return None
+    https = f"https://{split_address(config.inference_address)[1]}"
+    server_context(attrs.evolve(config, inference_address=https))  # the https ports' checks
     try:
         key = Path(config.private_key_file).read_bytes()
         chain = Path(config.certificate_file).read_bytes()

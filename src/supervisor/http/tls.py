@@ -33,7 +33,9 @@ def server_context(config: ServerConfig) -> ssl.SSLContext | None:
             and how to fix it).
     """
     if not config.tls_addresses:
-        if config.certificate_file or config.private_key_file:
+        if (config.certificate_file or config.private_key_file) and not (
+            config.grpc and config.grpc_tls
+        ):
             log.warning(
                 "certificate_file and private_key_file are set but no address is https://: "
                 "every port serves plain http"
