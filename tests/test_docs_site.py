@@ -70,9 +70,9 @@ def test_the_site_loads_nothing_from_other_hosts():
     assert not config.get("extra_javascript")
 
 
-def load_hook() -> ModuleType:
-    path = ROOT / "docs_hooks/cli_reference.py"
-    spec = importlib.util.spec_from_file_location("cli_reference", path)
+def load_hook(name: str = "cli_reference") -> ModuleType:
+    path = ROOT / f"docs_hooks/{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -92,6 +92,20 @@ def test_the_cli_reference_is_the_real_help_of_each_command():
         assert f"usage: python -m supervisor {command}" in built
     for flag in ("--enable-model-api", "--export-path", "--canaries"):
         assert flag in built
+
+
+def test_a_page_or_stylesheet_that_loads_from_another_host_is_found(tmp_path):
+    offline = load_hook("offline")
+    (tmp_path / "index.html").write_text(
+        '<a href="https://trio.readthedocs.io">trio</a><link href="assets/main.css">'
+    )
+    assert offline.remote_resources(tmp_path) == []
+    (tmp_path / "font.html").write_text(
+        '<link rel="stylesheet" href="https://fonts.googleapis.com/css?family=Roboto">'
+    )
+    (tmp_path / "main.css").write_text('@import "//cdn.example.com/x.css"; a{}')
+    found = offline.remote_resources(tmp_path)
+    assert [line.split(":")[0] for line in found] == ["font.html", "main.css"]
 
 
 def test_a_bad_command_in_the_cli_reference_fails_the_build():
