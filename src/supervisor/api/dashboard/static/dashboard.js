@@ -53,6 +53,14 @@ function start() {
   $("models").addEventListener("click", onModelClick);
   if (state.keyRequired && !state.key) showSignIn("");
   else connect();
+  setInterval(tick, 1000); // uptimes move on between the server's messages
+}
+
+function tick() {
+  for (const [id, card] of state.cards) {
+    const model = state.models.get(id);
+    if (model) renderWorkers(card, model);
+  }
 }
 
 function showSignIn(message) {
