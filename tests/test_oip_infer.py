@@ -22,6 +22,7 @@ import orjson
 import pytest
 import torch
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 
 from handlers import PredictionException
 from handlers.context import Context
@@ -300,13 +301,13 @@ async def server(nursery, tmp_path, handler_dir):
         base_url=urls.inference, headers=bearer(keys["inference"]), timeout=60
     ) as client:
         await wait_ready(client, urls.inference, ["linear", "echo", "ts"])
-        yield client, keys
+        yield client, keys, f"{urls.metrics}/metrics"
     shutdown.set()
 
 
 @pytest.mark.slow
 async def test_oip_inference_on_a_real_server(server):
-    client, keys = server
+    client, keys, metrics_url = server
     await _every_datatype_there_and_back(client)
     await _id_outputs_and_parameters(client)
     await _refusals(client, keys)
@@ -314,6 +315,7 @@ async def test_oip_inference_on_a_real_server(server):
     await _linear_model_batches_with_plain_requests(client)
     await _torchserve_handler_gets_the_json_request(client)
     await _metadata_declared_in_the_model_config(client)
+    await _counted_with_the_oip_rest_label(client, metrics_url)
 
 
 async def _every_datatype_there_and_back(client: httpx.AsyncClient) -> None:
@@ -513,8 +515,10 @@ async def _linear_model_batches_with_plain_requests(client: httpx.AsyncClient) -
     assert np.allclose(answers[-1].json(), in_process([[1.0, 2.0, 3.0]])[0], atol=1e-6)
     wrong = {"inputs": [{"name": "x", "datatype": "INT64", "shape": [1, 3], "data": [1, 2, 3]}]}
     r = await client.post("/v2/models/linear/infer", json=wrong)
-    assert r.status_code == 400
-    assert "'x'" in r.json()["error"]
+    assert (r.status_code, r.json()) == (
+        400,
+        {"error": "input 'x' is INT64; this model takes FP32"},
+    )
 
 
 async def _torchserve_handler_gets_the_json_request(client: httpx.AsyncClient) -> None:
@@ -564,3 +568,25 @@ async def test_the_protocols_oip_rest_examples(nursery, tmp_path):
         run_by(ROOT / "docs" / "protocols.md", "test_the_protocols_oip_rest_examples")
     )
     await session.stop()
+
+
+async def _counted_with_the_oip_rest_label(client: httpx.AsyncClient, metrics_url: str) -> None:
+    """Each OIP request is in the latency histogram with ``protocol="oip-rest"``."""
+
+    def count(text: str, protocol: str) -> float:
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "supervisor_request_latency_seconds_count"
+            and sample.labels.get("model_name") == "echo"
+            and sample.labels.get("protocol") == protocol
+        )
+
+    before = count((await client.get(metrics_url)).text, "oip-rest")
+    request = {"inputs": [{"name": "a", "datatype": "INT8", "shape": [1], "data": [1]}]}
+    for _ in range(3):
+        assert (await client.post("/v2/models/echo/infer", json=request)).status_code == 200
+    after = count((await client.get(metrics_url)).text, "oip-rest")
+    assert after - before == 3
+    assert count((await client.get(metrics_url)).text, "rest") == 0  # none went as /predictions

@@ -41,6 +41,7 @@ __all__ = [
     "CANONICAL_TYPE",
     "TENSOR_METHOD",
     "PlainRunner",
+    "datatype_of",
     "encode_outputs",
     "is_tensor_request",
     "read_inputs",
@@ -207,6 +208,12 @@ def encode_outputs(result: Any, names: Sequence[str] = ()) -> tuple[bytes, str]:
     return b"".join([head, *raws]), f"{CANONICAL_TYPE}; header-length={len(head)}"
 
 
+def datatype_of(dtype: Any) -> str:
+    """The OIP datatype of a ``torch.dtype`` (its torch name when OIP has none)."""
+    name = str(dtype).removeprefix("torch.")
+    return _OIP.get(name, name)
+
+
 def _named(result: Any, names: Sequence[str]) -> dict[str, Any]:
     if isinstance(result, Mapping):
         return {str(k): v for k, v in result.items()}
@@ -230,8 +237,8 @@ def _tensor_bytes(value: Any) -> tuple[str, list[int], bytes]:
         elements = [v.encode() if isinstance(v, str) else v for v in value]
         return "BYTES", [len(elements)], b"".join(_LEN.pack(len(e)) + e for e in elements)
     tensor = torch.as_tensor(value).detach().cpu().contiguous()
-    datatype = _OIP.get(str(tensor.dtype).removeprefix("torch."))
-    if datatype is None:
+    datatype = datatype_of(tensor.dtype)
+    if datatype not in _TORCH:
         raise TypeError(f"no OIP datatype for {tensor.dtype}")
     raw = tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
     return datatype, list(tensor.shape), raw

@@ -25,6 +25,7 @@ from typing import Any
 from handlers.base import PredictionException
 from handlers.builtin.rejection import BadInput, RejectingHandler
 from handlers.context import Context
+from handlers.oip import datatype_of
 from handlers.torch_handler import request_payload
 
 __all__ = ["TensorHandler", "output_rows"]
@@ -123,9 +124,9 @@ class TensorHandler(RejectingHandler):
             return PredictionException(f"this model takes one input, got {len(inputs)}", 400)
         name, tensor = next(iter(inputs.items()))
         if not isinstance(tensor, torch.Tensor) or tensor.dtype != self.dtype:
-            kind = tensor.dtype if isinstance(tensor, torch.Tensor) else "BYTES"
+            kind = datatype_of(tensor.dtype) if isinstance(tensor, torch.Tensor) else "BYTES"
             return PredictionException(
-                f"input '{name}' is {kind}; this model takes {self.dtype}", 400
+                f"input '{name}' is {kind}; this model takes {datatype_of(self.dtype)}", 400
             )
         if tensor.dim() == 0:
             return PredictionException(f"input '{name}' needs a batch dimension", 400)
