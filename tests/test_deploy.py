@@ -446,6 +446,12 @@ def substitute(text: str, paths: dict[str, Path]) -> str:
     return text
 
 
+def ignored() -> list[str]:
+    """The names Containerfile.dockerignore keeps out of the build wherever they are."""
+    lines = (DEPLOY / "Containerfile.dockerignore").read_text().splitlines()
+    return [line.removeprefix("**/") for line in lines if line.startswith("**/")]
+
+
 def copy_sources(stage: list[tuple[str, str]], context: Path) -> None:
     """Do the stage's ``COPY`` lines from the repository into ``context`` (its WORKDIR)."""
     for keyword, rest in stage:
@@ -458,7 +464,7 @@ def copy_sources(stage: list[tuple[str, str]], context: Path) -> None:
             into = target / Path(source).name if dest.endswith("/") else target
             into.parent.mkdir(parents=True, exist_ok=True)
             if (ROOT / source).is_dir():
-                shutil.copytree(ROOT / source, into, ignore=shutil.ignore_patterns("__pycache__"))
+                shutil.copytree(ROOT / source, into, ignore=shutil.ignore_patterns(*ignored()))
             else:
                 shutil.copy(ROOT / source, into)
 
