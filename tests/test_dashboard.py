@@ -130,6 +130,7 @@ async def test_the_stream_starts_with_a_snapshot_and_shows_a_kill_as_it_happens(
         stream = await stack.enter_async_context(aclosing(events(response)))
         kind, snapshot = await anext(stream)
         assert kind == "snapshot"
+        assert snapshot["server"]["pid"] == os.getpid()  # this test's process serves
         [echo] = snapshot["models"]
         assert (echo["name"], echo["state"], echo["isDefault"]) == ("echo", "READY", True)
         [worker] = echo["workers"]

@@ -218,6 +218,7 @@ def test_sign_in_is_required_and_a_wrong_key_is_refused(browser, server):
 def test_models_and_worker_pids_appear(page, server):
     pid = server.describe("echo")["workers"][0]["pid"]
     _until(page, lambda d: _cell(d, "echo", "w1", "pid") == str(pid))
+    assert f"pid {server.process.pid}" in page.find_element(By.ID, "server").text
     assert _cell(page, "echo", "w1", "label").startswith("w1#")
     assert _card(page, "echo").find_element(By.CSS_SELECTOR, ".pill.default").is_displayed()
     assert "READY" in _card(page, "echo").text
@@ -313,8 +314,10 @@ def test_the_page_is_usable_at_desktop_and_phone_sizes(page, server, width, heig
             assert element.is_displayed(), selector
             assert rect["x"] >= 0, selector
             assert rect["x"] + rect["width"] <= width, selector
-        top = _card(page, "echo") if width > 600 else page.find_element(By.ID, "models")
-        page.execute_script("arguments[0].scrollIntoView({block: 'start'})", top)
+        if width > 600:  # the model under load, its workers and the timeline
+            page.execute_script("arguments[0].scrollIntoView()", _card(page, "echo"))
+        else:  # the top of the page: the server and the FAILED model
+            page.execute_script("window.scrollTo(0, 0)")
         if directory := os.environ.get("DASHBOARD_SCREENSHOTS"):
             Path(directory).mkdir(parents=True, exist_ok=True)
             assert page.save_screenshot(str(Path(directory) / f"dashboard-{width}x{height}.png"))

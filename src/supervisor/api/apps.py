@@ -83,7 +83,8 @@ def build_apps(
         open_paths = {"/token", *_DESCRIPTION_PATHS, *DASHBOARD_PATHS}
         require_token(management, tokens, "management", open_paths)
     add_management_routes(management, ManagementContext(sup, config, tokens, scratch))
-    hub = Hub(sup, metrics.latency_counts, stopping=readiness.stopping if readiness else None)
+    stopping = readiness.stopping if readiness else None
+    hub = Hub(sup, metrics.latency_counts, stopping=stopping, version=_version())
     lifetime = stream_lifetime(config.read_timeout)
     add_dashboard_routes(management, hub, lifetime=lifetime, key_required=tokens is not None)
     _add_description(management, "management")

@@ -12,6 +12,7 @@ and starts again from a snapshot); nothing is ever buffered without limit.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -56,6 +57,7 @@ class Hub:
         clock: wall-clock time (seconds since the epoch).
         stopping: set when the server starts to stop: every stream ends then, so
             that an open page does not hold the shutdown for its grace period.
+        version: the server's version, shown at the top of the page.
     """
 
     def __init__(
@@ -67,8 +69,10 @@ class Hub:
         buffer: int = 64,
         clock: Callable[[], float] = time.time,
         stopping: trio.Event | None = None,
+        version: str = "",
     ) -> None:
         self.sup = sup
+        self._server = {"version": version, "pid": os.getpid(), "startedAt": clock()}
         self._stopping = stopping if stopping is not None else trio.Event()
         self.series = RequestSeries(LATENCY_BUCKETS)
         self._counts = latency_counts
@@ -132,7 +136,7 @@ class Hub:
             self._remove(subscriber)
 
     def snapshot(self) -> dict[str, Any]:
-        """Everything a page starts from: models, recent events, the kept samples."""
+        """Everything a page starts from: the server, models, recent events, the kept samples."""
         models = models_view(self.sup.statistics(), self.series, process_rss)
         series = {
             f"{m['name']}/{m['version']}": [
@@ -141,7 +145,13 @@ class Hub:
             for m in models
         }
         events = [e.to_json() for e in self.sup.events.recent(RECENT_EVENTS)]
-        return {"time": self._clock(), "models": models, "events": events, "series": series}
+        return {
+            "time": self._clock(),
+            "server": self._server,
+            "models": models,
+            "events": events,
+            "series": series,
+        }
 
     def _on_event(self, event: Event) -> None:
         self._broadcast(sse_message("event", event.to_json()))

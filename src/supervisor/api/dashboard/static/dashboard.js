@@ -16,6 +16,7 @@ const state = {
   cards: new Map(), // "name/version" -> its card's elements
   series: new Map(), // "name/version" -> samples, oldest first
   events: [],
+  server: null, // version, pid, startedAt
   retry: null,
   delay: 500, // before the next connection; doubles while streams fail or end at once
 };
@@ -57,6 +58,7 @@ function start() {
 }
 
 function tick() {
+  renderServer();
   for (const [id, card] of state.cards) {
     const model = state.models.get(id);
     if (model) renderWorkers(card, model);
@@ -169,6 +171,7 @@ function dispatch(block) {
 // ---- what the stream says --------------------------------------------------------------
 
 function onSnapshot(snapshot) {
+  state.server = snapshot.server;
   state.series = new Map(Object.entries(snapshot.series));
   state.events = snapshot.events.slice().reverse();
   renderTimeline();
@@ -192,6 +195,7 @@ function onState(message) {
       state.models.delete(id);
     }
   }
+  renderServer();
 }
 
 function addSample(id, sample) {
@@ -210,6 +214,16 @@ function onEvent(event) {
 }
 
 // ---- rendering -----------------------------------------------------------------------------
+
+function renderServer() {
+  const server = state.server;
+  if (!server) return;
+  const now = Date.now() / 1000 + state.offset;
+  const workers = [...state.models.values()].reduce((n, m) => n + m.workers.length, 0);
+  const parts = [`v${server.version}`, `pid ${server.pid}`, `up ${duration(now - server.startedAt)}`];
+  parts.push(`${state.models.size} model version(s), ${workers} worker(s)`);
+  $("server").textContent = parts.join(" · ");
+}
 
 function renderModel(id, model) {
   let card = state.cards.get(id);
