@@ -222,6 +222,12 @@ def test_models_and_worker_pids_appear(page, server):
     assert _cell(page, "echo", "w1", "label").startswith("w1#")
     assert _card(page, "echo").find_element(By.CSS_SELECTOR, ".pill.default").is_displayed()
     assert "READY" in _card(page, "echo").text
+    log = 'tr[data-worker="w1"] button[data-action="log"]'
+    _card(page, "echo").find_element(By.CSS_SELECTOR, log).click()  # the log tail on demand
+    _until(page, lambda d: d.find_element(By.ID, "logs").get_attribute("open") is not None)
+    assert "echo handler ready" in page.find_element(By.ID, "logs-text").text
+    assert f"(pid {pid})" in page.find_element(By.ID, "logs-title").text
+    page.find_element(By.ID, "logs-close").click()
 
 
 def test_a_killed_worker_shows_its_signal_and_incarnation_2_within_3_seconds(page, server):
