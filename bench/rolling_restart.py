@@ -30,6 +30,7 @@ import csv
 import io
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -62,11 +63,23 @@ KEYS = {
 AUTH = {"Authorization": f"Bearer {KEYS['inference']['key']}", "Content-Type": "text/plain"}
 
 
-def free_port() -> int:
-    """A port of 127.0.0.1 that is free now (the server binds it moments later)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+def free_port(rng: random.Random) -> int:
+    """A free port of 127.0.0.1 below the ephemeral range.
+
+    A restarted server binds its port again; a port in the ephemeral range could
+    meanwhile become the local end of some outgoing connection (HAProxy's, a
+    client's), and the bind would fail. Ports below the range are never chosen so.
+    """
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(1000):
+        port = rng.randrange(10000, low)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise OSError(f"no free port of 127.0.0.1 between 10000 and {low}")
 
 
 def haproxy_config(frontend: int, stats: int, servers: list[int], inter_ms: int) -> str:
@@ -135,7 +148,7 @@ class Fleet:
             "--management-address=127.0.0.1:0", "--metrics-address=127.0.0.1:0",
             "--models", f"echo=echo_handler@{model_dir}", "--workers", "2",
             "--keys-from", str(self.root / "secret" / "key_file.json"),
-            "--pre-stop-delay", str(self.pre_stop_delay), "--ncs",
+            "--pre-stop-delay", str(self.pre_stop_delay), "--ncs", "--no-grpc",
         ]  # fmt: skip
 
     async def start_server(self, i: int) -> None:
@@ -251,7 +264,7 @@ async def kill_one(fleet: Fleet, i: int) -> dict[str, Any]:
     down_after = await fleet.wait_haproxy(f"s{i}", "DOWN")
     await proc.wait()
     fleet.procs[i] = None
-    await trio.sleep(1.0)  # and then a while with two servers
+    await trio.sleep(2.0)  # and then a while with two servers
     calls = fleet.calls[first:]
     failed = [c for c in calls if not c.ok]
     return {
@@ -274,9 +287,12 @@ async def scenario(
     (secret / "key_file.json").chmod(0o444)
     secret.chmod(0o555)  # mounted read-only, as a Secret volume is
     fleet = Fleet(root, pre_stop_delay, inter_ms)
-    fleet.ports = [free_port() for _ in range(3)]
+    rng = random.Random()
+    ports: set[int] = set()
+    while len(ports) < 5:
+        ports.add(free_port(rng))
+    *fleet.ports, fleet.frontend, fleet.stats = sorted(ports, key=lambda _: rng.random())
     fleet.procs = [None] * 3
-    fleet.frontend, fleet.stats = free_port(), free_port()
     config = root / "haproxy.cfg"
     config.write_text(haproxy_config(fleet.frontend, fleet.stats, fleet.ports, inter_ms))
     try:

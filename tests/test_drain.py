@@ -105,7 +105,13 @@ async def test_an_embedder_s_shutdown_skips_the_pre_stop_delay(nursery, tmp_path
 async def start_echo(nursery: trio.Nursery, handler_dir, *flags: str) -> ServeProcess:
     model_dir = handler_dir("echo_handler", ECHO_HANDLER)
     server = ServeProcess(
-        model_dir, *local_ports(), "--models", f"echo=echo_handler@{model_dir}", "--ncs", *flags
+        model_dir,
+        *local_ports(),
+        "--models",
+        f"echo=echo_handler@{model_dir}",
+        "--ncs",
+        "--no-grpc",
+        *flags,
     )
     await nursery.start(server.run)
     await eventually(lambda: server.has("ready (pid") and server.find(LISTENING) is not None, 60)

@@ -61,7 +61,7 @@ def test_a_rolling_restart_loses_no_request(figures):
 
 def test_kill_9_fails_only_the_requests_in_flight_on_that_server(figures):
     killed = figures["kill_9"]
-    assert killed["requests"] > 50, killed
+    assert killed["requests"] > 20, killed  # the load went on, on the other two
     assert killed["failed_started_before_kill"] == killed["failures"], killed["failed"]
     assert killed["failures"] <= 4  # one request in flight per client at most
     assert killed["down_after_ms"] < INTER_MS + 500  # about one check interval (a loaded CI)
