@@ -178,6 +178,14 @@ def test_manifest_validates_against_the_kubernetes_schema(path: Path):
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 
 
+def test_kubernetes_schema_check_refuses_a_misspelt_field():
+    deployment = manifest(KUBERNETES / "deployment.yaml", "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    container["readinessprobe"] = container.pop("readinessProbe")
+    with pytest.raises(kubernetes_validate.ValidationError, match="readinessprobe"):
+        kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
+
+
 def test_kustomization_lists_every_manifest_and_names_what_they_use():
     kust = kustomization()
     assert sorted(kust["resources"]) == sorted(p.name for p in kubernetes_files())
