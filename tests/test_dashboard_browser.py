@@ -25,7 +25,7 @@ import attrs
 import httpx
 import pytest
 
-from tests.helpers import CRASH_AT_LOAD_HANDLER, ECHO_HANDLER
+from tests.helpers import CRASH_AT_LOAD_HANDLER, ECHO_HANDLER, make_mar
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -72,9 +72,12 @@ class Server:
     def key(self) -> str:
         return str(self.keys["management"]["key"])
 
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
     def describe(self, name: str) -> dict[str, Any]:
-        headers = {"Authorization": f"Bearer {self.key}"}
-        answer = httpx.get(f"{self.management}/models/{name}", headers=headers, timeout=10)
+        answer = httpx.get(f"{self.management}/models/{name}", headers=self.headers, timeout=10)
         answer.raise_for_status()
         return answer.json()[0]  # type: ignore[no-any-return]
 
@@ -85,6 +88,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     for name, handler in (("echo", ECHO_HANDLER), ("broken", CRASH_AT_LOAD_HANDLER)):
         (root / name).mkdir()
         (root / name / f"{name}_handler.py").write_text(handler)
+    make_mar(root / "store", "echo", ECHO_HANDLER, version="2.0")
     log = root / "server.log"
     args = [
         *(
@@ -94,6 +98,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         ),
         *(f"--{kind}-address=127.0.0.1:0" for kind in ("inference", "management", "metrics")),
         *("--ncs", "--max-restarts", "2", "--backoff-initial", "0.1", "--backoff-max", "0.2"),
+        *("--model-store", str(root / "store"), "--enable-model-api"),
     ]
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -182,8 +187,8 @@ def _console_errors(driver: Any) -> list[dict[str, Any]]:
     return [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
 
 
-def _card(driver: Any, model: str) -> Any:
-    return driver.find_element(By.CSS_SELECTOR, f'article[data-model="{model}/1.0"]')
+def _card(driver: Any, model: str, version: str = "1.0") -> Any:
+    return driver.find_element(By.CSS_SELECTOR, f'article[data-model="{model}/{version}"]')
 
 
 def _cell(driver: Any, model: str, worker: str, name: str) -> str:
@@ -329,3 +334,25 @@ def test_the_page_is_usable_at_desktop_and_phone_sizes(page, server, width, heig
             assert page.save_screenshot(str(Path(directory) / f"dashboard-{width}x{height}.png"))
     finally:
         _viewport(page, *SIZES[0])
+
+
+def test_making_a_version_the_default_from_the_page(page, server):
+    params = {"url": "echo.mar", "initial_workers": 1, "synchronous": "true"}
+    url = f"{server.management}/models"
+    registered = httpx.post(url, params=params, headers=server.headers, timeout=60)
+    assert registered.status_code == 200, registered.text
+    _until(page, lambda d: "READY" in _card(d, "echo", "2.0").text, within=30)
+    default = 'button[data-action="default"]'
+    assert not _card(page, "echo").find_element(By.CSS_SELECTOR, default).is_displayed()
+    _card(page, "echo", "2.0").find_element(By.CSS_SELECTOR, default).click()
+    assert "Make version 2.0 the default of echo?" in page.find_element(By.ID, "confirm-text").text
+    _confirm(page)
+    _until(
+        page,
+        lambda d: d.find_element(
+            By.CSS_SELECTOR, '[data-model="echo/2.0"] .default'
+        ).is_displayed(),
+    )
+    assert not _card(page, "echo").find_element(By.CSS_SELECTOR, ".pill.default").is_displayed()
+    assert server.describe("echo")["modelVersion"] == "2.0"
+    assert "update.switched" in page.find_element(By.ID, "timeline").text
