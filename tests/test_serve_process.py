@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -99,19 +100,22 @@ async def test_default_serve_logs_a_curl_line_that_works(nursery, tmp_path):
     server = ServeProcess(tmp_path, *local_ports())
     await nursery.start(server.run)
     await eventually(lambda: server.has("curl -X POST"), within=30)
+    key_line = next(line for line in server.lines if "KEY=$(" in line)
     line = next(line for line in server.lines if "curl -X POST" in line)
-    command = line[line.index("curl") :]
+    command = key_line[key_line.index("KEY=") :] + "; " + line[line.index("curl") :]
     result = await trio.run_process(["sh", "-c", command + " -s"], capture_stdout=True)
     assert b'"label": "setosa"' in result.stdout
     maps = await trio.Path(f"/proc/{server.process.pid}/maps").read_text()
     assert "libtorch" not in maps  # the supervisor process never loads torch
     assert "numpy" not in maps  # nor numpy, which the workers' torch imports
-    assert "Authorization: Bearer" in command  # tokens are on by default
+    assert 'Authorization: Bearer $KEY"' in command  # tokens are on by default
     key_file = tmp_path / "key_file.json"
     assert key_file.stat().st_mode & 0o777 == 0o600
-    no_token = command.replace(
-        command[command.index("-H 'Authorization") :].split("' ")[0] + "' ", ""
-    )
+    keys = json.loads(key_file.read_text())
+    log = "\n".join(server.lines)
+    assert keys["inference"]["key"] not in log  # no secret in the log
+    assert keys["management"]["key"] not in log
+    no_token = line[line.index("curl") :].replace('-H "Authorization: Bearer $KEY" ', "")
     refused = await trio.run_process(["sh", "-c", no_token + " -s"], capture_stdout=True)
     assert b'"code": 401' in refused.stdout
     server.process.send_signal(signal.SIGINT)

@@ -137,7 +137,8 @@ async def serve(
                 max_workers_total=config.max_workers_total,
             ) as sup:
                 config, snapshots = await _open_snapshots(config, restore_snapshot)
-                started = _Started(tokens, ready_file, task_status, tls, stopping)
+                keys = _key_path(config) if tokens is not None else None
+                started = _Started(tokens, ready_file, task_status, tls, stopping, keys)
                 await _serve_with(sup, config, Path(scratch), shutdown, started, snapshots)
         root.cancel_scope.cancel()
     log.info("stopped")
@@ -156,6 +157,7 @@ class _Started:
     task_status: trio.TaskStatus[BaseURLs]
     tls: ssl.SSLContext | None = None
     stopping: trio.Event = attrs.field(factory=trio.Event)
+    key_path: str | None = None
 
 
 async def _serve_with(
@@ -414,7 +416,8 @@ async def _announce(
             endpoints.grpc_inference,
             endpoints.grpc_management,
         )
-    outcomes = [await _settled(model, pool, endpoints, started.tokens) for model, pool in loaded]
+    keys = started.key_path
+    outcomes = [await _settled(model, pool, endpoints, keys) for model, pool in loaded]
     if started.ready_file is not None:
         e = endpoints
         report = ReadyReport(os.getpid(), e.inference, e.management, e.metrics, tuple(outcomes))
@@ -425,7 +428,7 @@ async def _announce(
 
 
 async def _settled(
-    configured: ModelConfig, pool: Pool | str, endpoints: BaseURLs, tokens: Tokens | None
+    configured: ModelConfig, pool: Pool | str, endpoints: BaseURLs, key_path: str | None
 ) -> ModelOutcome:
     """Wait until a start-up model is ready or failed; log how to call a ready one."""
     if isinstance(pool, str):
@@ -436,20 +439,32 @@ async def _settled(
     except WorkerStartFailed as exc:
         log.error("model %s could not start: %s", pool.label, exc.message)
         return ModelOutcome(model.name, model.version, FAILED, exc.message, exc.log_tail)
-    _log_try_line(pool, endpoints, tokens)
+    _log_try_line(pool, endpoints, key_path)
     return ModelOutcome(model.name, model.version, READY)
 
 
-def _log_try_line(pool: Pool, endpoints: BaseURLs, tokens: Tokens | None) -> None:
+def _key_path(config: ServerConfig) -> str:
+    """Where the keys are: the provided file, else the key file this server writes."""
+    if config.keys_from:
+        return config.keys_from
+    given = Path(config.key_file)
+    return str(given.parent.resolve() / given.name)
+
+
+def _log_try_line(pool: Pool, endpoints: BaseURLs, key_path: str | None) -> None:
+    """Log a curl command that works; the key is read from its file, never logged."""
     model = pool.config
     url = f"{endpoints.inference}/predictions/{model.name}"
-    auth = f"-H 'Authorization: Bearer {tokens.inference}' " if tokens else ""
+    auth = '-H "Authorization: Bearer $KEY" ' if key_path else ""
     if model.handler == DEFAULT_MODEL.handler:
         data = f"{auth}-H 'Content-Type: application/json' -d {shlex.quote(IRIS_EXAMPLE)}"
         log.info("serving the built-in iris classifier as %r; try:", model.name)
     else:
         data = f"{auth}-T INPUT_FILE"
         log.info("serving model %s (%s); try:", pool.label, model.handler)
+    if key_path:
+        read = "import json, sys; print(json.load(open(sys.argv[1]))['inference']['key'])"
+        log.info("  KEY=$(python3 -c %s %s)", shlex.quote(read), shlex.quote(key_path))
     log.info("  curl -X POST %s %s", url, data)
 
 
