@@ -21,7 +21,7 @@ import trio
 
 from supervisor.auth import read_key_file
 from supervisor.cli import _parser, config_from_args
-from supervisor.config import ConfigError, env_settings
+from supervisor.config import ConfigError, env_defaults, env_settings
 from supervisor.server import serve
 from tests.docblocks import ROOT, blocks
 from tests.test_oip_rest import wait_state
@@ -101,6 +101,37 @@ def test_the_environment_wins_over_the_file_and_loses_to_flags(tmp_path):
     flags = serve_args("--config", str(toml), "--pre-stop-delay", "0", "--readiness", "any")
     config = config_from_args(flags, environ)
     assert (config.pre_stop_delay, config.readiness) == (0.0, "any")
+
+
+def test_model_defaults_come_from_supervisor_defaults_variables():
+    environ = {
+        "SUPERVISOR_DEFAULTS_WORKERS": "2",
+        "SUPERVISOR_DEFAULTS_WARM_SPARE": "yes",
+        "SUPERVISOR_DEFAULTS_RESPONSE_TIMEOUT": "30",
+        "SUPERVISOR_DEFAULTS_RESTART_MAX_RESTARTS": "9",
+        "SUPERVISOR_DEFAULTS_NAME": "not-a-default",  # a model's identity is not a default
+        "SUPERVISOR_DEFAULTS_HANDLER_CONFIG": "{}",  # nor a table
+    }
+    assert env_defaults(environ) == {
+        "workers": 2,
+        "warm_spare": True,
+        "response_timeout": 30.0,
+        "restart": {"max_restarts": 9},
+    }
+    with pytest.raises(ConfigError, match="SUPERVISOR_DEFAULTS_RESTART_WINDOW: expected a number"):
+        env_defaults({"SUPERVISOR_DEFAULTS_RESTART_WINDOW": "a minute"})
+
+
+def test_model_defaults_from_the_environment_sit_between_the_file_and_the_flags(tmp_path):
+    toml = tmp_path / "server.toml"
+    toml.write_text("[defaults]\nworkers = 1\nbatch_size = 4\n[defaults.restart]\nwindow = 30.0\n")
+    environ = {"SUPERVISOR_DEFAULTS_WORKERS": "2", "SUPERVISOR_DEFAULTS_RESTART_MAX_RESTARTS": "7"}
+    [model] = config_from_args(serve_args("--config", str(toml)), environ).models
+    assert (model.workers, model.batch_size) == (2, 4)
+    assert (model.restart.max_restarts, model.restart.window) == (7, 30.0)
+    flags = serve_args("--config", str(toml), "--workers", "3")
+    [model] = config_from_args(flags, environ).models
+    assert model.workers == 3
 
 
 def test_an_invalid_variable_is_a_config_error_naming_the_key():

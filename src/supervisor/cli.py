@@ -5,8 +5,8 @@ iris classifier. Settings come in layers, later ones winning: a TorchServe
 ``config.properties`` (``--ts-config``, else ``$TS_CONFIG_FILE``), then our TOML
 file (``--config``), then TorchServe's ``TS_*`` environment variables (only
 when the properties file sets ``enable_envvars_config=true``), then our
-``SUPERVISOR_<KEY>`` variables (always read; ``supervisor.config.env_settings``),
-then flags.
+``SUPERVISOR_<KEY>`` and ``SUPERVISOR_DEFAULTS_<KEY>`` variables (always read;
+``supervisor.config.env_settings`` and ``env_defaults``), then flags.
 Server and model-default keys win one by one (``restart`` keys too); a list of
 models replaces the lists below it (``--models`` over ``TS_LOAD_MODELS`` over
 ``[[models]]`` over ``load_models``). ``torchserve``'s own flags (``--start``,
@@ -35,6 +35,7 @@ from supervisor.config import (
     load_config,
     read_toml,
 )
+from supervisor.config import env_defaults as own_env_defaults
 from supervisor.logsetup import configure_console
 from supervisor.models import archiver, tsconfig
 from supervisor.models.archive import ARCHIVE_SUFFIXES
@@ -346,7 +347,13 @@ def config_from_args(
     models: list[Any] = next(m for m in layers if m is not None)
     return load_config(
         server={**ts_server, **file["server"], **env_server, **own_env, **flags},
-        defaults=_layered(ts_defaults, file["defaults"], env_defaults, _default_flags(args)),
+        defaults=_layered(
+            ts_defaults,
+            file["defaults"],
+            env_defaults,
+            own_env_defaults(environ),
+            _default_flags(args),
+        ),
         models=models,
     )
 

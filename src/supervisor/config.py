@@ -47,6 +47,7 @@ __all__ = [
     "ConfigError",
     "ModelConfig",
     "ServerConfig",
+    "env_defaults",
     "env_settings",
     "load_config",
     "model_config",
@@ -393,6 +394,8 @@ class ServerConfig:
 ENV_PREFIX = "SUPERVISOR_"
 """``SUPERVISOR_<KEY>`` sets the ``[server]`` key ``key`` (``SUPERVISOR_PRE_STOP_DELAY``)."""
 _NOT_FROM_ENV = frozenset({"models", "defaults", "allowed_urls"})
+_IDENTITY = frozenset({"name", "handler", "url", "version", "model_dir"})
+_SCALARS = ("int", "float", "bool", "str", "bool | str")
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
 
@@ -408,12 +411,35 @@ def env_settings(environ: Mapping[str, str]) -> dict[str, Any]:
     Raises:
         ConfigError: a value is not of its key's type (the variable is named).
     """
+    return _from_env(ServerConfig, ENV_PREFIX, environ, _NOT_FROM_ENV)
+
+
+def env_defaults(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The ``[defaults]`` keys that ``SUPERVISOR_DEFAULTS_<KEY>`` variables set.
+
+    ``SUPERVISOR_DEFAULTS_RESTART_<KEY>`` sets ``[defaults.restart]`` keys. A
+    model's identity (``name``, ``handler``, ``url``, ``version``, ``model_dir``)
+    and ``handler_config`` are not model defaults.
+
+    Raises:
+        ConfigError: a value is not of its key's type (the variable is named).
+    """
+    found = _from_env(ModelConfig, f"{ENV_PREFIX}DEFAULTS_", environ, _IDENTITY)
+    restart = _from_env(RestartPolicy, f"{ENV_PREFIX}DEFAULTS_RESTART_", environ, frozenset())
+    if restart:
+        found["restart"] = restart
+    return found
+
+
+def _from_env(
+    cls: type[Any], prefix: str, environ: Mapping[str, str], skip: frozenset[str]
+) -> dict[str, Any]:
     found: dict[str, Any] = {}
-    for field in attrs.fields(ServerConfig):
-        name = ENV_PREFIX + field.name.upper()
-        if field.name in _NOT_FROM_ENV or name not in environ:
+    for field in attrs.fields(cls):
+        name, kind = prefix + field.name.upper(), str(field.type)
+        if field.name in skip or kind not in _SCALARS or name not in environ:
             continue
-        found[field.name] = _env_value(name, str(field.type), environ[name])
+        found[field.name] = _env_value(name, kind, environ[name])
     return found
 
 
