@@ -8,8 +8,8 @@ the default ports 8080-8082 (and gRPC's 7070-7071) rewritten to the real ones; a
 ``python -m supervisor serve ...`` starts the server in the background (on free ports) and waits
 for its ready file; its expected lines must each appear in the server's log (at least as the
 start of a log line). Output is compared after :func:`normalise` (request ids, keys, pids, dates,
-ports, timestamps, durations); in the expected text a line ``...`` stands for any lines and
-``...`` inside a line for any text.
+times, ports, timestamps, durations, memory); in the expected text a line ``...`` stands for
+any lines and ``...`` inside a line for any text.
 
 An ``sh`` block runs as one script (a ``supervisor serve`` line in it starts the server instead),
 and a ``text`` block right after it, run by the same test, is its expected output; or, when it
@@ -54,6 +54,8 @@ NORMALISE = [
     (re.compile(r"\bpid \d+"), "pid <pid>"),
     (re.compile(r'"pid": \d+'), '"pid": <pid>'),
     (re.compile(r'"latencyMs": [\d.]+'), '"latencyMs": <ms>'),
+    (re.compile(r'"(startTime|time)": "[\d\-T:.]+Z"'), r'"\1": "<time>"'),
+    (re.compile(r'"(uptime|memoryUsage)": [\d.]+'), r'"\1": <n>'),
     (re.compile(r"127\.0\.0\.1:\d+"), "127.0.0.1:<port>"),
     (re.compile(r"\bin \d+(?:\.\d+)? (m?s)\b"), r"in <time> \1"),
 ]
