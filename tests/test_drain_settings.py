@@ -134,6 +134,17 @@ def test_model_defaults_from_the_environment_sit_between_the_file_and_the_flags(
     assert model.workers == 3
 
 
+def test_the_toml_file_may_be_named_by_the_environment(tmp_path):
+    toml = tmp_path / "server.toml"
+    toml.write_text("[server]\npre_stop_delay = 12.0\n")
+    config = config_from_args(serve_args(), {"SUPERVISOR_CONFIG_FILE": str(toml)})
+    assert config.pre_stop_delay == 12.0
+    other = tmp_path / "other.toml"
+    other.write_text("[server]\npre_stop_delay = 3.0\n")
+    flag = serve_args("--config", str(other))
+    assert config_from_args(flag, {"SUPERVISOR_CONFIG_FILE": str(toml)}).pre_stop_delay == 3.0
+
+
 def test_an_invalid_variable_is_a_config_error_naming_the_key():
     with pytest.raises(ConfigError, match="readiness"):
         config_from_args(serve_args(), {"SUPERVISOR_READINESS": "most"})

@@ -139,7 +139,8 @@ def _add_sources(serve: argparse.ArgumentParser) -> None:
     serve.add_argument(
         "--config",
         metavar="FILE",
-        help="TOML config ([server], [defaults], [[models]]); wins over --ts-config",
+        help="TOML config ([server], [defaults], [[models]]); wins over --ts-config "
+        "(default: $SUPERVISOR_CONFIG_FILE)",
     )
     serve.add_argument("--model-store", metavar="DIR", help="directory that models are found in")
     serve.add_argument("--models", nargs="+", metavar="SPEC", help=_MODELS_HELP)
@@ -327,7 +328,7 @@ def config_from_args(
     source = path or "config.properties"
     props = _ts_properties(path, environ)
     env = _env_layer(props, environ)
-    file = read_toml(args.config)
+    file = read_toml(args.config or environ.get("SUPERVISOR_CONFIG_FILE") or None)
     file["server"].setdefault("config_snapshots", True)  # the CLI's default; --ncs wins
     file["server"].setdefault("grpc", True)  # the CLI's default; --no-grpc wins
     flags = _server_flags(args)
