@@ -4,6 +4,8 @@
 write their figures to ``.reliability/`` for docs/reliability.md.
 """
 
+from pathlib import Path
+
 import nox
 
 nox.options.default_venv_backend = "venv"
@@ -42,6 +44,15 @@ def docs(session: nox.Session) -> None:
     session.install(*CONSTRAINTS, "-e", ".[docs]")
     quiet = {"NO_MKDOCS_2_WARNING": "1"}  # Material's end-of-life banner, not about this site
     session.run("mkdocs", "build", "--strict", "--site-dir", "site", *session.posargs, env=quiet)
+
+
+@nox.session(python="3.11")
+def protos(session: nox.Session) -> None:
+    """Regenerate the gRPC modules from src/supervisor/grpc/protos/*.proto (commit the result)."""
+    session.install("grpcio-tools==1.81.1", "googleapis-common-protos>=1.70,<2")  # as pyproject
+    python = str(Path(session.bin) / "python")
+    generate = "src/supervisor/grpc/protos/generate.sh"
+    session.run("bash", generate, env={"PYTHON": python}, external=True)
 
 
 @nox.session(python="3.11")

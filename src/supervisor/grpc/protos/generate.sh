@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Makes the Python modules of the .proto files beside this script (checked in):
 #
+#   nox -s protos         (a venv with the pinned grpcio-tools, then this script)
 #   PYTHON=.nox/tests/bin/python src/supervisor/grpc/protos/generate.sh [OUTPUT_ROOT]
 #
 # OUTPUT_ROOT defaults to src/ (the modules land beside the protos); the test
