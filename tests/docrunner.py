@@ -36,6 +36,7 @@ from tests.serveproc import ServeProcess, local_ports
 
 DEFAULT_PORTS = {"inference": "8080", "management": "8081", "metrics": "8082"}
 GRPC_PORTS = {"grpc_inference": "7070", "grpc_management": "7071"}  # host:port, no scheme
+GRPC_FLAGS = ("grpc-inference", "grpc-management")  # free ports, as for the HTTP ones
 GRPC_LISTENING = re.compile(r"listening: gRPC inference (\S+), gRPC management (\S+)")
 KEY_VARIABLES = {"IK": "inference", "MK": "management", "AK": "API"}
 STEP_TIMEOUT = 120  # seconds for one command (an archive build, a validation)
@@ -208,7 +209,8 @@ class DocSession:
         await self.stop()
         args = shlex.split(command, comments=True)[4:]  # after "python -m supervisor serve"
         ready = self.cwd / ".doc-ready.json"
-        self.server = ServeProcess(self.cwd, *args, *local_ports(), "--ready-file", str(ready))
+        ports = [*local_ports(), *(f"--{kind}-address=127.0.0.1:0" for kind in GRPC_FLAGS)]
+        self.server = ServeProcess(self.cwd, *args, *ports, "--ready-file", str(ready))
         await self.nursery.start(self.server.run)
         process = self.server.process
         assert process is not None
