@@ -14,6 +14,7 @@ from __future__ import annotations
 from functools import partial
 
 import grpc
+import httpx
 import numpy as np
 import pytest
 import trio
@@ -50,7 +51,7 @@ async def served(nursery, tmp_path, handler_dir):
                 partial(client.is_model_ready, name, headers=headers)
             ):
                 await trio.sleep(0.05)
-    yield client, headers, urls.grpc_inference
+    yield client, headers, urls
     client.close()
     shutdown.set()
 
@@ -64,11 +65,21 @@ def raised(fn, *args, **kwargs) -> InferenceServerException:
 
 
 async def test_tritonclient_health_metadata_and_inference(served):
-    client, headers, target = served
+    client, headers, urls = served
     await trio.to_thread.run_sync(_health_and_metadata, client, headers)
     await trio.to_thread.run_sync(_inference, client, headers)
     await trio.to_thread.run_sync(_errors, client, headers)
-    await trio.to_thread.run_sync(_typed_contents_under_torchserves_name, target, headers)
+    await trio.to_thread.run_sync(
+        _typed_contents_under_torchserves_name, urls.grpc_inference, headers
+    )
+    async with httpx.AsyncClient() as http:
+        metrics = (await http.get(f"{urls.metrics}/metrics")).text
+    assert any(
+        line.startswith("supervisor_request_latency_seconds_count")
+        and 'protocol="oip-grpc"' in line
+        and 'model_name="linear"' in line
+        for line in metrics.splitlines()
+    )
 
 
 def _health_and_metadata(client: triton.InferenceServerClient, headers: dict[str, str]) -> None:
