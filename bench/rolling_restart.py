@@ -1,6 +1,6 @@
 """Rolling restarts and a kill -9 behind a real load balancer (HAProxy), on loopback.
 
-Run: python bench/rolling_restart.py [--pre-stop-delay S] [--clients N] [--json]
+Run: python bench/rolling_restart.py [--pre-stop-delay S] [--clients N] [--server-close] [--json]
 
 Three ``python -m supervisor serve`` processes (one echo model each, the same
 API keys from one read-only key file, as a Kubernetes Secret gives every
@@ -17,10 +17,12 @@ flight per client). Then:
    the kill (all must: only requests in flight on it may fail), and the time
    until HAProxy marked it DOWN.
 
-HAProxy retries a refused connection on another server (``retries 2``,
-``option redispatch``), as a production config does; it never retries a request
-that reached a server. Needs ``haproxy`` on PATH (Debian: ``apt-get install
-haproxy``). Only 127.0.0.1 is contacted; every wait is bounded.
+HAProxy keeps its server connections open and reuses them (its default mode,
+``http-reuse safe``; ``--server-close``: one per request), and retries a refused
+connection on another server (``retries 2``, ``option redispatch``), as a
+production config does; it never resends a request that reached a server.
+Needs ``haproxy`` on PATH (Debian: ``apt-get install haproxy``). Only 127.0.0.1
+is contacted; every wait is bounded.
 """
 
 from __future__ import annotations
@@ -82,8 +84,14 @@ def free_port(rng: random.Random) -> int:
     raise OSError(f"no free port of 127.0.0.1 between 10000 and {low}")
 
 
-def haproxy_config(frontend: int, stats: int, servers: list[int], inter_ms: int) -> str:
-    """HAProxy's config: round robin over ``servers``, checks on the readiness route."""
+def haproxy_config(
+    frontend: int, stats: int, servers: list[int], inter_ms: int, *, keep_alive: bool = True
+) -> str:
+    """HAProxy's config: round robin over ``servers``, checks on the readiness route.
+
+    ``keep_alive`` keeps server connections open and reuses them (HAProxy's default
+    mode, ``http-reuse safe``); otherwise each request has its own server connection.
+    """
     lines = [
         "global",
         "    maxconn 256",
@@ -93,7 +101,7 @@ def haproxy_config(frontend: int, stats: int, servers: list[int], inter_ms: int)
         "    timeout client 30s",
         "    timeout server 30s",
         "    timeout check 1s",
-        "    option http-server-close",
+        "    http-reuse safe" if keep_alive else "    option http-server-close",
         "    retries 2",
         "    option redispatch",
         "frontend inference",
@@ -276,7 +284,7 @@ async def kill_one(fleet: Fleet, i: int) -> dict[str, Any]:
 
 
 async def scenario(
-    root: Path, *, pre_stop_delay: float, clients: int, inter_ms: int
+    root: Path, *, pre_stop_delay: float, clients: int, inter_ms: int, keep_alive: bool = True
 ) -> dict[str, Any]:
     """The whole run: start, load, rolling restart, kill -9, stop. Returns the figures."""
     (root / "model").mkdir()
@@ -294,7 +302,9 @@ async def scenario(
     *fleet.ports, fleet.frontend, fleet.stats = sorted(ports, key=lambda _: rng.random())
     fleet.procs = [None] * 3
     config = root / "haproxy.cfg"
-    config.write_text(haproxy_config(fleet.frontend, fleet.stats, fleet.ports, inter_ms))
+    config.write_text(
+        haproxy_config(fleet.frontend, fleet.stats, fleet.ports, inter_ms, keep_alive=keep_alive)
+    )
     try:
         async with trio.open_nursery() as nursery:
             for i in range(3):
@@ -339,7 +349,9 @@ async def _balanced(fleet: Fleet, config: Path, clients: int) -> dict[str, Any]:
 
 def _print(result: dict[str, Any], args: argparse.Namespace) -> None:
     r, k = result["rolling_restart"], result["kill_9"]
+    mode = "one per request" if args.server_close else "kept alive and reused"
     print(f"3 servers behind HAProxy, {args.clients} clients, checks every {args.inter_ms} ms")
+    print(f"server connections: {mode}")
     print(f"pre_stop_delay {args.pre_stop_delay:g} s")
     print(
         f"rolling restart: {r['requests']} requests in {r['seconds']} s, {r['failures']} "
@@ -358,6 +370,12 @@ def main() -> None:
     parser.add_argument("--pre-stop-delay", type=float, default=5.0, help="default 5 (as served)")
     parser.add_argument("--clients", type=int, default=4, help="default 4")
     parser.add_argument("--inter-ms", type=int, default=200, help="health check interval")
+    parser.add_argument(
+        "--server-close",
+        action="store_true",
+        help="one server connection per request (option http-server-close); default: HAProxy's "
+        "own, server connections kept alive and reused (http-reuse safe)",
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
     if shutil.which("haproxy") is None:
@@ -371,6 +389,7 @@ def main() -> None:
                     pre_stop_delay=args.pre_stop_delay,
                     clients=args.clients,
                     inter_ms=args.inter_ms,
+                    keep_alive=not args.server_close,
                 )
             )
         finally:

@@ -1,8 +1,9 @@
 """Rolling restarts and a kill -9 behind a real HAProxy: no request lost to a drain.
 
 Runs ``bench/rolling_restart.py`` (three servers on loopback behind Debian's
-``haproxy``, health checks on ``/v2/health/ready``, steady load from a few
-clients) with the served defaults, and checks its figures: a rolling restart
+``haproxy`` in its default mode, server connections kept alive and reused,
+health checks on ``/v2/health/ready``, steady load from a few clients) with the
+served defaults, and checks its figures: a rolling restart
 (SIGTERM, wait, start again, each server in turn) fails no request and never
 makes HAProxy retry; a kill -9 fails only requests already in flight on the
 killed server, and HAProxy marks it DOWN within about one check interval.
