@@ -24,6 +24,9 @@ __all__ = ["Rpc", "abort"]
 
 T = TypeVar("T")
 
+_NO_DEADLINE = 1e9
+"""Seconds beyond which a call's time remaining means none (grpcio reports about 9e18)."""
+
 
 class Rpc:
     """One gRPC call's way into the trio loop.
@@ -39,7 +42,8 @@ class Rpc:
         self.ended = False  # trio side only
         self._scope: trio.CancelScope | None = None
         remaining = context.time_remaining()
-        self._remaining = math.inf if remaining is None else max(0.0, remaining)
+        none = remaining is None or remaining > _NO_DEADLINE
+        self._remaining = math.inf if none else max(0.0, remaining)
         if not context.add_callback(self._on_end):
             self.ended = True
 
