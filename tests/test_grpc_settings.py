@@ -83,3 +83,10 @@ def test_a_taken_grpc_port_stops_the_start_with_exit_1(tmp_path):
     assert result.returncode == 1, result.stderr
     assert f"error: cannot listen on 127.0.0.1:{port} (gRPC inference)" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_runners_start_servers_without_a_pre_stop_delay_unless_asked(tmp_path):
+    assert "--pre-stop-delay=0" in serve_command([], tmp_path, "python")
+    asked = serve_command(["--pre-stop-delay=3"], tmp_path, "python")
+    assert "--pre-stop-delay=0" not in asked
+    assert asked.index("--pre-stop-delay=3") > asked.index("serve")

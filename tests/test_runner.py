@@ -197,6 +197,8 @@ async def test_trio_runner_reports_a_server_killed_while_starting(store):
         assert runner.pid is not None
         server = psutil.Process(runner.pid)
         await eventually(lambda: bool(server.children()))  # its worker is loading
+        # and the server has said so (on a loaded machine the line can come later)
+        await eventually(lambda: any("loading model slow" in x for x in runner.log_tail()))
         processes = family(runner.pid)
         os.kill(runner.pid, signal.SIGKILL)
         with pytest.raises(ServerStartFailed, match=r"killed by signal 9 \(SIGKILL\)") as caught:

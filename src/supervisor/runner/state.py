@@ -218,7 +218,9 @@ def serve_command(
     the key file and the ready file in ``scratch``. Config snapshots are off
     (``--ncs``) unless the caller names a ``--snapshot-dir``: a server started to
     test a model serves the models it was given. gRPC is off (``--no-grpc``)
-    unless the caller names a ``--grpc-...`` address.
+    unless the caller names a ``--grpc-...`` address. No pre-stop delay
+    (``--pre-stop-delay 0``) unless the caller sets one: no load balancer stands
+    in front of a runner's server, so ``stop()`` drains at once.
 
     Raises:
         ValueError: ``addresses`` names an API that does not exist.
@@ -232,6 +234,8 @@ def serve_command(
         own.append("--ncs")  # the models asked for, not a snapshot left in the working directory
     if not any(arg.startswith(("--grpc-", "--no-grpc")) for arg in args):
         own.append("--no-grpc")  # its endpoints are HTTP; 7070 and 7071 would be shared by all
+    if not any(arg.startswith("--pre-stop-delay") for arg in args):
+        own.append("--pre-stop-delay=0")  # nothing to take it out of rotation first
     return [python, "-m", "supervisor", "serve", *args, *own]
 
 
