@@ -12,15 +12,16 @@ with RESOURCE_EXHAUSTED rather than queued unseen); each call is bridged into
 the trio loop (``supervisor.grpc.bridge``). ``run`` reports the bound addresses
 (port 0 picks a free one) and, when ``shutdown`` is set, stops both servers with
 ``shutdown_grace``: new calls are refused, calls in flight get the grace to be
-answered, then the rest are cancelled; the thread pools are shut down and
-waited for, so no thread outlives ``run``. ``SO_REUSEPORT`` is off, so a port
+answered, then the rest are cancelled; the thread pools and grpcio's own
+threads are joined, so no thread outlives ``run``. ``SO_REUSEPORT`` is off, so a port
 that is taken fails the start (``ListenError``) instead of being shared.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from importlib import metadata
@@ -40,12 +41,23 @@ from supervisor.grpc.torchserve import InferenceService
 from supervisor.http.listeners import ListenError
 from supervisor.http.tls import server_context
 
-__all__ = ["INFERENCE_THREADS", "MANAGEMENT_THREADS", "GrpcAddresses", "GrpcServices", "run"]
+__all__ = [
+    "GRPCIO_THREADS",
+    "INFERENCE_THREADS",
+    "MANAGEMENT_THREADS",
+    "GrpcAddresses",
+    "GrpcServices",
+    "run",
+]
 
 INFERENCE_THREADS = 32
 """gRPC inference calls served at once (each holds a thread while it waits)."""
 MANAGEMENT_THREADS = 8
 """gRPC management calls served at once."""
+GRPCIO_THREADS = ("(_serve)", "(cancel_all_calls_after_grace)")
+"""How the threads grpcio's server starts are named (``Thread-N (function)``)."""
+JOIN_TIMEOUT = 5.0
+"""Seconds a stopped server's own threads get to end (they end at once)."""
 
 
 @attrs.frozen
@@ -106,7 +118,7 @@ async def run(
         ]
         try:
             for port in ports:
-                port.server.start()
+                port.start()
             task_status.started(GrpcAddresses(*addresses))
             await shutdown.wait()
             await _stop(ports, config.shutdown_grace)
@@ -117,11 +129,16 @@ async def run(
 
 @attrs.define
 class _Port:
-    """One grpcio server and its thread pool."""
+    """One grpcio server, its thread pool, and the threads grpcio starts for it."""
 
     name: str
     server: grpc.Server
     pool: ThreadPoolExecutor
+    threads: list[threading.Thread] = attrs.field(factory=list)
+
+    def start(self) -> None:
+        """Start serving (grpcio starts its polling thread: noted, to be joined at ``stop``)."""
+        self.threads += _started_by(self.server.start)
 
     def bind(self, address: str, credentials: grpc.ServerCredentials | None) -> str:
         """Bind ``address`` (port 0: a free one); the bound ``host:port``.
@@ -143,8 +160,12 @@ class _Port:
 
     def stop(self, grace: float) -> None:
         """Refuse new calls, give those in flight ``grace`` seconds, then join the threads."""
-        self.server.stop(grace).wait()
+        done: list[threading.Event] = []
+        self.threads += _started_by(lambda: done.append(self.server.stop(grace)))
+        done[0].wait()
         self.pool.shutdown(wait=True, cancel_futures=True)
+        for thread in self.threads:
+            thread.join(JOIN_TIMEOUT)  # each ends as soon as the server has stopped
 
 
 @contextlib.contextmanager
@@ -164,6 +185,14 @@ def _port(
         yield port
     finally:
         port.stop(0)
+
+
+def _started_by(fn: Callable[[], object]) -> list[threading.Thread]:
+    """grpcio's threads that ``fn`` started (grpcio never joins them)."""
+    before = set(threading.enumerate())
+    fn()
+    new = [t for t in threading.enumerate() if t not in before]
+    return [t for t in new if t.name.endswith(GRPCIO_THREADS)]
 
 
 async def _stop(ports: Sequence[_Port], grace: float) -> None:
