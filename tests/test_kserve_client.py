@@ -29,6 +29,8 @@ import trio
 
 from supervisor import ModelConfig, ServerConfig
 from supervisor.server import BaseURLs, serve
+from tests.docblocks import ROOT, run_by
+from tests.docrunner import DocSession
 from tests.helpers import FAST_RESTARTS
 from tests.test_builtin_handlers import linear_model
 from tests.test_kserve_v1 import linear_dir
@@ -340,3 +342,17 @@ async def test_kserve_grpc_client(nursery, tmp_path, handler_dir, kserve_python)
     assert seen["bad shape"][0] == "INVALID_ARGUMENT"
     assert "'x'" in seen["bad shape"][1]
     assert seen["no token"][0] == "UNAUTHENTICATED"
+
+
+async def test_the_protocols_kserve_v1_examples(nursery, tmp_path, kserve_python):
+    """docs/protocols.md, KServe v1: the adder, with curl and with kserve's client.
+
+    The page's ``python`` is the kserve environment's (the server is started
+    with the test environment's Python, as every page's ``serve`` is).
+    """
+    session = DocSession(tmp_path, nursery)
+    session.env["PATH"] = f"{kserve_python.parent}{os.pathsep}{session.env['PATH']}"
+    await session.run(
+        run_by(ROOT / "docs" / "protocols.md", "test_the_protocols_kserve_v1_examples")
+    )
+    await session.stop()
