@@ -1,6 +1,7 @@
 """Every protocol on one server: /predictions, OIP v2 REST JSON and binary, OIP and TorchServe gRPC.
 
 Run: python bench/protocols.py [--rounds N] [--duration S] [--quick] [--out FILE]
+                                [--profile DIR [--py-spy PATH]]
 
 The tiny model of bench/models.py (``Linear(16, 4)``, the same weights and
 ``handle`` as bench/run.py's figure), plus the tensor contract
@@ -15,12 +16,17 @@ times (default 3), and the table gives the medians:
   binary one with ``Inference-Header-Content-Length`` and a binary output;
 - OIP gRPC (``ModelInfer``, raw contents) and TorchServe gRPC (``Predictions``,
   the JSON body): grpcio's asyncio client with the generated stubs, one channel
-  per client (as the HTTP clients have one connection each).
+  per client (as the HTTP clients have one connection each);
+- KServe v1 (no target): ``:predict`` with one instance, the same JSON list.
 
 Ratios are to ``/predictions`` (targets: OIP REST >= 0.9, gRPC >= 0.8). Then the
 supervisor's idle RSS with gRPC on and with ``--no-grpc`` (a fresh server each,
 after 5 requests and 1 s idle). Servers are stopped with SIGTERM and the run
 fails if any of their processes is left.
+
+``--profile DIR`` adds one more load run of each protocol, not measured, with
+py-spy (``record --gil``, 200 Hz) on the supervisor; the raw profiles go to DIR
+and a summary per protocol (bench/profile_summary.py) is printed.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import json
 import re
 import statistics
 import struct
+import subprocess
 import sys
 import tempfile
 import time
@@ -44,6 +51,7 @@ from typing import Any
 import grpc
 import loadgen
 import models
+import profile_summary
 import run
 import servers
 from report import _table
@@ -53,7 +61,14 @@ from supervisor.grpc.protos import inference_pb2_grpc as ts_grpc
 from supervisor.grpc.protos import open_inference_grpc_pb2 as oip_pb
 from supervisor.grpc.protos import open_inference_grpc_pb2_grpc as oip_grpc
 
-PROTOCOLS = ("/predictions", "OIP REST JSON", "OIP REST binary", "OIP gRPC", "TorchServe gRPC")
+PROTOCOLS = (
+    "/predictions",
+    "OIP REST JSON",
+    "OIP REST binary",
+    "OIP gRPC",
+    "TorchServe gRPC",
+    "KServe v1",
+)
 TARGETS = {"OIP REST JSON": 0.9, "OIP REST binary": 0.9, "OIP gRPC": 0.8, "TorchServe gRPC": 0.8}
 GRPC_LINE = re.compile(r"listening: gRPC inference (\S+), gRPC management (\S+)")
 CONCURRENCY = 32
@@ -110,10 +125,12 @@ def rest_specs(base: str, plan: run.Plan) -> dict[str, loadgen.LoadSpec]:
     }
     infer = f"{base}/v2/models/tiny/infer"
     oip_json = json.dumps({"inputs": [{**tensor, "data": row()}]}).encode()
+    v1 = json.dumps({"instances": [row()]}).encode()
     return {
         "/predictions": loadgen.LoadSpec(f"{base}/predictions/tiny", models.body("tiny"), **common),
         "OIP REST JSON": loadgen.LoadSpec(infer, oip_json, **common),
         "OIP REST binary": loadgen.LoadSpec(infer, header + raw, binary, **common),
+        "KServe v1": loadgen.LoadSpec(f"{base}/v1/models/tiny:predict", v1, **common),
     }
 
 
@@ -180,6 +197,28 @@ def measure(server: servers.Server, target: str, protocol: str, plan: run.Plan) 
     return run._load_once(server, rest_specs(server.inference, plan)[protocol], {})
 
 
+def profile(server: servers.Server, target: str, plan: run.Plan, out: Path, spy: str) -> dict:
+    """One unmeasured load run per protocol with py-spy on the supervisor; summaries."""
+    out.mkdir(parents=True, exist_ok=True)
+    found = {}
+    for protocol in PROTOCOLS:
+        raw = out / f"{protocol.replace('/', '').replace(' ', '-')}.txt"
+        record = [spy, "record", "--gil", "-r", "200", "--format", "raw", "--nonblocking"]
+        record += [
+            "-d",
+            str(max(1, int(plan.duration))),
+            "-p",
+            str(server.proc.pid),
+            "-o",
+            str(raw),
+        ]
+        with subprocess.Popen(record, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as spy_:
+            measure(server, target, protocol, plan)
+            spy_.wait(timeout=60)
+        found[protocol] = profile_summary.summarise(raw, top=8)
+    return found
+
+
 def build(root: Path) -> str:
     """The tiny model with the tensor contract; its ``--models`` spec."""
     spec = run._child_json("build", str(root / "models"))["tiny"]
@@ -242,6 +281,8 @@ def main() -> None:
     parser.add_argument("--duration", type=float, help="seconds per load run (default 4)")
     parser.add_argument("--quick", action="store_true", help="short runs (a smoke test)")
     parser.add_argument("--out", metavar="FILE", help="write every run's figures as JSON here")
+    parser.add_argument("--profile", metavar="DIR", type=Path, help="profile each protocol too")
+    parser.add_argument("--py-spy", default="py-spy", help="the py-spy command (--profile)")
     args = parser.parse_args()
     plan = dataclasses.replace(run.Plan.quick() if args.quick else run.Plan(), repeats=1)
     if args.duration is not None:
@@ -249,7 +290,7 @@ def main() -> None:
     started = time.perf_counter()
     results: dict[str, Any] = {"machine": run.machine(), "plan": dataclasses.asdict(plan)}
     try:
-        results.update(_run(plan, args.rounds))
+        results.update(_run(plan, args.rounds, args.profile, args.py_spy))
     finally:
         results["leftover_pids"] = servers.leftovers()
     print(
@@ -261,6 +302,12 @@ def main() -> None:
     _table([*header, "x /predictions", "target", "", "errors"], rows(results["runs"]))
     rss = results["idle_rss_mb"]
     _table(["supervisor idle RSS", "MiB"], [[k, v] for k, v in rss.items()])
+    for protocol, summary in results.get("profiles", {}).items():
+        print(
+            f"{protocol}: {summary['samples']} samples; by package {summary['self_by_package_pct']}"
+        )
+        print(f"  stages {summary['stages_pct']}")
+        print(f"  top self {summary['top_self_pct']}\n")
     print(f"Server processes left: {results['leftover_pids'] or 'none'}")
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))
@@ -268,7 +315,7 @@ def main() -> None:
         sys.exit(f"server processes left running: {results['leftover_pids']}")
 
 
-def _run(plan: run.Plan, rounds: int) -> dict[str, Any]:
+def _run(plan: run.Plan, rounds: int, profiles: Path | None, spy: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="trio-supervisor-protocols-") as tmp:
         root = Path(tmp)
         spec = build(root)
@@ -286,13 +333,14 @@ def _run(plan: run.Plan, rounds: int) -> dict[str, Any]:
                         file=sys.stderr,
                         flush=True,
                     )
+            summaries = profile(server, target, plan, profiles, spy) if profiles else {}
         rss = {}
         for grpc_on in (True, False):
             with serving(spec, root, grpc_on=grpc_on) as (server, _):
                 rss[f"gRPC {'on' if grpc_on else 'off'}"] = run.idle_rss(server, "tiny")[
                     "supervisor"
                 ]
-        return {"runs": found, "idle_rss_mb": rss}
+        return {"runs": found, "idle_rss_mb": rss, "profiles": summaries}
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from typing import Any
 
 import orjson
@@ -140,9 +141,8 @@ def _error(outcome: Outcome, body: bytes, rid: bytes) -> Answer:
 def _said(body: bytes) -> str:
     """What a handler's own error answer says (its ``message``, or its text)."""
     parsed = _parsed(body)
-    if isinstance(parsed, dict) and isinstance(parsed.get("message"), str):
-        return parsed["message"]
-    return parsed if isinstance(parsed, str) else body.decode("utf-8", "replace")
+    message = parsed.get("message") if isinstance(parsed, dict) else parsed
+    return message if isinstance(message, str) else body.decode("utf-8", "replace")
 
 
 def _parsed(body: bytes) -> Any:
@@ -194,17 +194,26 @@ class KServeV1:
             # through the pipeline all the same: the token is checked first, the 400 counted
             call = Call(model, None, fields, _refusal(exc), protocol=PROTOCOL, gone=gone)
             return render([(await self.predictor.infer(call), b"")], verb)
+        instance = partial(self._instance, model, fields, gone=gone)
+        if len(rows) == 1:  # no nursery for the common case
+            return render([await instance(rows[0])], verb)
         results: list[tuple[Outcome, bytes] | None] = [None] * len(rows)
 
         async def one(index: int, row: Any) -> None:
-            params: Params = {"body": ("application/json", orjson.dumps(row))}
-            call = Call(model, None, fields, params, protocol=PROTOCOL, gone=gone)
-            results[index] = await _settled(await self.predictor.infer(call))
+            results[index] = await instance(row)
 
         async with trio.open_nursery() as nursery:
             for index, row in enumerate(rows):
                 nursery.start_soon(one, index, row)
         return render([r for r in results if r is not None], verb)
+
+    async def _instance(
+        self, model: str, fields: dict[str, str], row: Any, *, gone: Callable[[], bool] | None
+    ) -> tuple[Outcome, bytes]:
+        """One instance through the pipeline: its outcome and its answer's bytes."""
+        params: Params = {"body": ("application/json", orjson.dumps(row))}
+        call = Call(model, None, fields, params, protocol=PROTOCOL, gone=gone)
+        return await _settled(await self.predictor.infer(call))
 
 
 def _refusal(error: InvalidRequest) -> Callable[[], Params]:
