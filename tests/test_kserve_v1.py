@@ -278,6 +278,8 @@ async def _check_errors(client: httpx.AsyncClient, base: str, auth: dict[str, st
     assert (r.status_code, r.json()) == (404, {"error": "Model not found: nope"})
     r = await post(f"{base}/probe:infer", json={"instances": [1]})  # GET /v1/models/{name}'s
     assert r.status_code == 405
+    r = await post(f"{base}/%70robe:predict", json={"instances": [5]})  # to the Quart route
+    assert (r.status_code, r.json()["predictions"][0]["got"]) == (200, 5)
     traced = {**auth, "X-Request-Id": "k-1"}
     r = await client.post(f"{base}/probe:predict", json={"instances": [1]}, headers=traced)
     assert r.headers["x-request-id"] == "k-1"
