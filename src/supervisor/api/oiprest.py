@@ -31,8 +31,8 @@ from collections.abc import Callable, Iterable
 import orjson
 
 from supervisor.api.oipcodec import OIP_FIELD, Request, decode_reply, decode_rest, render_rest
-from supervisor.api.predict import Call, Outcome, Params, Predictor, StreamAborted, worker_fields
-from supervisor.errors import InvalidRequest, StreamFailed, SupervisorError
+from supervisor.api.predict import Call, Outcome, Params, Predictor, settled, worker_fields
+from supervisor.errors import InvalidRequest, SupervisorError
 from supervisor.http.replies import WWW_AUTHENTICATE, Answer
 
 __all__ = ["HEADER_LENGTH", "PREFIX", "PROTOCOL", "OipRest", "split_target"]
@@ -103,11 +103,10 @@ class OipRest:
     async def _render(
         self, outcome: Outcome, request: Request | None, model: str, version: str | None
     ) -> Answer:
+        outcome = await settled(outcome)
         rid = outcome.request_id
         body, content_type = b"", ""
-        if outcome.stream is not None:
-            outcome, body, content_type = await _joined(outcome)
-        elif outcome.reply is not None and outcome.reply.ok:
+        if outcome.reply is not None and outcome.reply.ok:
             body, content_type = outcome.reply.body, outcome.reply.content_type
         refused = outcome.reply is not None and not outcome.reply.ok
         if outcome.error is not None or refused or request is None:
@@ -152,22 +151,6 @@ def _header_length(headers: list[tuple[bytes, bytes]]) -> int | None:
     if not raw.strip().isdigit():
         raise InvalidRequest("Inference-Header-Content-Length must be a byte count")
     return int(raw)
-
-
-async def _joined(outcome: Outcome) -> tuple[Outcome, bytes, str]:
-    """A streamed answer read to its end: the outcome, its parts joined, its content type."""
-    stream = outcome.stream
-    assert stream is not None
-    content_type = dict(stream.headers).get(b"content-type", b"").decode("latin-1")
-    parts = []
-    try:
-        while (chunk := await stream.next_chunk()) is not None:
-            parts.append(chunk)
-    except StreamAborted as exc:
-        return Outcome(outcome.request_id, error=StreamFailed(str(exc))), b"", ""
-    finally:
-        stream.close()
-    return outcome, b"".join(parts), content_type
 
 
 def _said(body: bytes) -> str:

@@ -29,6 +29,7 @@ connection closed without the last chunk.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import uuid
@@ -45,6 +46,7 @@ from supervisor.errors import (
     InvalidRequest,
     ModelNotFound,
     ModelVersionNotFound,
+    StreamFailed,
     SupervisorError,
     Unauthorized,
 )
@@ -68,6 +70,7 @@ __all__ = [
     "Stream",
     "StreamAborted",
     "parse_deadline",
+    "settled",
     "worker_fields",
 ]
 
@@ -288,6 +291,7 @@ class Stream:
     Attributes:
         status: the response status (the first part's).
         headers: the response headers (lower-case bytes names).
+        first: the first part as the worker sent it.
     """
 
     def __init__(
@@ -299,6 +303,7 @@ class Stream:
     ) -> None:
         self.status = first.status
         self.headers = headers
+        self.first = first
         self._job = job
         self._next: ReplyItem | None = first
         self._end = end
@@ -344,6 +349,28 @@ class Stream:
     def _finish(self, status: int) -> None:
         self._done = True
         self._end(status)
+
+
+async def settled(outcome: Outcome) -> Outcome:
+    """The outcome with a streamed answer read to its end, for protocols that answer once.
+
+    A stream becomes a reply: its first part with the bodies of all parts
+    joined. A stream that breaks off becomes a ``StreamFailed`` error. Any other
+    outcome comes back as it is.
+    """
+    stream = outcome.stream
+    if stream is None:
+        return outcome
+    parts = []
+    try:
+        while (chunk := await stream.next_chunk()) is not None:
+            parts.append(chunk)
+    except StreamAborted as exc:
+        return Outcome(outcome.request_id, error=StreamFailed(str(exc)))
+    finally:
+        stream.close()
+    joined = dataclasses.replace(stream.first, body=b"".join(parts))
+    return Outcome(outcome.request_id, reply=joined)
 
 
 def parse_deadline(raw: str | None, started: float) -> float:

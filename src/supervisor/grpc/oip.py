@@ -35,7 +35,7 @@ from supervisor.api.oip import (
     server_ready,
 )
 from supervisor.api.oipcodec import OIP_FIELD, Request, decode_reply, decode_split, render_split
-from supervisor.api.predict import Call, Outcome, Predictor, StreamAborted, worker_fields
+from supervisor.api.predict import Call, Outcome, Predictor, settled, worker_fields
 from supervisor.auth import Tokens
 from supervisor.errors import InvalidRequest, SupervisorError
 from supervisor.grpc.bridge import Rpc, abort
@@ -248,22 +248,10 @@ class _Failed:
 
 async def _answer(outcome: Outcome) -> tuple[bytes, str] | _Failed:
     """The worker's answer (a stream's parts joined) and its content type, or the failure."""
-    if outcome.error is not None or (outcome.reply is not None and not outcome.reply.ok):
+    outcome = await settled(outcome)
+    if outcome.reply is None or not outcome.reply.ok:
         return _Failed(outcome.status, failure_message(outcome.error, outcome.message))
-    if outcome.reply is not None:
-        return outcome.reply.body, outcome.reply.content_type
-    stream = outcome.stream
-    assert stream is not None
-    content_type = dict(stream.headers).get(b"content-type", b"").decode("latin-1")
-    parts = []
-    try:
-        while (chunk := await stream.next_chunk()) is not None:
-            parts.append(chunk)
-    except StreamAborted as exc:
-        return _Failed(500, str(exc))
-    finally:
-        stream.close()
-    return b"".join(parts), content_type
+    return outcome.reply.body, outcome.reply.content_type
 
 
 def _header(request: pb.ModelInferRequest) -> dict[str, Any]:
