@@ -84,8 +84,8 @@ def test_parse_instances_takes_instances_or_inputs():
             kservev1.parse_instances(body)
 
 
-def _ok(body: bytes) -> tuple[Outcome, bytes]:
-    return Outcome(b"rid", reply=ReplyItem("r", True, body=body)), body
+def _ok(body: bytes) -> Outcome:
+    return Outcome(b"rid", reply=ReplyItem("r", True, body=body))
 
 
 def test_render_parses_each_answer_and_keeps_order():
@@ -98,19 +98,19 @@ def test_render_parses_each_answer_and_keeps_order():
 
 
 def test_render_answers_the_first_failure_in_order():
-    refused = Outcome(b"rid", reply=ReplyItem("r", False, status=400, message="bad row")), b""
+    refused = Outcome(b"rid", reply=ReplyItem("r", False, status=400, message="bad row"))
     full = Outcome(b"rid", error=ModelUnavailable("queue full", retry_after=1))
-    answer = kservev1.render([_ok(b"1"), refused, (full, b"")], "predict")
+    answer = kservev1.render([_ok(b"1"), refused, full], "predict")
     assert (answer.status, orjson.loads(answer.body)) == (400, {"error": "bad row"})
-    answer = kservev1.render([(full, b""), refused], "predict")
+    answer = kservev1.render([full, refused], "predict")
     assert answer.status == 503
     assert (b"retry-after", b"1") in answer.headers
-    denied = kservev1.render([(Outcome(b"rid", error=Unauthorized("no")), b"")], "predict")
+    denied = kservev1.render([Outcome(b"rid", error=Unauthorized("no"))], "predict")
     assert denied.status == 401  # as on every route of the port
     assert orjson.loads(denied.body)["type"] == "InvalidKeyException"
     assert any(name == b"www-authenticate" for name, _ in denied.headers)
     said = Outcome(b"rid", reply=ReplyItem("r", True, status=400, body=b'{"message": "4 numbers"}'))
-    answer = kservev1.render([(said, said.reply.body)], "predict")
+    answer = kservev1.render([said], "predict")
     assert (answer.status, orjson.loads(answer.body)) == (400, {"error": "4 numbers"})
 
 

@@ -16,7 +16,7 @@ Instances go through the pipeline together: batching may merge them, and each
 is one inference request in the metrics (``protocol="kserve-v1"``) and the
 access log. The answers come back in the instances' order, each parsed as JSON
 when it is JSON, else as text, else as ``{"b64": ...}`` (TensorFlow Serving's
-form for bytes); a streamed answer's parts are joined first.
+form for bytes); a streamed answer's parts are joined first (``settled``).
 
 When an instance fails, the request fails with the first failure in order: its
 status and ``{"error": "<message>"}`` (KServe's error shape), ``retry-after``
@@ -39,8 +39,8 @@ from typing import Any
 import orjson
 import trio
 
-from supervisor.api.predict import Call, Outcome, Params, Predictor, StreamAborted, worker_fields
-from supervisor.errors import InvalidRequest, StreamFailed, Unauthorized
+from supervisor.api.predict import Call, Outcome, Params, Predictor, settled, worker_fields
+from supervisor.errors import InvalidRequest, Unauthorized
 from supervisor.http.replies import Answer, error_answer
 from supervisor.supervision.stats import ModelStats
 
@@ -105,24 +105,28 @@ def parse_instances(body: bytes) -> list[Any]:
     return rows
 
 
-def render(results: Sequence[tuple[Outcome, bytes]], verb: str) -> Answer:
-    """The answer to a v1 request from its instances' outcomes and answer bodies, in order.
+def render(outcomes: Sequence[Outcome], verb: str) -> Answer:
+    """The answer to a v1 request from its instances' outcomes, in order.
 
     Args:
-        results: each instance's outcome, and its answer's bytes (a streamed
-            answer's parts joined); the bytes are used only for a result.
+        outcomes: each instance's outcome (a streamed answer read to its end:
+            ``supervisor.api.predict.settled``).
         verb: ``predict`` or ``explain``.
     """
-    rid = results[0][0].request_id
-    for outcome, body in results:
+    rid = outcomes[0].request_id
+    for outcome in outcomes:
         if outcome.status >= 400 or (outcome.reply is not None and not outcome.reply.ok):
-            return _error(outcome, body, rid)
-    answers = [_parsed(body) for _, body in results]
+            return _error(outcome, rid)
+    answers = [_parsed(_body(outcome)) for outcome in outcomes]
     headers = [(b"content-type", _JSON), (b"x-request-id", rid)]
     return Answer(200, headers, orjson.dumps({_KEYS[verb]: answers}))
 
 
-def _error(outcome: Outcome, body: bytes, rid: bytes) -> Answer:
+def _body(outcome: Outcome) -> bytes:
+    return outcome.reply.body if outcome.reply is not None else b""
+
+
+def _error(outcome: Outcome, rid: bytes) -> Answer:
     """``{"error": message}`` with the failure's status and headers.
 
     A token failure is answered as on every other route of the port (TorchServe's
@@ -134,7 +138,8 @@ def _error(outcome: Outcome, body: bytes, rid: bytes) -> Answer:
     retry_after = getattr(outcome.error, "retry_after", None)
     if retry_after is not None:
         headers.append((b"retry-after", str(retry_after).encode()))
-    message = outcome.message or _said(body) or f"the request failed with status {outcome.status}"
+    said = _said(_body(outcome))
+    message = outcome.message or said or f"the request failed with status {outcome.status}"
     return Answer(outcome.status, headers, orjson.dumps({"error": message}))
 
 
@@ -193,11 +198,11 @@ class KServeV1:
         except InvalidRequest as exc:
             # through the pipeline all the same: the token is checked first, the 400 counted
             call = Call(model, None, fields, _refusal(exc), protocol=PROTOCOL, gone=gone)
-            return render([(await self.predictor.infer(call), b"")], verb)
+            return render([await self.predictor.infer(call)], verb)
         instance = partial(self._instance, model, fields, gone=gone)
         if len(rows) == 1:  # no nursery for the common case
             return render([await instance(rows[0])], verb)
-        results: list[tuple[Outcome, bytes] | None] = [None] * len(rows)
+        results: list[Outcome | None] = [None] * len(rows)
 
         async def one(index: int, row: Any) -> None:
             results[index] = await instance(row)
@@ -209,11 +214,11 @@ class KServeV1:
 
     async def _instance(
         self, model: str, fields: dict[str, str], row: Any, *, gone: Callable[[], bool] | None
-    ) -> tuple[Outcome, bytes]:
-        """One instance through the pipeline: its outcome and its answer's bytes."""
+    ) -> Outcome:
+        """One instance through the pipeline (a streamed answer read to its end)."""
         params: Params = {"body": ("application/json", orjson.dumps(row))}
         call = Call(model, None, fields, params, protocol=PROTOCOL, gone=gone)
-        return await _settled(await self.predictor.infer(call))
+        return await settled(await self.predictor.infer(call))
 
 
 def _refusal(error: InvalidRequest) -> Callable[[], Params]:
@@ -221,21 +226,3 @@ def _refusal(error: InvalidRequest) -> Callable[[], Params]:
         raise error
 
     return refuse
-
-
-async def _settled(outcome: Outcome) -> tuple[Outcome, bytes]:
-    """The outcome and its answer's bytes; a stream is read to its end (or its failure)."""
-    if outcome.reply is not None:
-        return outcome, outcome.reply.body
-    stream = outcome.stream
-    if stream is None:
-        return outcome, b""
-    parts = []
-    try:
-        while (chunk := await stream.next_chunk()) is not None:
-            parts.append(chunk)
-    except StreamAborted as exc:
-        return Outcome(outcome.request_id, error=StreamFailed(str(exc))), b""
-    finally:
-        stream.close()
-    return outcome, b"".join(parts)
