@@ -37,6 +37,9 @@ from handlers import PredictionException
 
 class Probe:
     def handle(self, batch, context):
+        if [row.get("body") for row in batch] == ["stream"]:
+            context.send_intermediate(["streamed "])
+            return ["and joined"]
         answers = []
         for index, row in enumerate(batch):
             body = row.get("body")
@@ -280,6 +283,8 @@ async def _check_errors(client: httpx.AsyncClient, base: str, auth: dict[str, st
     assert r.status_code == 405
     r = await post(f"{base}/%70robe:predict", json={"instances": [5]})  # to the Quart route
     assert (r.status_code, r.json()["predictions"][0]["got"]) == (200, 5)
+    r = await post(f"{base}/probe:predict", json={"instances": ["stream"]})
+    assert (r.status_code, r.json()) == (200, {"predictions": ["streamed and joined"]})
     traced = {**auth, "X-Request-Id": "k-1"}
     r = await client.post(f"{base}/probe:predict", json={"instances": [1]}, headers=traced)
     assert r.headers["x-request-id"] == "k-1"
