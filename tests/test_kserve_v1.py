@@ -78,7 +78,9 @@ def test_parse_instances_takes_instances_or_inputs():
     for body, words in (
         (b"{", "not JSON"),
         (b"[1]", "JSON object"),
-        (b'{"instances": 3}', "must be a list"),
+        (b'{"instances": 3}', "must be a list, got a number"),
+        (b'{"instances": "' + b"x" * 1000 + b'"}', "must be a list, got a string$"),
+        (b'{"rows": []}', "must be a list, got nothing"),
         (b'{"inputs": {"a": [1]}}', "must be a list"),
         (b'{"instances": []}', "1 to 1024 items, not 0"),
         (too_many, "not 1025"),

@@ -64,6 +64,7 @@ MAX_INSTANCES = 1024
 
 _JSON = b"application/json"
 _KEYS = {"predict": "predictions", "explain": "explanations"}
+_KINDS = {dict: "an object", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
 
 
 def split_target(path: str) -> tuple[str, str] | None:
@@ -97,7 +98,8 @@ def parse_instances(body: bytes) -> list[Any]:
     key = "instances" if "instances" in request else "inputs"
     rows = request.get(key)
     if not isinstance(rows, list):
-        raise InvalidRequest(f'KServe v1: "instances" (or "inputs") must be a list, got {rows!r}')
+        found = _KINDS.get(type(rows), "nothing")  # never the value: it may be large
+        raise InvalidRequest(f'KServe v1: "instances" (or "inputs") must be a list, got {found}')
     if not 1 <= len(rows) <= MAX_INSTANCES:
         raise InvalidRequest(
             f'KServe v1: "{key}" must hold 1 to {MAX_INSTANCES} items, not {len(rows)}'
