@@ -113,6 +113,25 @@ async def test_a_full_queue_is_unavailable_at_once(served, handler_dir):
     assert "refused" not in seen(handler_dir)
 
 
+async def test_a_call_over_the_concurrent_call_cap_is_resource_exhausted(
+    nursery, tmp_path, handler_dir
+):
+    model = probe_model(handler_dir, batch_size=1)
+    config = attrs.evolve(grpc_config(tmp_path, model), grpc_max_concurrent_calls=1)
+    shutdown = trio.Event()
+    urls = await nursery.start(partial(serve, config, shutdown=shutdown, handle_signals=False))
+    clients = Clients(urls.grpc_inference, urls.grpc_management, read_keys(config))
+    await wait_workers(clients, "probe", 1)
+    busy = start(clients, b"sleep 1.5 a")
+    await wait_seen(handler_dir, "sleep 1.5 a")
+    over = await in_thread(rpc_error, clients.predict, b"over")
+    assert over.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert (await in_thread(busy.result)).prediction == b"done sleep 1.5 a"
+    assert "over" not in seen(handler_dir)
+    clients.close()
+    shutdown.set()
+
+
 async def test_a_cancelled_call_drops_its_queued_job(served, handler_dir):
     clients = served
     busy = start(clients, b"sleep 1.5 a")

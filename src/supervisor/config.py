@@ -314,6 +314,8 @@ class ServerConfig:
         grpc_management_address: ``host:port`` of the gRPC management port.
         grpc_tls: serve both gRPC ports over TLS with ``certificate_file`` and
             ``private_key_file`` (TorchServe's ``enable_grpc_ssl``).
+        grpc_max_concurrent_calls: calls served at once on each gRPC port; one
+            more is refused with RESOURCE_EXHAUSTED (a bound, not a queue).
         defaults: the model defaults (``[defaults]``), for models registered later.
     """
 
@@ -360,6 +362,9 @@ class ServerConfig:
     grpc_inference_address: str = attrs.field(default="127.0.0.1:7070", validator=_grpc_address)
     grpc_management_address: str = attrs.field(default="127.0.0.1:7071", validator=_grpc_address)
     grpc_tls: bool = attrs.field(default=False, validator=v.instance_of(bool))
+    grpc_max_concurrent_calls: int = attrs.field(
+        default=256, validator=[_int, v.gt(0), v.le(65536)]
+    )
     log_dir: str = attrs.field(default="logs", validator=v.instance_of(str))
     access_log: bool | str = attrs.field(default=False, validator=v.instance_of((bool, str)))
     model_log: bool | str = attrs.field(default=False, validator=v.instance_of((bool, str)))

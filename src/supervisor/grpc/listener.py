@@ -7,8 +7,9 @@
     └── management port (7071)     TorchServe's ManagementAPIsService
 
 Each port is a ``grpc.server`` with a thread pool of its own (at most
-``INFERENCE_THREADS`` and ``MANAGEMENT_THREADS`` calls at once; more are refused
-with RESOURCE_EXHAUSTED rather than queued unseen); each call is bridged into
+``grpc_max_concurrent_calls`` calls at once, each holding a thread while it
+waits; one more is refused with RESOURCE_EXHAUSTED rather than queued unseen;
+the threads are started as calls need them); each call is bridged into
 the trio loop (``supervisor.grpc.bridge``). ``run`` reports the bound addresses
 (port 0 picks a free one) and, when ``shutdown`` is set, stops both servers with
 ``shutdown_grace``: new calls are refused, calls in flight get the grace to be
@@ -43,17 +44,11 @@ from supervisor.http.tls import server_context
 
 __all__ = [
     "GRPCIO_THREADS",
-    "INFERENCE_THREADS",
-    "MANAGEMENT_THREADS",
     "GrpcAddresses",
     "GrpcServices",
     "run",
 ]
 
-INFERENCE_THREADS = 32
-"""gRPC inference calls served at once (each holds a thread while it waits)."""
-MANAGEMENT_THREADS = 8
-"""gRPC management calls served at once."""
 GRPCIO_THREADS = ("(_serve)", "(cancel_all_calls_after_grace)")
 """How the threads grpcio's server starts are named (``Thread-N (function)``)."""
 JOIN_TIMEOUT = 5.0
@@ -107,8 +102,8 @@ async def run(
     credentials = _credentials(config)
     with contextlib.ExitStack() as stack:
         ports = [
-            stack.enter_context(_port("inference", inference, INFERENCE_THREADS, config)),
-            stack.enter_context(_port("management", management, MANAGEMENT_THREADS, config)),
+            stack.enter_context(_port("inference", inference, config)),
+            stack.enter_context(_port("management", management, config)),
         ]
         addresses = [
             port.bind(address, credentials)
@@ -170,8 +165,9 @@ class _Port:
 
 @contextlib.contextmanager
 def _port(
-    name: str, handlers: Sequence[grpc.GenericRpcHandler], threads: int, config: ServerConfig
+    name: str, handlers: Sequence[grpc.GenericRpcHandler], config: ServerConfig
 ) -> Iterator[_Port]:
+    threads = config.grpc_max_concurrent_calls
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"grpc-{name}")
     options = [
         ("grpc.so_reuseport", 0),
