@@ -25,12 +25,13 @@ as its own batch. torch is imported inside the functions that need it.
 
 from __future__ import annotations
 
-import json
 import struct
 import sys
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+import orjson
 
 from handlers.base import HandlerFunction, PredictionException
 from handlers.context import Context
@@ -204,7 +205,7 @@ def encode_outputs(result: Any, names: Sequence[str] = ()) -> tuple[bytes, str]:
             }
         )
         raws.append(raw)
-    head = json.dumps({"outputs": specs}).encode()
+    head = orjson.dumps({"outputs": specs})
     return b"".join([head, *raws]), f"{CANONICAL_TYPE}; header-length={len(head)}"
 
 
@@ -277,7 +278,7 @@ def _split(item: InferItem) -> tuple[dict[str, Any], bytearray]:
     """The canonical header and a writable copy of the bytes after it."""
     content_type, body = item.params["body"]
     length = int(content_type.rpartition("header-length=")[2])
-    header: dict[str, Any] = json.loads(body[:length])
+    header: dict[str, Any] = orjson.loads(body[:length])
     return header, bytearray(body[length:])
 
 

@@ -96,6 +96,7 @@ _TYPECODES = {
     "FP32": "f",
     "FP64": "d",
 }
+_LENGTH_PARAMETER = "; header-length="
 _SWAP = sys.byteorder != "little"
 _LEN = struct.Struct("<I")
 
@@ -158,29 +159,27 @@ def decode_rest(body: bytes, header_length: int | None) -> Request:
     Raises:
         InvalidRequest: the body is not a valid inference request.
     """
+    end = len(body)
     if header_length is None:
-        header_length = len(body)
-    if not 0 <= header_length <= len(body):
+        header_length = end
+    elif not 0 <= header_length <= end:
         raise InvalidRequest(
-            f"Inference-Header-Content-Length {header_length} is beyond the body "
-            f"({len(body)} bytes)"
+            f"Inference-Header-Content-Length {header_length} is beyond the body ({end} bytes)"
         )
     header = _json_object(body[:header_length], "the inference request")
-    blobs = memoryview(body)[header_length:]
-    inputs = _inputs(header)
-    offset = 0
+    offset = header_length  # the next input's binary data, if it has any
     tensors = []
-    for spec in inputs:
+    for spec in _inputs(header):
         size = _binary_size(spec)
         if size is None:
             tensors.append(_from_data(spec))
             continue
-        if offset + size > len(blobs):
+        if offset + size > end:
             raise InvalidRequest(f"input '{spec['name']}': binary_data_size beyond the body")
-        tensors.append(_from_raw(spec, bytes(blobs[offset : offset + size])))
+        tensors.append(_from_raw(spec, body[offset : offset + size]))
         offset += size
-    if offset != len(blobs):
-        raise InvalidRequest(f"{len(blobs) - offset} bytes of binary data that no input claims")
+    if offset != end:
+        raise InvalidRequest(f"{end - offset} bytes of binary data that no input claims")
     return _request(header, tensors, rest=True)
 
 
@@ -220,7 +219,7 @@ def decode_reply(body: bytes, content_type: str) -> list[Tensor] | None:
     if content_type.startswith(CANONICAL_TYPE):
         header_length = _header_length(content_type)
         header = orjson.loads(body[:header_length])
-        return _split_raw(header.get("outputs") or [], memoryview(body)[header_length:])
+        return _split_raw(header.get("outputs") or [], body, header_length)
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -330,7 +329,7 @@ def _request(header: Mapping[str, Any], tensors: list[Tensor], *, rest: bool) ->
     if outputs:
         canonical_head["outputs"] = [{"name": name} for name in outputs]
     head = orjson.dumps(canonical_head)
-    binary = bool((params or {}).get("binary_data_output", False)) if rest else False
+    binary = bool(params.get("binary_data_output", False)) if rest and params else False
     body = b"".join([head, *(t.raw for t in tensors)])
     return Request(rid, body, len(head), outputs, binary)
 
@@ -479,13 +478,12 @@ def _count_elements(raw: bytes) -> int:
     return count if offset == len(raw) else -1
 
 
-def _split_raw(outputs: list[dict[str, Any]], blobs: memoryview) -> list[Tensor]:
-    """The canonical header's tensors, each cut from ``blobs`` in order."""
+def _split_raw(outputs: list[dict[str, Any]], body: bytes, offset: int) -> list[Tensor]:
+    """The canonical header's tensors, each cut from ``body`` in order from ``offset``."""
     tensors = []
-    offset = 0
     for spec in outputs:
         size = spec["parameters"]["binary_data_size"]
-        raw = bytes(blobs[offset : offset + size])
+        raw = body[offset : offset + size]
         tensors.append(Tensor(spec["name"], spec["datatype"], list(spec["shape"]), raw))
         offset += size
     return tensors
@@ -537,10 +535,13 @@ def _json_object(body: bytes, what: str) -> dict[str, Any]:
 
 
 def _content_type(header_length: int) -> str:
-    return f"{CANONICAL_TYPE}; header-length={header_length}"
+    return f"{CANONICAL_TYPE}{_LENGTH_PARAMETER}{header_length}"
 
 
 def _header_length(content_type: str) -> int:
+    kind, found, value = content_type.partition(_LENGTH_PARAMETER)
+    if found and kind == CANONICAL_TYPE and value.isdigit():  # as _content_type writes it
+        return int(value)
     for part in content_type.split(";")[1:]:
         key, _, value = part.strip().partition("=")
         if key == "header-length" and value.isdigit():

@@ -103,7 +103,8 @@ class OipRest:
     async def _render(
         self, outcome: Outcome, request: Request | None, model: str, version: str | None
     ) -> Answer:
-        outcome = await settled(outcome)
+        if outcome.stream is not None:
+            outcome = await settled(outcome)
         rid = outcome.request_id
         body, content_type = b"", ""
         if outcome.reply is not None and outcome.reply.ok:
