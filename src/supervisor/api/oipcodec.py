@@ -96,6 +96,7 @@ _TYPECODES = {
     "FP32": "f",
     "FP64": "d",
 }
+_INT = {int}
 _LENGTH_PARAMETER = "; header-length="
 _SWAP = sys.byteorder != "little"
 _LEN = struct.Struct("<I")
@@ -354,8 +355,7 @@ def _inputs(header: Mapping[str, Any]) -> list[dict[str, Any]]:
     if not isinstance(inputs, list) or not inputs:
         raise InvalidRequest("the inference request needs a non-empty list of inputs")
     checked = [_checked(spec, "input") for spec in inputs]
-    names = [spec["name"] for spec in checked]
-    if len(set(names)) != len(names):
+    if len(checked) > 1 and len({spec["name"] for spec in checked}) != len(checked):
         raise InvalidRequest("input names must be unique")
     return checked
 
@@ -369,12 +369,14 @@ def _checked(spec: Any, kind: str) -> dict[str, Any]:
         known = ", ".join(DATATYPES)
         raise InvalidRequest(f"{kind} '{name}': datatype must be one of {known}")
     shape = spec.get("shape")
-    if not isinstance(shape, list) or not all(
-        type(d) is int and d >= 0
-        for d in shape  # bool is no dimension
-    ):
+    if not isinstance(shape, list) or not _is_shape(shape):
         raise InvalidRequest(f"{kind} '{name}': shape must be a list of non-negative integers")
     return spec
+
+
+def _is_shape(shape: list[Any]) -> bool:
+    """Whether every dimension is a non-negative ``int`` (a bool is no dimension)."""
+    return not shape or (set(map(type, shape)) == _INT and min(shape) >= 0)
 
 
 def _binary_size(spec: dict[str, Any]) -> int | None:
