@@ -42,6 +42,7 @@ PREFIX = "/v2/models/"
 HEADER_LENGTH = b"inference-header-content-length"
 """The binary extension's header (request and response): the JSON header's length."""
 
+_HEADER_LENGTH_FIELD = HEADER_LENGTH.decode().title()
 _JSON = b"application/json"
 _BINARY = b"application/octet-stream"
 
@@ -85,26 +86,26 @@ class OipRest:
             client: the client's address.
             gone: says whether the client has left (its queued job is dropped).
         """
-        headers = list(headers)
         model, version = target
         fields = worker_fields(headers, client)
         fields[OIP_FIELD] = "v2"
         decoded: list[Request] = []
 
         def params() -> Params:
-            request = decode_rest(body, _header_length(headers))
+            request = decode_rest(body, _header_length(fields))
             decoded.append(request)
             return request.params
 
         call = Call(model, version, fields, params, protocol=PROTOCOL, gone=gone)
         outcome = await self.predictor.infer(call)
-        return await self._render(outcome, decoded[0] if decoded else None, model, version)
-
-    async def _render(
-        self, outcome: Outcome, request: Request | None, model: str, version: str | None
-    ) -> Answer:
         if outcome.stream is not None:
             outcome = await settled(outcome)
+        return self._render(outcome, decoded[0] if decoded else None, model, version)
+
+    def _render(
+        self, outcome: Outcome, request: Request | None, model: str, version: str | None
+    ) -> Answer:
+        """The answer to a settled outcome (no stream)."""
         rid = outcome.request_id
         body, content_type = b"", ""
         if outcome.reply is not None and outcome.reply.ok:
@@ -137,19 +138,20 @@ class OipRest:
             return version
 
 
-def _header_length(headers: list[tuple[bytes, bytes]]) -> int | None:
-    """``Inference-Header-Content-Length``, if the request has it.
+def _header_length(fields: dict[str, str]) -> int | None:
+    """``Inference-Header-Content-Length``, if the request has it (its last value).
+
+    Args:
+        fields: the request's headers as the worker sees them (``worker_fields``).
 
     Raises:
         InvalidRequest: its value is not a byte count.
     """
-    raw = None
-    for name, value in headers:
-        if name == HEADER_LENGTH:
-            raw = value
+    raw = fields.get(_HEADER_LENGTH_FIELD)
     if raw is None:
         return None
-    if not raw.strip().isdigit():
+    raw = raw.strip()
+    if not (raw.isascii() and raw.isdigit()):
         raise InvalidRequest("Inference-Header-Content-Length must be a byte count")
     return int(raw)
 
