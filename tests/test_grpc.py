@@ -152,7 +152,7 @@ async def wait_workers(clients: Clients, name: str, count: int, version: str = "
 
 
 def grpc_threads() -> list[str]:
-    """Threads of grpcio's servers that are alive (our pools are named ``grpc-...``)."""
+    """Threads of the gRPC ports that are alive (the asyncio loop's is ``grpc-asyncio``)."""
     return [t.name for t in threading.enumerate() if t.name.startswith("grpc-")]
 
 

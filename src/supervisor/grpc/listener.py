@@ -1,58 +1,57 @@
-"""The gRPC ports: grpcio's servers beside the trio loop, started and drained with HTTP's.
+"""The gRPC ports: grpcio's asyncio servers in a thread of their own, started and drained by trio.
 
 ::
 
     run()                          a task of the server's listeners nursery
-    ├── inference port (7070)      TorchServe's InferenceAPIsService, OIP's GRPCInferenceService
-    └── management port (7071)     TorchServe's ManagementAPIsService
+    ├── thread grpc-asyncio        grpcio's asyncio loop: both ports' servers
+    │   ├── inference port (7070)  TorchServe's InferenceAPIsService, OIP's GRPCInferenceService
+    │   └── management port (7071) TorchServe's ManagementAPIsService
+    └── nursery                    each call's work in trio (``supervisor.grpc.bridge``)
 
-Each port is a ``grpc.server`` with a thread pool of its own (at most
-``grpc_max_concurrent_calls`` calls at once, each holding a thread while it
-waits; one more is refused with RESOURCE_EXHAUSTED rather than queued unseen;
-the threads are started as calls need them); each call is bridged into
-the trio loop (``supervisor.grpc.bridge``). ``run`` reports the bound addresses
-(port 0 picks a free one) and, when ``shutdown`` is set, stops both servers with
-``shutdown_grace``: new calls are refused, calls in flight get the grace to be
-answered, then the rest are cancelled; the thread pools and grpcio's own
-threads are joined, so no thread outlives ``run``. ``SO_REUSEPORT`` is off, so a port
-that is taken fails the start (``ListenError``) instead of being shared.
+Both ports are ``grpc.aio`` servers in one asyncio event loop, run by one
+thread (``THREAD``) that ``run`` starts and joins. A call is an asyncio task
+in that loop, which holds no thread while its work runs in trio; each port
+serves at most ``grpc_max_concurrent_calls`` calls at once, and one more is
+refused with RESOURCE_EXHAUSTED rather than queued unseen. ``run`` reports the
+bound addresses (port 0 picks a free one) and, when ``shutdown`` is set, stops
+both servers with ``shutdown_grace``: new calls are refused, calls in flight
+get the grace to be answered, then the rest are cancelled (at once if ``run``
+itself is cancelled); the loop's thread is joined, so no thread outlives
+``run``. ``SO_REUSEPORT`` is off, so a port that is taken fails the start
+(``ListenError``) instead of being shared.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from functools import partial
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
 import attrs
 import grpc
+import grpc.aio
 import trio
 
 from supervisor.api.management import ManagementContext
 from supervisor.api.oip import Readiness
 from supervisor.api.predict import Predictor
 from supervisor.config import ConfigError, ServerConfig, split_address
+from supervisor.grpc.bridge import Bridge
 from supervisor.grpc.management import ManagementService
 from supervisor.grpc.oip import OipService
 from supervisor.grpc.torchserve import InferenceService
 from supervisor.http.listeners import ListenError
 from supervisor.http.tls import server_context
 
-__all__ = [
-    "GRPCIO_THREADS",
-    "GrpcAddresses",
-    "GrpcServices",
-    "run",
-]
+__all__ = ["THREAD", "GrpcAddresses", "GrpcServices", "run"]
 
-GRPCIO_THREADS = ("(_serve)", "(cancel_all_calls_after_grace)")
-"""How the threads grpcio's server starts are named (``Thread-N (function)``)."""
-JOIN_TIMEOUT = 5.0
-"""Seconds a stopped server's own threads get to end (they end at once)."""
+THREAD = "grpc-asyncio"
+"""The name of the thread that runs grpcio's asyncio loop."""
+
+Handlers = list[grpc.GenericRpcHandler]
 
 
 @attrs.frozen
@@ -93,110 +92,158 @@ async def run(
         ListenError: a port cannot be bound.
         ConfigError: ``grpc_tls`` is on and the certificate or key cannot be read.
     """
-    token = trio.lowlevel.current_trio_token()
-    inference = [InferenceService(token, services.management.sup, services.predictor).handler()]
-    tokens = services.management.tokens
-    oip = OipService(token, services.predictor, tokens, services.version, services.readiness)
-    inference += oip.handlers()
-    management = [ManagementService(token, services.management).handler()]
     credentials = _credentials(config)
-    with contextlib.ExitStack() as stack:
-        ports = [
-            stack.enter_context(_port("inference", inference, config)),
-            stack.enter_context(_port("management", management, config)),
-        ]
-        addresses = [
-            port.bind(address, credentials)
-            for port, address in zip(
-                ports, (config.grpc_inference_address, config.grpc_management_address), strict=True
-            )
-        ]
+    async with trio.open_nursery() as calls:
+        token = trio.lowlevel.current_trio_token()
+        loop = _Loop(config, credentials, lambda bridge: _handlers(bridge, services), token, calls)
+        thread = threading.Thread(target=loop.main, name=THREAD, daemon=True)
+        thread.start()
         try:
-            for port in ports:
-                port.start()
-            task_status.started(GrpcAddresses(*addresses))
+            await loop.started.wait()
+            if loop.error is not None:
+                raise loop.error
+            assert loop.addresses is not None
+            task_status.started(loop.addresses)
             await shutdown.wait()
-            await _stop(ports, config.shutdown_grace)
+            loop.stop(config.shutdown_grace)
+            await loop.stopped.wait()
         finally:
             with trio.CancelScope(shield=True):
-                await _stop(ports, 0)
+                loop.stop(0)  # at once, if still serving
+                await loop.stopped.wait()
+                await trio.to_thread.run_sync(thread.join)  # it has returned
+            calls.cancel_scope.cancel()  # work of calls already ended, if any is left
 
 
-@attrs.define
-class _Port:
-    """One grpcio server, its thread pool, and the threads grpcio starts for it."""
+def _handlers(bridge: Bridge, services: GrpcServices) -> tuple[Handlers, Handlers]:
+    """The inference port's and the management port's handlers."""
+    ctx = services.management
+    inference = [InferenceService(bridge, ctx.sup, services.predictor).handler()]
+    oip = OipService(bridge, services.predictor, ctx.tokens, services.version, services.readiness)
+    inference += oip.handlers()
+    return inference, [ManagementService(bridge, ctx).handler()]
 
-    name: str
-    server: grpc.Server
-    pool: ThreadPoolExecutor
-    threads: list[threading.Thread] = attrs.field(factory=list)
 
-    def start(self) -> None:
-        """Start serving (grpcio starts its polling thread: noted, to be joined at ``stop``)."""
-        self.threads += _started_by(self.server.start)
+class _Loop:
+    """grpcio's asyncio loop and both servers, run by ``main`` in a thread of their own.
 
-    def bind(self, address: str, credentials: grpc.ServerCredentials | None) -> str:
-        """Bind ``address`` (port 0: a free one); the bound ``host:port``.
+    The trio side waits on ``started`` (then ``addresses`` or ``error`` is set)
+    and ``stopped`` (the loop has ended), and calls ``stop``.
+    """
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        credentials: grpc.ServerCredentials | None,
+        handlers: Callable[[Bridge], tuple[Handlers, Handlers]],
+        token: trio.lowlevel.TrioToken,
+        nursery: trio.Nursery,
+    ) -> None:
+        self.config = config
+        self.credentials = credentials
+        self.handlers = handlers
+        self.token = token
+        self.nursery = nursery
+        self.started = trio.Event()
+        self.stopped = trio.Event()
+        self.addresses: GrpcAddresses | None = None
+        self.error: Exception | None = None
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None  # set once serving
+        self._grace: float | None = None  # the shortest grace asked for
+        self._servers: list[grpc.aio.Server] = []
+        self._done: asyncio.Event | None = None
+
+    def main(self) -> None:
+        """The thread: run the loop until both servers have stopped (this thread)."""
+        try:
+            asyncio.run(self._serve())
+        except Exception as exc:  # a bug: reported to trio as the start's error
+            self.error = self.error or exc
+        finally:
+            self._to_trio(self.started.set)
+            self._to_trio(self.stopped.set)
+
+    def stop(self, grace: float) -> None:
+        """Stop both servers with ``grace`` seconds for the calls in flight (trio side).
+
+        Asked before the servers have started, they stop as soon as they have.
+        """
+        with self._lock:
+            self._grace = grace if self._grace is None else min(grace, self._grace)
+            loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has ended
+                loop.call_soon_threadsafe(self._stop_soon, grace)
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._done = asyncio.Event()
+        bridge = Bridge(self.token, self.nursery, loop)
+        inference, management = self.handlers(bridge)
+        addresses = (self.config.grpc_inference_address, self.config.grpc_management_address)
+        try:
+            bound = [
+                self._bind(name, handlers, address)
+                for name, handlers, address in zip(
+                    ("inference", "management"), (inference, management), addresses, strict=True
+                )
+            ]
+            for server in self._servers:
+                await server.start()
+        except ListenError as exc:
+            self.error = exc
+            await self._stop_all(0)
+            return
+        self.addresses = GrpcAddresses(*bound)
+        with self._lock:
+            self._loop = loop  # stop reaches the loop from now on
+            grace = self._grace
+        if grace is not None:  # asked while starting
+            self._stop_soon(grace)
+        self._to_trio(self.started.set)
+        await self._done.wait()
+
+    def _bind(self, name: str, handlers: Handlers, address: str) -> str:
+        """A new server for ``handlers``, bound to ``address``; the bound ``host:port``.
 
         Raises:
             ListenError: it cannot be bound.
         """
+        options = [
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", self.config.max_request_size),
+        ]
+        server = grpc.aio.server(
+            handlers=handlers,
+            options=options,
+            maximum_concurrent_rpcs=self.config.grpc_max_concurrent_calls,
+        )
+        self._servers.append(server)
         try:
-            if credentials is None:
-                port = self.server.add_insecure_port(address)
+            if self.credentials is None:
+                port = server.add_insecure_port(address)
             else:
-                port = self.server.add_secure_port(address, credentials)
+                port = server.add_secure_port(address, self.credentials)
         except RuntimeError as exc:
-            raise ListenError(f"cannot listen on {address} (gRPC {self.name}): {exc}") from None
+            raise ListenError(f"cannot listen on {address} (gRPC {name}): {exc}") from None
         if port == 0:  # older grpcio report a failed bind so
-            raise ListenError(f"cannot listen on {address} (gRPC {self.name})")
+            raise ListenError(f"cannot listen on {address} (gRPC {name})")
         host = address.rpartition(":")[0]
         return f"{host}:{port}"
 
-    def stop(self, grace: float) -> None:
-        """Refuse new calls, give those in flight ``grace`` seconds, then join the threads."""
-        done: list[threading.Event] = []
-        self.threads += _started_by(lambda: done.append(self.server.stop(grace)))
-        done[0].wait()
-        self.pool.shutdown(wait=True, cancel_futures=True)
-        for thread in self.threads:
-            thread.join(JOIN_TIMEOUT)  # each ends as soon as the server has stopped
+    def _stop_soon(self, grace: float) -> None:
+        asyncio.get_running_loop().create_task(self._stop_all(grace))
 
+    async def _stop_all(self, grace: float) -> None:
+        """Stop both servers (a later, shorter grace cuts an earlier one short)."""
+        await asyncio.gather(*(server.stop(grace) for server in self._servers))
+        assert self._done is not None
+        self._done.set()
 
-@contextlib.contextmanager
-def _port(
-    name: str, handlers: Sequence[grpc.GenericRpcHandler], config: ServerConfig
-) -> Iterator[_Port]:
-    threads = config.grpc_max_concurrent_calls
-    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"grpc-{name}")
-    options = [
-        ("grpc.so_reuseport", 0),
-        ("grpc.max_receive_message_length", config.max_request_size),
-    ]
-    server = grpc.server(
-        pool, handlers=list(handlers), options=options, maximum_concurrent_rpcs=threads
-    )
-    port = _Port(name, server, pool)
-    try:
-        yield port
-    finally:
-        port.stop(0)
-
-
-def _started_by(fn: Callable[[], object]) -> list[threading.Thread]:
-    """grpcio's threads that ``fn`` started (grpcio never joins them)."""
-    before = set(threading.enumerate())
-    fn()
-    new = [t for t in threading.enumerate() if t not in before]
-    return [t for t in new if t.name.endswith(GRPCIO_THREADS)]
-
-
-async def _stop(ports: Sequence[_Port], grace: float) -> None:
-    """Stop every port at once (each in a thread: ``stop`` blocks until it is over)."""
-    async with trio.open_nursery() as nursery:
-        for port in ports:
-            stop = partial(trio.to_thread.run_sync, port.stop, grace, abandon_on_cancel=grace > 0)
-            nursery.start_soon(stop)
+    def _to_trio(self, fn: Callable[[], object]) -> None:
+        with contextlib.suppress(trio.RunFinishedError):
+            self.token.run_sync_soon(fn)
 
 
 def _installed_version() -> str:

@@ -20,7 +20,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
-import trio
 from google.protobuf.message import Message
 
 from supervisor.api.management import (
@@ -34,7 +33,7 @@ from supervisor.api.management import (
     unregister_model,
 )
 from supervisor.errors import InvalidRequest, SupervisorError
-from supervisor.grpc.bridge import Rpc, abort
+from supervisor.grpc.bridge import Bridge, Context, Rpc, abort
 from supervisor.grpc.protos import management_pb2 as pb
 from supervisor.grpc.status import code_for, failure_message, token_accepted
 from supervisor.http.replies import TOKEN_FAILED
@@ -50,23 +49,26 @@ SYNC_MARGIN = 0.5
 """Seconds before the client's deadline that a synchronous call answers "still starting"."""
 
 Work = Callable[[Rpc], Awaitable[str]]
+Handler = Callable[..., Awaitable[pb.ManagementResponse]]
 
 
 class ManagementService:
-    """The handlers of ``ManagementAPIsService``, run on grpcio's threads.
+    """The handlers of ``ManagementAPIsService``, run in grpcio's asyncio loop.
 
     Args:
-        token: the trio loop's token.
+        bridge: the way into the trio loop.
         ctx: what the management routes work with (supervisor, config, keys).
     """
 
-    def __init__(self, token: trio.lowlevel.TrioToken, ctx: ManagementContext) -> None:
-        self.token = token
+    def __init__(self, bridge: Bridge, ctx: ManagementContext) -> None:
+        self.bridge = bridge
         self.ctx = ctx
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The service's method handlers, for ``grpc.Server.add_generic_rpc_handlers``."""
-        methods: dict[str, tuple[Callable[..., pb.ManagementResponse], type[Message]]] = {
+        methods: dict[
+            str, tuple[Callable[..., Awaitable[pb.ManagementResponse]], type[Message]]
+        ] = {
             "DescribeModel": (self.describe_model, pb.DescribeModelRequest),
             "ListModels": (self.list_models, pb.ListModelsRequest),
             "RegisterModel": (self.register_model, pb.RegisterModelRequest),
@@ -81,8 +83,8 @@ class ManagementService:
         }
         return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
-    def describe_model(
-        self, request: pb.DescribeModelRequest, context: grpc.ServicerContext
+    async def describe_model(
+        self, request: pb.DescribeModelRequest, context: Context
     ) -> pb.ManagementResponse:
         """Each version's description, as ``GET /models/{name}[/{version}]``."""
 
@@ -93,20 +95,20 @@ class ManagementService:
             )
             return _json(body)
 
-        return self._answer(context, work)
+        return await self._answer(context, work)
 
-    def list_models(
-        self, request: pb.ListModelsRequest, context: grpc.ServicerContext
+    async def list_models(
+        self, request: pb.ListModelsRequest, context: Context
     ) -> pb.ManagementResponse:
         """A page of the registered models, as ``GET /models``."""
 
         async def work(rpc: Rpc) -> str:
             return _json(list_models(self.ctx.sup, request.limit, request.next_page_token))
 
-        return self._answer(context, work)
+        return await self._answer(context, work)
 
-    def register_model(
-        self, request: pb.RegisterModelRequest, context: grpc.ServicerContext
+    async def register_model(
+        self, request: pb.RegisterModelRequest, context: Context
     ) -> pb.ManagementResponse:
         """Register a model, as ``POST /models`` (PERMISSION_DENIED with the model API off)."""
 
@@ -115,10 +117,10 @@ class ManagementService:
             answered = await register_model(self.ctx, _registration(request), _sync_until(rpc))
             return str(answered.body["status"])
 
-        return self._answer(context, work)
+        return await self._answer(context, work)
 
-    def scale_worker(
-        self, request: pb.ScaleWorkerRequest, context: grpc.ServicerContext
+    async def scale_worker(
+        self, request: pb.ScaleWorkerRequest, context: Context
     ) -> pb.ManagementResponse:
         """Scale a version's workers, as ``PUT /models/{name}[/{version}]``."""
 
@@ -136,10 +138,10 @@ class ManagementService:
             )
             return str(answered.body["status"])
 
-        return self._answer(context, work)
+        return await self._answer(context, work)
 
-    def set_default(
-        self, request: pb.SetDefaultRequest, context: grpc.ServicerContext
+    async def set_default(
+        self, request: pb.SetDefaultRequest, context: Context
     ) -> pb.ManagementResponse:
         """Make a version the default, as ``PUT /models/{name}/{version}/set-default``."""
 
@@ -148,10 +150,10 @@ class ManagementService:
             body = await set_default_version(self.ctx, name, version, None, retire_old=False)
             return str(body["status"])
 
-        return self._answer(context, work)
+        return await self._answer(context, work)
 
-    def unregister_model(
-        self, request: pb.UnregisterModelRequest, context: grpc.ServicerContext
+    async def unregister_model(
+        self, request: pb.UnregisterModelRequest, context: Context
     ) -> pb.ManagementResponse:
         """Unregister a version, as ``DELETE /models/{name}[/{version}]``."""
 
@@ -164,22 +166,22 @@ class ManagementService:
             body = await unregister_model(self.ctx.sup, request.model_name, version, grace=grace)
             return str(body["status"])
 
-        return self._answer(context, work)
+        return await self._answer(context, work)
 
-    def _answer(self, context: grpc.ServicerContext, work: Work) -> pb.ManagementResponse:
+    async def _answer(self, context: Context, work: Work) -> pb.ManagementResponse:
         """Check the key, run ``work`` in trio, and answer its text (or end with its error)."""
         if not token_accepted(context.invocation_metadata(), self.ctx.tokens, "management"):
-            abort(context, grpc.StatusCode.UNAUTHENTICATED, TOKEN_FAILED)
-        rpc = Rpc(self.token, context)
+            await abort(context, grpc.StatusCode.UNAUTHENTICATED, TOKEN_FAILED)
+        rpc = self.bridge.rpc(context)
         try:
-            text = rpc.run(work, rpc)
+            text = await rpc.run(work, rpc)
         except SupervisorError as exc:
-            abort(context, code_for(exc.status), failure_message(exc, exc.message))
+            await abort(context, code_for(exc.status), failure_message(exc, exc.message))
         except Exception as exc:  # a bug: INTERNAL for this call; the server stays
             log.exception("gRPC management call failed")
-            abort(context, grpc.StatusCode.INTERNAL, f"internal error: {exc!r}")
+            await abort(context, grpc.StatusCode.INTERNAL, f"internal error: {exc!r}")
         if text is None:
-            abort(context, grpc.StatusCode.CANCELLED, "the call ended before its answer")
+            await abort(context, grpc.StatusCode.CANCELLED, "the call ended before its answer")
         return pb.ManagementResponse(msg=text)
 
 

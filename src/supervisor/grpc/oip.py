@@ -19,12 +19,11 @@ other shape for it).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
 import grpc
-import trio
 from google.protobuf.message import Message
 
 from supervisor.api.oip import (
@@ -38,13 +37,15 @@ from supervisor.api.oipcodec import OIP_FIELD, Request, decode_reply, decode_spl
 from supervisor.api.predict import Call, Outcome, Predictor, settled, worker_fields
 from supervisor.auth import Tokens
 from supervisor.errors import InvalidRequest, SupervisorError
-from supervisor.grpc.bridge import Rpc, abort
+from supervisor.grpc.bridge import Bridge, Context, Rpc, abort
 from supervisor.grpc.protos import open_inference_grpc_pb2 as pb
 from supervisor.grpc.status import code_for, failure_message, metadata_headers, token_accepted
 from supervisor.grpc.torchserve import client_address
 from supervisor.http.replies import TOKEN_FAILED
 
 __all__ = ["PROTOCOL", "SERVICES", "OipService"]
+
+Handler = Callable[..., Awaitable[Message]]
 
 PROTOCOL = "oip-grpc"
 SERVICES = (
@@ -71,10 +72,10 @@ _CONTENTS = {
 
 
 class OipService:
-    """The handlers of ``GRPCInferenceService``, run on grpcio's threads.
+    """The handlers of ``GRPCInferenceService``, run in grpcio's asyncio loop.
 
     Args:
-        token: the trio loop's token.
+        bridge: the way into the trio loop.
         predictor: the one prediction pipeline (its supervisor gives the states).
         tokens: the keys, if authorization is on.
         version: the server's version (``ServerMetadata``).
@@ -83,13 +84,13 @@ class OipService:
 
     def __init__(
         self,
-        token: trio.lowlevel.TrioToken,
+        bridge: Bridge,
         predictor: Predictor,
         tokens: Tokens | None,
         version: str,
         readiness: Readiness,
     ) -> None:
-        self.token = token
+        self.bridge = bridge
         self.predictor = predictor
         self.tokens = tokens
         self.version = version
@@ -97,7 +98,9 @@ class OipService:
 
     def handlers(self) -> list[grpc.GenericRpcHandler]:
         """The method handlers, once per service name."""
-        methods: dict[str, tuple[Callable[..., Message], type[Message], type[Message]]] = {
+        methods: dict[
+            str, tuple[Callable[..., Awaitable[Message]], type[Message], type[Message]]
+        ] = {
             "ServerLive": (self.server_live, pb.ServerLiveRequest, pb.ServerLiveResponse),
             "ServerReady": (self.server_ready, pb.ServerReadyRequest, pb.ServerReadyResponse),
             "ModelReady": (self.model_ready, pb.ModelReadyRequest, pb.ModelReadyResponse),
@@ -121,66 +124,66 @@ class OipService:
         }
         return [grpc.method_handlers_generic_handler(name, handlers) for name in SERVICES]
 
-    def server_live(
-        self, request: pb.ServerLiveRequest, context: grpc.ServicerContext
+    async def server_live(
+        self, request: pb.ServerLiveRequest, context: Context
     ) -> pb.ServerLiveResponse:
         """Live: answering at all (no token)."""
         return pb.ServerLiveResponse(live=True)
 
-    def server_ready(
-        self, request: pb.ServerReadyRequest, context: grpc.ServicerContext
+    async def server_ready(
+        self, request: pb.ServerReadyRequest, context: Context
     ) -> pb.ServerReadyResponse:
         """Ready as ``/v2/health/ready`` says (no token)."""
         r = self.readiness
-        stats = self._run(context, _statistics, self.predictor)
+        stats = await self._run(context, _statistics, self.predictor)
         _, body = server_ready(stats, mode=r.mode, missing=r.missing, stopping=r.stopping.is_set())
         return pb.ServerReadyResponse(ready=body["ready"])
 
-    def model_ready(
-        self, request: pb.ModelReadyRequest, context: grpc.ServicerContext
+    async def model_ready(
+        self, request: pb.ModelReadyRequest, context: Context
     ) -> pb.ModelReadyResponse:
         """Whether a model version is READY; NOT_FOUND for an unknown one."""
-        self._authorize(context)
-        stats = self._run(context, _statistics, self.predictor)
+        await self._authorize(context)
+        stats = await self._run(context, _statistics, self.predictor)
         status, body = model_ready(stats, request.name, request.version or None)
         if status == 404:
-            abort(context, grpc.StatusCode.NOT_FOUND, body["error"])
+            await abort(context, grpc.StatusCode.NOT_FOUND, body["error"])
         return pb.ModelReadyResponse(ready=body["ready"])
 
-    def server_metadata(
-        self, request: pb.ServerMetadataRequest, context: grpc.ServicerContext
+    async def server_metadata(
+        self, request: pb.ServerMetadataRequest, context: Context
     ) -> pb.ServerMetadataResponse:
         """The server's name, version and (no) extensions."""
-        self._authorize(context)
+        await self._authorize(context)
         return pb.ServerMetadataResponse(**server_metadata(self.version))
 
-    def model_metadata(
-        self, request: pb.ModelMetadataRequest, context: grpc.ServicerContext
+    async def model_metadata(
+        self, request: pb.ModelMetadataRequest, context: Context
     ) -> pb.ModelMetadataResponse:
         """A model's name, versions, platform and tensors; NOT_FOUND for an unknown one."""
-        self._authorize(context)
-        stats = self._run(context, _statistics, self.predictor)
+        await self._authorize(context)
+        stats = await self._run(context, _statistics, self.predictor)
         status, body = model_metadata(stats, request.name, request.version or None)
         if status == 404:
-            abort(context, grpc.StatusCode.NOT_FOUND, body["error"])
+            await abort(context, grpc.StatusCode.NOT_FOUND, body["error"])
         tensors = {key: [_tensor_metadata(t) for t in body[key]] for key in ("inputs", "outputs")}
         return pb.ModelMetadataResponse(
             name=body["name"], versions=body["versions"], platform=body["platform"], **tensors
         )
 
-    def model_infer(
-        self, request: pb.ModelInferRequest, context: grpc.ServicerContext
+    async def model_infer(
+        self, request: pb.ModelInferRequest, context: Context
     ) -> pb.ModelInferResponse:
         """One inference through the pipeline; outputs as ``raw_output_contents``."""
-        rpc = Rpc(self.token, context)
+        rpc = self.bridge.rpc(context)
         headers = metadata_headers(context.invocation_metadata())
         fields = worker_fields(headers, client_address(context.peer()))
         fields[OIP_FIELD] = "v2"
-        response = rpc.run(self._infer, rpc, request, fields)
+        response = await rpc.run(self._infer, rpc, request, fields)
         if response is None:
-            abort(context, grpc.StatusCode.CANCELLED, "the call ended before its answer")
+            await abort(context, grpc.StatusCode.CANCELLED, "the call ended before its answer")
         if isinstance(response, _Failed):
-            abort(context, code_for(response.status), response.message)
+            await abort(context, code_for(response.status), response.message)
         return response
 
     async def _infer(
@@ -223,14 +226,14 @@ class OipService:
         except SupervisorError:
             return version
 
-    def _authorize(self, context: grpc.ServicerContext) -> None:
+    async def _authorize(self, context: Context) -> None:
         if not token_accepted(context.invocation_metadata(), self.tokens, "inference"):
-            abort(context, grpc.StatusCode.UNAUTHENTICATED, TOKEN_FAILED)
+            await abort(context, grpc.StatusCode.UNAUTHENTICATED, TOKEN_FAILED)
 
-    def _run(self, context: grpc.ServicerContext, fn: Callable[..., Any], *args: Any) -> Any:
-        result = Rpc(self.token, context).run(fn, *args)
+    async def _run(self, context: Context, fn: Callable[..., Any], *args: Any) -> Any:
+        result = await self.bridge.rpc(context).run(fn, *args)
         if result is None:
-            abort(context, grpc.StatusCode.CANCELLED, "the call ended before its answer")
+            await abort(context, grpc.StatusCode.CANCELLED, "the call ended before its answer")
         return result
 
 

@@ -62,13 +62,15 @@ def failure_message(error: SupervisorError | None, message: str) -> str:
     return message + "; the worker's last log lines:\n" + "\n".join(tail)
 
 
-def metadata_headers(metadata: Iterable[tuple[str, str | bytes]]) -> list[tuple[bytes, bytes]]:
+def metadata_headers(
+    metadata: Iterable[tuple[str, str | bytes]] | None,
+) -> list[tuple[bytes, bytes]]:
     """A call's metadata as request headers, for ``worker_fields``.
 
     Binary (``-bin``) values and gRPC's own (``grpc-*``, pseudo-headers) are left out.
     """
     headers = []
-    for key, value in metadata:
+    for key, value in metadata or ():
         name = key.lower()
         if isinstance(value, bytes) or name.startswith((":", "grpc-")) or name.endswith("-bin"):
             continue
@@ -77,12 +79,12 @@ def metadata_headers(metadata: Iterable[tuple[str, str | bytes]]) -> list[tuple[
 
 
 def token_accepted(
-    metadata: Iterable[tuple[str, str | bytes]], tokens: Tokens | None, kind: str
+    metadata: Iterable[tuple[str, str | bytes]] | None, tokens: Tokens | None, kind: str
 ) -> bool:
     """Whether the call's ``authorization`` metadata carries the ``kind`` key (or none is on)."""
     if tokens is None:
         return True
     header = next(
-        (v for k, v in metadata if k.lower() == "authorization" and isinstance(v, str)), None
+        (v for k, v in metadata or () if k.lower() == "authorization" and isinstance(v, str)), None
     )
     return bearer_matches(header, tokens.key(kind))

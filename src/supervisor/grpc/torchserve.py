@@ -15,10 +15,9 @@ same message.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 
 import grpc
-import trio
 from google.protobuf import empty_pb2
 from google.rpc import status_pb2
 
@@ -32,7 +31,7 @@ from supervisor.api.predict import (
     worker_fields,
 )
 from supervisor.errors import InvalidRequest
-from supervisor.grpc.bridge import Rpc, abort
+from supervisor.grpc.bridge import Bridge, Context, Rpc, abort
 from supervisor.grpc.protos import inference_pb2 as pb
 from supervisor.grpc.status import code_for, failure_message, metadata_headers
 from supervisor.supervision.core import Supervisor
@@ -56,18 +55,16 @@ def client_address(peer: str) -> str:
 
 
 class InferenceService:
-    """The handlers of ``InferenceAPIsService``, run on grpcio's threads.
+    """The handlers of ``InferenceAPIsService``, run in grpcio's asyncio loop.
 
     Args:
-        token: the trio loop's token.
+        bridge: the way into the trio loop.
         sup: the supervisor (``Ping`` asks it for unhealthy models).
         predictor: the one prediction pipeline.
     """
 
-    def __init__(
-        self, token: trio.lowlevel.TrioToken, sup: Supervisor, predictor: Predictor
-    ) -> None:
-        self.token = token
+    def __init__(self, bridge: Bridge, sup: Supervisor, predictor: Predictor) -> None:
+        self.bridge = bridge
         self.sup = sup
         self.predictor = predictor
 
@@ -95,47 +92,46 @@ class InferenceService:
             },
         )
 
-    def ping(
-        self, request: empty_pb2.Empty, context: grpc.ServicerContext
-    ) -> pb.TorchServeHealthResponse:
+    async def ping(self, request: empty_pb2.Empty, context: Context) -> pb.TorchServeHealthResponse:
         """TorchServe's health as JSON: ``Healthy``, or ``Unhealthy`` with the failed models."""
         del request
-        failed = Rpc(self.token, context).run(_unhealthy, self.sup)
+        failed = await self.bridge.rpc(context).run(_unhealthy, self.sup)
         body = {"status": "Unhealthy", "failedModels": failed} if failed else {"status": "Healthy"}
         return pb.TorchServeHealthResponse(health=json.dumps(body, indent=2))
 
-    def predictions(
-        self, request: pb.PredictionsRequest, context: grpc.ServicerContext
+    async def predictions(
+        self, request: pb.PredictionsRequest, context: Context
     ) -> pb.PredictionResponse:
         """One prediction; a streamed answer's parts joined."""
-        rpc = Rpc(self.token, context)
-        outcome = self._infer(rpc, request)
+        rpc = self.bridge.rpc(context)
+        outcome = await self._infer(rpc, request)
         if outcome.stream is None:
-            return pb.PredictionResponse(prediction=_body(outcome, context))
-        return pb.PredictionResponse(prediction=b"".join(_parts(rpc, outcome.stream, context)))
+            return pb.PredictionResponse(prediction=await _body(outcome, context))
+        parts = [part async for part in _parts(rpc, outcome.stream, context)]
+        return pb.PredictionResponse(prediction=b"".join(parts))
 
-    def stream_predictions(
-        self, request: pb.PredictionsRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.PredictionResponse]:
+    async def stream_predictions(
+        self, request: pb.PredictionsRequest, context: Context
+    ) -> AsyncIterator[pb.PredictionResponse]:
         """One prediction, each part of a streamed answer as a message of its own."""
-        rpc = Rpc(self.token, context)
-        outcome = self._infer(rpc, request)
+        rpc = self.bridge.rpc(context)
+        outcome = await self._infer(rpc, request)
         if outcome.stream is None:
-            yield pb.PredictionResponse(prediction=_body(outcome, context))
+            yield pb.PredictionResponse(prediction=await _body(outcome, context))
             return
-        for part in _parts(rpc, outcome.stream, context):
+        async for part in _parts(rpc, outcome.stream, context):
             yield pb.PredictionResponse(prediction=part)
 
-    def stream_predictions2(
-        self, requests: Iterator[pb.PredictionsRequest], context: grpc.ServicerContext
-    ) -> Iterator[pb.PredictionResponse]:
+    async def stream_predictions2(
+        self, requests: AsyncIterator[pb.PredictionsRequest], context: Context
+    ) -> AsyncIterator[pb.PredictionResponse]:
         """Each request of the client's stream in turn; failures as the message's ``status``."""
-        rpc = Rpc(self.token, context)
-        for request in requests:
+        rpc = self.bridge.rpc(context)
+        async for request in requests:
             sequence = request.sequence_id if request.HasField("sequence_id") else None
-            outcome = self._infer(rpc, request)
+            outcome = await self._infer(rpc, request)
             if outcome.stream is not None:
-                for part in _parts(rpc, outcome.stream, context):
+                async for part in _parts(rpc, outcome.stream, context):
                     yield pb.PredictionResponse(prediction=part, sequence_id=sequence)
             elif outcome.reply is not None and outcome.reply.ok:
                 yield pb.PredictionResponse(prediction=outcome.reply.body, sequence_id=sequence)
@@ -145,7 +141,7 @@ class InferenceService:
                 )
                 yield pb.PredictionResponse(sequence_id=sequence, status=status)
 
-    def _infer(self, rpc: Rpc, request: pb.PredictionsRequest) -> Outcome:
+    async def _infer(self, rpc: Rpc, request: pb.PredictionsRequest) -> Outcome:
         """Run the request through the pipeline (aborts the call if it ended first)."""
         headers = metadata_headers(rpc.context.invocation_metadata())
         fields = worker_fields(headers, client_address(rpc.context.peer()))
@@ -168,9 +164,9 @@ class InferenceService:
             )
             return await self.predictor.infer(call)
 
-        outcome = rpc.run(infer)
+        outcome = await rpc.run(infer)
         if outcome is None:
-            abort(rpc.context, grpc.StatusCode.CANCELLED, _ENDED)
+            await abort(rpc.context, grpc.StatusCode.CANCELLED, _ENDED)
         return outcome
 
 
@@ -178,19 +174,19 @@ async def _unhealthy(sup: Supervisor) -> list[str]:
     return list(sup.unhealthy_models())
 
 
-def _body(outcome: Outcome, context: grpc.ServicerContext) -> bytes:
+async def _body(outcome: Outcome, context: Context) -> bytes:
     """A reply's body; a failure or an error ends the call with its code and message."""
     if outcome.reply is not None and outcome.reply.ok:
         return outcome.reply.body
-    abort(context, code_for(outcome.status), failure_message(outcome.error, outcome.message))
+    await abort(context, code_for(outcome.status), failure_message(outcome.error, outcome.message))
 
 
-def _parts(rpc: Rpc, stream: Stream, context: grpc.ServicerContext) -> Iterator[bytes]:
+async def _parts(rpc: Rpc, stream: Stream, context: Context) -> AsyncIterator[bytes]:
     """The parts of a streamed answer as they come; one that breaks off ends the call."""
     try:
-        while (part := rpc.run(stream.next_chunk)) is not None:
+        while (part := await rpc.run(stream.next_chunk)) is not None:
             yield part
     except StreamAborted as exc:
-        abort(context, grpc.StatusCode.INTERNAL, str(exc))
+        await abort(context, grpc.StatusCode.INTERNAL, str(exc))
     finally:
         rpc.run_soon(stream.close)
