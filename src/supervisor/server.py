@@ -9,7 +9,7 @@
         ├── pool per model version -> slot per worker -> worker incarnation
         └── HTTP nursery: the lean server for inference (or Hypercorn with
             ``lean_http = false``), Hypercorn for management and metrics; with
-            ``grpc``, the gRPC ports (grpcio's threads, calls bridged into trio)
+            ``grpc``, the gRPC ports (grpcio's asyncio servers, calls bridged into trio)
 
 Workers are spawned before the listeners open, so the interpreter start-up of
 the workers overlaps with the server's own. On SIGTERM the server first stops
