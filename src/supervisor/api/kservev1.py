@@ -41,7 +41,7 @@ import trio
 
 from supervisor.api.predict import Call, Outcome, Params, Predictor, settled, worker_fields
 from supervisor.errors import InvalidRequest, Unauthorized
-from supervisor.http.replies import Answer, error_answer
+from supervisor.http.replies import Answer, error_answer, error_field_answer
 from supervisor.supervision.stats import ModelStats
 
 __all__ = [
@@ -136,13 +136,10 @@ def _error(outcome: Outcome, rid: bytes) -> Answer:
     """
     if isinstance(outcome.error, Unauthorized):
         return error_answer(outcome.error, rid)
-    headers = [(b"content-type", _JSON), (b"x-request-id", rid)]
-    retry_after = getattr(outcome.error, "retry_after", None)
-    if retry_after is not None:
-        headers.append((b"retry-after", str(retry_after).encode()))
     said = _said(_body(outcome))
     message = outcome.message or said or f"the request failed with status {outcome.status}"
-    return Answer(outcome.status, headers, orjson.dumps({"error": message}))
+    retry_after = getattr(outcome.error, "retry_after", None)
+    return error_field_answer(outcome.status, message, rid, retry_after=retry_after)
 
 
 def _said(body: bytes) -> str:

@@ -33,7 +33,7 @@ import orjson
 from supervisor.api.oipcodec import OIP_FIELD, Request, decode_reply, decode_rest, render_rest
 from supervisor.api.predict import Call, Outcome, Params, Predictor, settled, worker_fields
 from supervisor.errors import InvalidRequest, SupervisorError
-from supervisor.http.replies import WWW_AUTHENTICATE, Answer
+from supervisor.http.replies import Answer, error_field_answer
 
 __all__ = ["HEADER_LENGTH", "PREFIX", "PROTOCOL", "OipRest", "split_target"]
 
@@ -175,14 +175,12 @@ def _headers(content_type: bytes, rid: bytes) -> list[tuple[bytes, bytes]]:
 
 def _error(status: int, message: str, rid: bytes, error: SupervisorError | None) -> Answer:
     """``{"error": message}`` with the status, ``www-authenticate`` and ``retry-after``."""
-    headers = _headers(_JSON, rid)
-    if status == 401:
-        headers.append((b"www-authenticate", WWW_AUTHENTICATE.encode()))
-    retry_after = getattr(error, "retry_after", None)
-    if retry_after is not None:
-        headers.append((b"retry-after", str(retry_after).encode()))
-    message = message or f"the request failed with status {status}"
-    body: dict[str, object] = {"error": message}
-    if status == 401 and error is not None:  # the port's 401 shape too, as every route has it
-        body = {**error.to_json(), **body}
-    return Answer(status, headers, orjson.dumps(body))
+    return error_field_answer(
+        status,
+        message or f"the request failed with status {status}",
+        rid,
+        retry_after=getattr(error, "retry_after", None),
+        authenticate=status == 401,
+        # the port's 401 shape too, as every route has it
+        extra=error.to_json() if status == 401 and error is not None else None,
+    )

@@ -22,6 +22,7 @@ __all__ = [
     "WWW_AUTHENTICATE",
     "Answer",
     "error_answer",
+    "error_field_answer",
     "http_error_body",
     "json_answer",
     "json_bytes",
@@ -82,6 +83,33 @@ def error_answer(error: SupervisorError, request_id: bytes) -> Answer:
     if retry_after is not None:
         answer.headers.append((b"retry-after", str(retry_after).encode()))
     return answer
+
+
+def error_field_answer(
+    status: int,
+    message: str,
+    request_id: bytes,
+    *,
+    retry_after: int | None = None,
+    authenticate: bool = False,
+    extra: dict[str, Any] | None = None,
+) -> Answer:
+    """An error in the shape of OIP and KServe: ``{"error": message}`` (compact JSON).
+
+    Args:
+        status: the status.
+        message: the error's message.
+        request_id: the answer's ``x-request-id``.
+        retry_after: seconds for a ``retry-after`` header (a full queue).
+        authenticate: add ``www-authenticate`` (a token failure).
+        extra: fields that come before ``error`` in the body.
+    """
+    headers = [(b"content-type", JSON), (b"x-request-id", request_id)]
+    if authenticate:
+        headers.append((b"www-authenticate", WWW_AUTHENTICATE.encode()))
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
+    return Answer(status, headers, orjson.dumps({**(extra or {}), "error": message}))
 
 
 def http_error_body(code: int, message: str) -> bytes:
